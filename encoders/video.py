@@ -1,0 +1,150 @@
+"""Video tower: a torchvision CNN trunk per frame, order-aware temporal pooling, projection head.
+
+Each video becomes ONE vector: all pooling happens before the dot product, so the FAISS index serves exactly
+the model that was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from encoders.heads import ProjectionHead
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class VideoTowerConfig:
+    trunk: str = "resnet18"  # torchvision model name: resnet10/18/34/50, mobilenet_v3_small/large, efficientnet_b0
+    weights_path: str | None = None  # local torchvision state_dict (.pth/.safetensors); None = random init
+    num_frames: int = 8  # T frames sampled uniformly per clip
+    image_size: int = 112  # frames are resized to image_size x image_size by the decoder
+    spatial_grid: int = 2  # trunk map pooled to grid x grid cells: keeps where the object is (motion needs it)
+    frame_dim: int = 256  # per-frame feature width after the trunk
+    temporal: str = "transformer"  # "transformer" | "conv" | "mean" (mean cannot tell left from right)
+    temporal_layers: int = 1  # transformer layers over time
+    temporal_heads: int = 4  # attention heads of the temporal transformer
+    proj_hidden: int = 512  # hidden width of the projection MLP (0 = linear)
+    dropout: float = 0.1  # dropout in the temporal module and projection MLP
+
+
+def _resnet10(**kwargs: object) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
+def build_cnn(name: str, weights_path: str | None = None) -> tuple[nn.Module, int]:
+    """A torchvision CNN without its classifier: ``[N, 3, H, W] -> [N, C, h, w]``, and ``C``."""
+    import torchvision
+
+    model = _resnet10() if name == "resnet10" else torchvision.models.get_model(name, weights=None)
+    if weights_path:
+        model.load_state_dict(_load_state_dict(weights_path), strict=False)
+    if name.startswith("resnet"):
+        body = nn.Sequential(*list(model.children())[:-2])  # drop avgpool + fc
+        channels = model.fc.in_features
+    elif hasattr(model, "features"):
+        body = model.features
+        channels = _out_channels(body)
+    else:
+        raise ValueError(f"unsupported video trunk {name!r}: use a resnet, mobilenet or efficientnet")
+    return body, channels
+
+
+def _out_channels(body: nn.Module) -> int:
+    with torch.no_grad():
+        return int(body(torch.zeros(1, 3, 64, 64)).shape[1])
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no arbitrary unpickling
+
+
+class TemporalTransformer(nn.Module):
+    """Frame features ``[B, T, F]`` -> ``[B, F]``; learned position embeddings make it order-aware."""
+
+    def __init__(self, dim: int, num_frames: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, num_frames, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _B, T, _F = x.shape
+        x = self.encoder(x + self.pos[:, :T])  # [B, T, F]
+        return self.norm(x.mean(1))  # [B, F]
+
+
+class TemporalConv(nn.Module):
+    """Two temporal convolutions then a mean: sees the order of neighbouring frames."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(dim, dim, 3, padding=1), nn.GELU(), nn.Dropout(dropout), nn.Conv1d(dim, dim, 3, padding=1)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.transpose(1, 2)).transpose(1, 2)  # [B, T, F]
+        return self.norm((x + y).mean(1))  # [B, F]
+
+
+class TemporalMean(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)  # [B, F]
+
+
+class VideoTower(nn.Module):
+    """Frames ``[B, T, 3, H, W]`` (float in [0, 1] or uint8) -> L2-normalised ``[B, D]``."""
+
+    def __init__(self, cfg: VideoTowerConfig, out_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path)
+        g = cfg.spatial_grid
+        self.spatial = nn.AdaptiveAvgPool2d(g)
+        self.frame_proj = nn.Sequential(nn.Linear(channels * g * g, cfg.frame_dim), nn.GELU())
+        if cfg.temporal == "transformer":
+            self.temporal: nn.Module = TemporalTransformer(
+                cfg.frame_dim, cfg.num_frames, cfg.temporal_layers, cfg.temporal_heads, cfg.dropout
+            )
+        elif cfg.temporal == "conv":
+            self.temporal = TemporalConv(cfg.frame_dim, cfg.dropout)
+        elif cfg.temporal == "mean":
+            self.temporal = TemporalMean()
+        else:
+            raise ValueError(f"unknown temporal pooling {cfg.temporal!r}: use transformer, conv or mean")
+        self.head = ProjectionHead(cfg.frame_dim, out_dim, cfg.proj_hidden, cfg.dropout)
+        self.out_dim = out_dim
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-clip feature ``[B, frame_dim]`` after temporal pooling."""
+        B, T, C, H, W = frames.shape
+        x = frames.reshape(B * T, C, H, W)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        x = x.to(memory_format=torch.channels_last)
+        fmap = self.cnn(x)  # [B*T, C', h, w]
+        cells = self.spatial(fmap).flatten(1)  # [B*T, C'*g*g]
+        feats = self.frame_proj(cells).view(B, T, -1)  # [B, T, F]
+        return self.temporal(feats)  # [B, F]
+
+    def forward_head(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.head(features, normalize=normalize)  # [B, D]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(frames))

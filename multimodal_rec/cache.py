@@ -1,0 +1,113 @@
+"""Decoded-frame cache: every clip decoded once into a uint8 memory-mapped array reused by every epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from multimodal_rec.frames import VideoDecodeError, read_frames
+
+LOG = logging.getLogger(__name__)
+ProgressFn = Callable[..., Iterable[Any]]
+
+
+def _no_progress(it: Iterable[Any], **_: Any) -> Iterable[Any]:
+    return it
+
+
+class ClipDataset(Dataset):
+    """Decodes clip ``i`` in a DataLoader worker; a bad file yields an error string instead of frames."""
+
+    def __init__(self, paths: Sequence[str], num_frames: int, size: int) -> None:
+        self.paths, self.num_frames, self.size = list(paths), num_frames, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        try:
+            return i, read_frames(self.paths[i], self.num_frames, self.size), ""
+        except VideoDecodeError as e:
+            return i, None, str(e)
+
+
+def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
+    return batch
+
+
+def iter_clips(
+    paths: Sequence[str], num_frames: int, size: int, workers: int = 0, batch_size: int = 16
+) -> Iterable[list[tuple[int, np.ndarray | None, str]]]:
+    """Batches of ``(index, frames [T, H, W, 3] | None, error)``; decoding overlaps the consumer via workers."""
+    loader = DataLoader(
+        ClipDataset(paths, num_frames, size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    yield from loader
+
+
+def _cache_key(paths: Sequence[str], num_frames: int, size: int) -> str:
+    h = hashlib.sha256(json.dumps([num_frames, size]).encode())
+    for p in paths:
+        st = os.stat(p) if os.path.exists(p) else None
+        h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_frame_cache(
+    paths: Sequence[str],
+    num_frames: int,
+    size: int,
+    cache_dir: str | Path,
+    workers: int = 0,
+    progress: ProgressFn = _no_progress,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``[N, T, H, W, 3]`` uint8 (memory-mapped) and a bool ``[N]`` of clips that decoded.
+
+    The cache file is keyed by the paths, their sizes and mtimes, T and the frame size, and written to a
+    temporary name then renamed, so an interrupted build never leaves a cache that looks complete.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(paths, num_frames, size)
+    arr_path, ok_path = cache_dir / f"frames-{key}.npy", cache_dir / f"frames-{key}.ok.npy"
+    if arr_path.exists() and ok_path.exists():
+        LOG.info("frame cache hit: %s", arr_path)
+        return np.load(arr_path, mmap_mode="r"), np.load(ok_path)
+    N = len(paths)
+    tmp = cache_dir / f".frames-{key}.{os.getpid()}.tmp.npy"
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(N, num_frames, size, size, 3))
+    ok = np.zeros(N, dtype=bool)
+    done = progress(
+        iter_clips(paths, num_frames, size, workers), total=(N + 15) // 16, desc="decode frames", unit="batch"
+    )
+    for batch in done:
+        for i, frames, err in batch:
+            if frames is None:
+                LOG.warning("skipped: %s", err)
+                continue
+            arr[i] = frames
+            ok[i] = True
+    arr.flush()
+    del arr
+    tmp.replace(arr_path)
+    np.save(ok_path, ok)
+    return np.load(arr_path, mmap_mode="r"), ok
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> uint8 tensor ``[B, T, 3, H, W]`` (the towers' layout)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)

@@ -1,0 +1,289 @@
+"""``mmrec``: thin command line over the library. Parse, call a typed function, print (``--json`` for machines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from multimodal_rec.errors import UserError
+
+LOG = logging.getLogger("mmrec")
+
+
+def _progress_factory(quiet: bool):
+    def progress(it: Iterable[Any], **kw: Any) -> Iterable[Any]:
+        from tqdm import tqdm
+
+        return tqdm(it, disable=quiet, dynamic_ncols=True, file=sys.stderr, **kw)
+
+    return progress
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=_json_default, ensure_ascii=False))
+
+
+def _print_hits(title: str, hits: Sequence[Any], cols: Sequence[str] = ("title",)) -> None:
+    print(title)
+    for h in hits:
+        meta = "  ".join(str(h.metadata.get(c, "")) for c in cols if c in h.metadata)
+        print(f"  {h.rank:>3}. {h.video_id:<10} {h.score:+.3f}  {meta}")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+# --- commands ------------------------------------------------------------------------------------------------
+def cmd_synth(a: argparse.Namespace) -> None:
+    from multimodal_rec.synth import make_world
+
+    bar = None
+    if not a.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=a.videos, desc="write videos", unit="video", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    try:
+        s = make_world(a.out, videos=a.videos, users=a.users, seed=a.seed, holdout=a.holdout, progress=progress)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    info = {
+        "out": str(s.out),
+        "videos": s.videos,
+        "users": s.users,
+        "interactions": s.interactions,
+        "captions": s.captions,
+    }
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"wrote {s.videos} videos, {s.captions} captions, {s.users} users / {s.interactions} events to {s.out}")
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UserError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from multimodal_rec.config import load_config
+    from multimodal_rec.train import train
+
+    cfg = load_config(a.config, _overrides(a.set))
+    if a.epochs is not None:
+        cfg.train.epochs = a.epochs
+    res = train(cfg, a.data, a.out, resume=a.resume, progress=_progress_factory(a.quiet))
+    info = {
+        "out": str(res.out_dir),
+        "epochs": res.epochs,
+        "steps": res.steps,
+        "seconds": round(res.seconds, 1),
+        "losses": res.final_losses,
+    }
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"trained {res.steps} steps in {res.seconds:.0f}s -> {res.out_dir}  ({info['losses']})")
+
+
+def cmd_encode(a: argparse.Namespace) -> None:
+    from multimodal_rec.encode import encode_catalog
+
+    workers = a.workers if a.workers is not None else min(2, os.cpu_count() or 1)
+    res = encode_catalog(
+        a.model,
+        a.catalog,
+        a.out,
+        batch_size=a.batch_size,
+        workers=workers,
+        device=a.device,
+        progress=_progress_factory(a.quiet),
+    )
+    info = {
+        "bundle": str(res.bundle),
+        "encoded": res.encoded,
+        "skipped": len(res.skipped),
+        "seconds": round(res.seconds, 1),
+    }
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"encoded {res.encoded} videos, skipped {len(res.skipped)} in {res.seconds:.0f}s -> {res.bundle}")
+        for s in res.skipped[:10]:
+            print(f"  skipped {s['video_id']}: {s['reason']}")
+
+
+def _load(bundle: str):
+    from multimodal_rec.recommender import Recommender
+
+    return Recommender.load(bundle)
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    rec = _load(a.bundle)
+    results = rec.search_batch(a.query, k=a.k)
+    if a.json:
+        if len(a.query) == 1:
+            _print_json({"hits": [h.to_dict() for h in results[0]]})
+        else:
+            _print_json(
+                {
+                    "results": [
+                        {"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(a.query, results, strict=True)
+                    ]
+                }
+            )
+        return
+    for q, hits in zip(a.query, results, strict=True):
+        _print_hits(f"search: {q!r}", hits)
+
+
+def cmd_recommend(a: argparse.Namespace) -> None:
+    rec = _load(a.bundle)
+    hits = rec.recommend(a.history, k=a.k, exclude=a.exclude or ())
+    why = rec.explain(a.history)
+    if a.json:
+        _print_json({"hits": [h.to_dict() for h in hits], "attention": [{"text": t, "weight": w} for t, w in why]})
+        return
+    _print_hits(f"recommend for a history of {len(a.history)} items:", hits)
+    top = max(why, key=lambda x: x[1])
+    print(f"  because of: {top[0]!r} (attention {top[1]:.2f})")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from multimodal_rec.evaluate import evaluate, format_report
+
+    res = evaluate(_load(a.bundle), a.data)
+    if a.json:
+        _print_json(res)
+    else:
+        print(format_report(res))
+
+
+def cmd_presets(a: argparse.Namespace) -> None:
+    from multimodal_rec.config import CONFIG_DIR, list_presets
+
+    names = list_presets()
+    if a.json:
+        _print_json({"presets": names, "dir": str(CONFIG_DIR)})
+    else:
+        for n in names:
+            print(f"{n}\t{CONFIG_DIR / (n + '.yaml')}")
+
+
+# --- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmrec", description="Text-to-video retrieval and recommendation engine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, fn: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object (machine-readable)")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+        return sp
+
+    s = add("synth", "make the synthetic demo world (videos, catalog, captions, interactions)", cmd_synth)
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--videos", type=_positive_int, default=756, help="number of clips (default 756: 6 per combination)")
+    s.add_argument("--users", type=int, default=300, help="number of users (default 300)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
+    s.add_argument(
+        "--holdout", type=float, default=0.34, help="share of each combination's videos held out (split=test)"
+    )
+
+    s = add("train", "train the three towers contrastively on a data directory", cmd_train)
+    s.add_argument("--config", default="small", help="preset name (mmrec presets) or YAML path (default small)")
+    s.add_argument("--data", required=True, help="directory with catalog.csv, captions.csv, interactions.csv")
+    s.add_argument("--out", required=True, help="run directory for checkpoints and metrics")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--epochs", type=_positive_int, default=None, help="override train.epochs")
+    s.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+
+    s = add("encode", "encode a video catalog into a bundle (model + embeddings + FAISS index)", cmd_encode)
+    s.add_argument("--model", required=True, help="trained run directory (mmrec train --out)")
+    s.add_argument("--catalog", required=True, help="catalog CSV/Parquet with video_id,path (paths relative to it)")
+    s.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
+    s.add_argument("--batch-size", type=_positive_int, default=32, help="clips per model batch")
+    s.add_argument("--workers", type=int, default=None, help="decoding worker processes (default min(2, cores))")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    s = add("search", "text -> videos", cmd_search)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("query", nargs="+", help="one or more text queries")
+    s.add_argument("-k", type=int, default=10, help="hits per query (1..1000)")
+
+    s = add("recommend", "user history -> videos", cmd_recommend)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--history", nargs="+", required=True, help="texts the user engaged with, oldest first")
+    s.add_argument("--exclude", nargs="*", help="video ids not to recommend")
+    s.add_argument("-k", type=int, default=10, help="hits (1..1000)")
+
+    s = add("eval", "full-ranking evaluation of a bundle on a data directory", cmd_eval)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--data", required=True, help="data directory (held-out split + last events)")
+
+    add("presets", "list the named config presets", cmd_presets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet or args.json else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"mmrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run configuration: one dataclass per component, nested in ``RunConfig``, loaded from YAML presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from encoders import TextTowerConfig, UserTowerConfig, VideoTowerConfig
+from multimodal_rec.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 256  # D: width of the shared, L2-normalised embedding space
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
+    user: UserTowerConfig = field(default_factory=UserTowerConfig)
+    init_temperature: float = 0.07  # initial softmax temperature of both InfoNCE losses (learnable)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training videos
+    batch_size: int = 64  # captioned videos per step (text<->video loss)
+    rec_batch_size: int = 64  # user-history examples per step (history -> next video loss)
+    lr: float = 1e-3  # peak AdamW learning rate of towers trained from scratch
+    trunk_lr: float = 2e-5  # learning rate of a partially/fully unfrozen text trunk
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    w_text_video: float = 1.0  # weight of the symmetric text<->video InfoNCE
+    w_rec: float = 1.0  # weight of the user-history -> next video InfoNCE
+    min_history: int = 1  # fewest earlier events a training example needs
+    seed: int = 0  # seeds python, numpy and torch
+    num_workers: int = 0  # DataLoader workers for frame decoding in the cache pass
+    log_every: int = 10  # steps between log lines
+    device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+
+
+@dataclass
+class IndexConfig:
+    factory: str = "Flat"  # FAISS index factory string; inner product metric on L2-normalised vectors
+
+
+@dataclass
+class RunConfig:
+    name: str = "custom"  # preset name, recorded in checkpoints and bundles
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build a (nested) dataclass from a dict, refusing unknown keys with the key's full name."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"config section {where or 'root'!r} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = _dataclass_type(ftype)
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}" if where else name) if sub else value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    "ModelConfig": ModelConfig,
+    "TextTowerConfig": TextTowerConfig,
+    "VideoTowerConfig": VideoTowerConfig,
+    "UserTowerConfig": UserTowerConfig,
+    "TrainConfig": TrainConfig,
+    "IndexConfig": IndexConfig,
+}
+
+
+def _dataclass_type(ftype: Any) -> type | None:
+    return _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return _from_dict(RunConfig, data, "")
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a preset by name (``tiny``, ``small``, ``base``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise UserError(f"unknown config preset {str(name_or_path)!r} (presets: {', '.join(list_presets())})")
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return config_from_dict(data)

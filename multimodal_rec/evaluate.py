@@ -1,0 +1,160 @@
+"""Evaluation by full ranking over the whole catalog (never sampled negatives), with baselines.
+
+Text -> video: recall@1/5/10 and median/mean rank of each held-out caption's own video, and semantic
+precision@5 for vocabulary and word-disjoint paraphrase queries. User -> video: leave-last-out Recall@K,
+NDCG@K and MRR for the user tower and for popularity, mean-of-history and random baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multimodal_rec.data import history_examples, load_dataset
+from multimodal_rec.recommender import Recommender
+
+LOG = logging.getLogger(__name__)
+ATTRS = ("color", "shape", "motion")
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of ``targets[i]`` in row ``i`` of ``scores [n, N]`` (ties counted pessimistically)."""
+    t = scores[np.arange(len(targets)), targets][:, None]
+    return 1 + (scores > t).sum(1) + ((scores == t).sum(1) - 1)
+
+
+def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Recall@K, NDCG@K (one relevant item) and MRR from 1-based ranks."""
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"recall@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
+    out["mrr"] = float((1.0 / ranks).mean())
+    return out
+
+
+def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
+    """Each caption ranks the whole catalog; the caption's own video is the relevant one."""
+    rows = [(rec._row[v], c) for v, c in captions if v in rec._row]
+    if not rows:
+        return {}
+    xq = rec.encode_queries([c for _, c in rows])
+    ranks = target_ranks(xq @ rec.embeddings.T, np.array([r for r, _ in rows]))
+    return {
+        "queries": len(rows),
+        "r@1": float((ranks <= 1).mean()),
+        "r@5": float((ranks <= 5).mean()),
+        "r@10": float((ranks <= 10).mean()),
+        "median_rank": float(np.median(ranks)),
+        "mean_rank": float(ranks.mean()),
+    }
+
+
+def semantic_precision(rec: Recommender, queries: list[dict], rows: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Precision@k where a hit counts when color, shape and motion all match the query's.
+
+    Ranked among catalog ``rows`` (the held-out videos); the denominator is ``min(k, #matching videos)``
+    so a query with only two matching videos scores 1.0 when both come first.
+    """
+    cat = rec.catalog.iloc[rows]
+    attrs = cat[list(ATTRS)].astype(str).to_numpy()
+    xq = rec.encode_queries([q["query"] for q in queries])
+    scores = xq @ rec.embeddings[rows].T  # [nq, n]
+    precisions = []
+    for q, s in zip(queries, scores, strict=True):
+        match = (attrs == np.array([q[a] for a in ATTRS])).all(1)
+        if not match.any():
+            continue
+        top = np.argsort(-s, kind="stable")[:k]
+        precisions.append(match[top].sum() / min(k, match.sum()))
+    return {"queries": len(precisions), f"p@{k}": float(np.mean(precisions)) if precisions else float("nan")}
+
+
+def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Leave-last-out: each user's last event is the target, everything before it the history.
+
+    Items the user already saw are excluded from the ranking, for every method alike.
+    """
+    max_hist = rec.model.cfg.user.max_history
+    _train_ex, test_ex = history_examples(ds.interactions, max_hist, min_history=1, holdout_last=1)
+    test_ex = [ex for ex in test_ex if ex.target in rec._row]
+    if not test_ex:
+        return {}
+    N = len(rec)
+    targets = np.array([rec._row[ex.target] for ex in test_ex])
+    last_rows = {(ex.user_id, ex.target) for ex in test_ex}
+    train_events = ds.interactions[
+        [(u, v) not in last_rows for u, v in zip(ds.interactions["user_id"], ds.interactions["video_id"], strict=True)]
+    ]
+    pop = np.zeros(N)
+    for vid, n in Counter(train_events["video_id"]).items():
+        if vid in rec._row:
+            pop[rec._row[vid]] = n
+
+    xb = rec.embeddings
+    u, _ = rec.encode_histories([ex.history for ex in test_ex])
+    mean_hist = np.stack([rec.encode_queries(ex.history).mean(0) for ex in test_ex])
+    mean_hist /= np.linalg.norm(mean_hist, axis=1, keepdims=True).clip(1e-12)
+    rng = np.random.default_rng(seed)
+    methods = {
+        "user_tower": u @ xb.T,
+        "mean_history": mean_hist @ xb.T,
+        "popularity": np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)),
+        "random": rng.random((len(test_ex), N)),
+    }
+    seen = np.zeros((len(test_ex), N), dtype=bool)
+    for i, ex in enumerate(test_ex):
+        seen[i, [rec._row[v] for v in ex.history_ids if v in rec._row]] = True
+    results: dict[str, dict[str, float]] = {}
+    for name, scores in methods.items():
+        scores = np.where(seen, -np.inf, scores.astype(np.float64))
+        results[name] = {"users": len(test_ex), **ranking_metrics(target_ranks(scores, targets))}
+    return results
+
+
+def evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
+    """Every metric of the bundle ``rec`` on the data directory ``data_dir`` (held-out split + last events)."""
+    ds = load_dataset(data_dir)
+    test_ids = set(ds.split_ids("test")) or set(ds.catalog["video_id"])
+    caps = [(v, c) for v, c in zip(ds.captions["video_id"], ds.captions["caption"], strict=True) if v in test_ids]
+    out: dict[str, Any] = {"videos": len(rec), "held_out_videos": len(test_ids & set(rec._row))}
+    out["text_to_video"] = text_to_video(rec, caps)
+    if all(a in rec.catalog.columns for a in ATTRS):
+        from multimodal_rec.synth import paraphrase_queries, vocab_queries
+
+        rows = np.array([rec._row[v] for v in rec.video_ids if v in test_ids])
+        out["semantic_p@5"] = {
+            "vocabulary": semantic_precision(rec, vocab_queries(), rows),
+            "paraphrase": semantic_precision(rec, paraphrase_queries(), rows),
+        }
+    out["user_to_video"] = user_to_video(rec, ds)
+    return out
+
+
+def format_report(res: dict[str, Any]) -> str:
+    """The evaluation as a plain-text table."""
+    lines = [f"catalog: {res['videos']} videos ({res['held_out_videos']} held out from training)"]
+    tv = res.get("text_to_video") or {}
+    if tv:
+        lines.append(
+            f"text->video ({tv['queries']} held-out captions, full ranking): R@1 {tv['r@1']:.3f}  R@5 {tv['r@5']:.3f}"
+            f"  R@10 {tv['r@10']:.3f}  median rank {tv['median_rank']:.0f}  mean rank {tv['mean_rank']:.1f}"
+        )
+    for name, sp in (res.get("semantic_p@5") or {}).items():
+        lines.append(f"semantic precision@5, {name} queries ({sp['queries']}, held-out videos): {sp['p@5']:.3f}")
+    uv = res.get("user_to_video") or {}
+    if uv:
+        users = next(iter(uv.values()))["users"]
+        lines.append(f"user->video, leave-last-out, {users} users, full ranking, seen items excluded:")
+        lines.append(f"  {'method':<14}{'Recall@10':>10}{'NDCG@10':>10}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
+        for m, r in uv.items():
+            lines.append(
+                f"  {m:<14}{r['recall@10']:>10.3f}{r['ndcg@10']:>10.3f}{r['recall@20']:>10.3f}{r['ndcg@20']:>10.3f}"
+                f"{r['mrr']:>8.3f}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Training: a short, model-agnostic loop over a task that returns named losses.
+
+``train(...)`` is the entry point (the CLI and the tests call it): frames are decoded once into the cache,
+a frozen text trunk's features are computed once, then each step trains text<->video and
+user-history -> next-video contrastively on the same video forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multimodal_rec.cache import ProgressFn, _no_progress, build_frame_cache, frames_to_tensor
+from multimodal_rec.config import RunConfig
+from multimodal_rec.data import Dataset, HistoryExample, history_examples, load_dataset
+from multimodal_rec.errors import UserError
+from multimodal_rec.model import MultimodalModel, create_model, load_model, save_model
+
+LOG = logging.getLogger(__name__)
+STATE_FILE = "train_state.safetensors"
+STATE_META = "train_state.json"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainData:
+    """Everything the steps need, in memory: cached frames, captions and history examples."""
+
+    video_ids: list[str]  # training videos that decoded
+    frames: np.ndarray  # [N, T, H, W, 3] uint8, memory-mapped
+    captions: list[list[str]]  # captions per training video
+    examples: list[HistoryExample]  # user-history -> next training video
+
+
+def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: ProgressFn = _no_progress) -> TrainData:
+    vcfg = cfg.model.video
+    train_ids = set(ds.split_ids("train"))
+    cat = ds.catalog[ds.catalog["video_id"].isin(train_ids)].reset_index(drop=True)
+    if cat.empty:
+        raise UserError("no training videos: the catalog's split column marks none as 'train'")
+    frames, ok = build_frame_cache(
+        list(cat["abs_path"]), vcfg.num_frames, vcfg.image_size, cache_dir, cfg.train.num_workers, progress
+    )
+    if not ok.any():
+        raise UserError("none of the training videos could be decoded")
+    caps = ds.captions.groupby("video_id")["caption"].apply(list).to_dict()
+    keep = [i for i, vid in enumerate(cat["video_id"]) if ok[i] and caps.get(vid)]
+    if not keep:
+        raise UserError("no training video has a caption: check captions.csv video ids against the catalog")
+    if len(keep) < len(cat):
+        LOG.warning("training on %d of %d videos (the rest failed to decode or have no caption)", len(keep), len(cat))
+    ids = [cat["video_id"][i] for i in keep]
+    frames = frames[keep] if len(keep) < len(cat) else frames
+    id_set = set(ids)
+    train_ex, _ = history_examples(ds.interactions, cfg.model.user.max_history, cfg.train.min_history)
+    examples = [ex for ex in train_ex if ex.target in id_set]
+    return TrainData(ids, frames, [caps[v] for v in ids], examples)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def make_optimizer(model: MultimodalModel, cfg: RunConfig) -> torch.optim.Optimizer:
+    trunk = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.trunk.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.trunk.")]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": cfg.train.lr}]
+    if trunk:
+        groups.append({"params": trunk, "lr": cfg.train.trunk_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+
+
+class ContrastiveTask:
+    """Model + losses for one step: returns a dict of named losses (``loss`` is the weighted sum)."""
+
+    def __init__(self, model: MultimodalModel, cfg: RunConfig, data: TrainData) -> None:
+        self.model, self.cfg, self.data = model, cfg, data
+        self.index = {v: i for i, v in enumerate(data.video_ids)}
+
+    def step(self, vidx: np.ndarray, rec: list[HistoryExample], rng: random.Random) -> dict[str, torch.Tensor]:
+        m, tc = self.model, self.cfg.train
+        rec_idx = np.array([self.index[ex.target] for ex in rec], dtype=np.int64)
+        all_idx = np.concatenate([rec_idx, vidx])  # rec targets first: row i of the rec loss has column i
+        order = np.argsort(all_idx, kind="stable")  # sorted reads are kinder to the memory-mapped cache
+        frames = np.empty((len(all_idx), *self.data.frames.shape[1:]), dtype=np.uint8)
+        frames[order] = self.data.frames[all_idx[order]]
+        v = m.encode_video(frames_to_tensor(frames))  # [N, D]
+        ids = torch.as_tensor(all_idx, device=v.device)
+        caps = [rng.choice(self.data.captions[i]) for i in all_idx]
+        t = m.encode_text(caps)  # [N, D]
+        out: dict[str, torch.Tensor] = {"loss_tv": m.loss_tv(t, v, ids)}
+        loss = tc.w_text_video * out["loss_tv"]
+        if rec and tc.w_rec > 0:
+            u, _ = m.encode_user([ex.history for ex in rec])  # [B_r, D]
+            out["loss_rec"] = m.loss_rec(u, v, ids)
+            loss = loss + tc.w_rec * out["loss_rec"]
+        out["loss"] = loss
+        return out
+
+
+def _save_state(out: Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    sd = opt.state_dict()
+    tensors = {f"{i}/{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
+    tmp = out / f".{STATE_FILE}.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / STATE_FILE)
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    tmp_meta = out / f".{STATE_META}.tmp"
+    tmp_meta.write_text(json.dumps({**meta, "param_groups": groups}))
+    tmp_meta.replace(out / STATE_META)
+
+
+def _load_state(out: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((out / STATE_META).read_text())
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in load_file(str(out / STATE_FILE)).items():
+        i, name = key.split("/", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs: int
+    steps: int
+    seconds: float
+    final_losses: dict[str, float]
+
+
+def train(
+    cfg: RunConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: ProgressFn = _no_progress,
+) -> TrainResult:
+    """Train ``cfg`` on the tables in ``data_dir``; write checkpoints (safetensors + config) to ``out_dir``."""
+    out = Path(out_dir)
+    tc = cfg.train
+    ds = load_dataset(data_dir)
+    seed_everything(tc.seed)
+    device = pick_device(tc.device)
+    if resume:
+        if not (out / STATE_META).is_file():
+            raise UserError(f"nothing to resume in {out}: no {STATE_META} (train without --resume first)")
+        model, saved_cfg = load_model(out, device)
+        if saved_cfg.model != cfg.model:
+            raise UserError(f"{out} was trained with a different model config; resume with the same config")
+        model.train()
+    else:
+        if (out / STATE_META).exists():
+            raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
+        model = create_model(cfg.model).to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(cfg, ds, Path(cache_dir) if cache_dir else Path(data_dir) / ".mmrec-cache", progress)
+    LOG.info("training on %d videos, %d history examples, device %s", len(data.video_ids), len(data.examples), device)
+
+    # A frozen trunk's features are computed once for every text the run will see.
+    if model.text.trunk_frozen:
+        texts = sorted({c for cs in data.captions for c in cs} | {t for ex in data.examples for t in ex.history})
+        for i in progress(range(0, len(texts), 512), desc="text features", unit="batch"):
+            model.text_features(texts[i : i + 512])
+
+    n_videos = len(data.video_ids)
+    steps_per_epoch = max(1, math.ceil(n_videos / tc.batch_size))
+    total = steps_per_epoch * tc.epochs
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps, total))
+    start_epoch, step = 0, 0
+    if resume:
+        meta = _load_state(out, opt)
+        start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        sched.last_epoch = step - 1
+        sched.step()
+        LOG.info("resumed %s at epoch %d (step %d)", out, start_epoch, step)
+
+    task = ContrastiveTask(model, cfg, data)
+    use_amp = device.type == "cuda"
+    log_path = out / "metrics.jsonl"
+    t0 = time.time()
+    last: dict[str, float] = {}
+    for epoch in range(start_epoch, tc.epochs):
+        rng = random.Random(tc.seed * 1000 + epoch)  # per-epoch RNG: a resumed run replays the same batches
+        perm = np.random.default_rng(tc.seed * 1000 + epoch).permutation(n_videos)
+        rec_order = list(range(len(data.examples)))
+        rng.shuffle(rec_order)
+        model.train()
+        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")
+        for s in bar:
+            vidx = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
+            nr = min(tc.rec_batch_size, len(rec_order))
+            rec = [data.examples[rec_order[(s * nr + j) % len(rec_order)]] for j in range(nr)] if nr else []
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = task.step(vidx, rec, rng)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
+            if step % tc.log_every == 0 or s == steps_per_epoch - 1:
+                rec_line = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], **last}
+                with log_path.open("a") as f:
+                    f.write(json.dumps(rec_line) + "\n")
+        save_model(model, cfg, out, extra={"epoch": epoch + 1, "step": step})
+        _save_state(out, opt, {"epoch": epoch + 1, "step": step})
+        LOG.info("epoch %d/%d done: %s", epoch + 1, tc.epochs, {k: round(v, 4) for k, v in last.items()})
+    return TrainResult(out, tc.epochs, step, time.time() - t0, last)

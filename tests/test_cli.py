@@ -1,0 +1,88 @@
+"""The command line as a user meets it: JSON output, and one-line errors with a non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multimodal_rec.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "search", "--bundle", str(bundle), "a red circle moving left", "-k", "3", "--json")
+    assert code == 0
+    hits = json.loads(out)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and {"video_id", "score", "title"} <= set(hits[0])
+    code, out, _ = _run(
+        capsys, "recommend", "--bundle", str(bundle), "--history", "red balls", "a red dot", "-k", "4", "--json"
+    )
+    assert code == 0 and len(json.loads(out)["hits"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--bundle", "{bundle}", ""], "query must be a non-empty string"),
+        (["search", "--bundle", "{bundle}", "red", "-k", "0"], "k must be a positive integer"),
+        (["search", "--bundle", "{missing}", "red"], "not a bundle"),
+        (["recommend", "--bundle", "{bundle}", "--history", " ", "-k", "3"], "non-empty"),
+        (["train", "--config", "nonexistent", "--data", "{world}", "--out", "{tmp}/r"], "unknown config preset"),
+        (["train", "--config", "tiny", "--data", "{missing}", "--out", "{tmp}/r"], "data directory not found"),
+        (
+            ["encode", "--model", "{missing}", "--catalog", "{world}/catalog.csv", "--out", "{tmp}/b"],
+            "not a trained model",
+        ),
+        (["encode", "--model", "{trained}", "--catalog", "{badcat}", "--out", "{tmp}/b"], "lacks required column"),
+        (
+            ["encode", "--model", "{trained}", "--catalog", "{missing}/c.csv", "--out", "{tmp}/b"],
+            "catalog file not found",
+        ),
+        (["synth", "--out", "{tmp}/w", "--videos", "5", "--users", "-1"], "users"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(
+    argv: list[str],
+    message: str,
+    bundle: Path,
+    trained: Path,
+    world: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    badcat = tmp_path / "bad.csv"
+    badcat.write_text("id,file\nv1,a.mp4\n")
+    subs = {
+        "bundle": bundle,
+        "trained": trained,
+        "world": world,
+        "tmp": tmp_path,
+        "missing": tmp_path / "nope",
+        "badcat": badcat,
+    }
+    code, _out, err = _run(capsys, *[a.format(**subs) for a in argv])
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_entry_point_and_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "multimodal_rec.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for cmd in ("synth", "train", "encode", "search", "recommend", "eval"):
+        assert cmd in res.stdout
+
+
+def test_presets_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "presets", "--json")
+    assert code == 0 and {"tiny", "small", "base"} <= set(json.loads(out)["presets"])

@@ -1,0 +1,134 @@
+"""One tiny end-to-end run: synth -> train a few steps -> encode -> search / recommend / eval, plus resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal_rec import Recommender, UserError
+from multimodal_rec.bundle import read_manifest
+
+
+def test_training_writes_checkpoint_with_config(trained: Path) -> None:
+    meta = json.loads((trained / "config.json").read_text())
+    assert meta["format"] == 1 and meta["config"]["name"] == "tiny"
+    assert (trained / "model.safetensors").stat().st_size > 0
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    assert lines and "loss_tv" in json.loads(lines[-1]) and "loss_rec" in json.loads(lines[-1])
+
+
+def test_bundle_layout_and_search(bundle: Path, world: Path) -> None:
+    manifest = read_manifest(bundle)
+    for name in ("model.safetensors", "config.json", "catalog.parquet", "embeddings.npy", "index.faiss"):
+        assert name in manifest["files"]
+    rec = Recommender.load(bundle)
+    assert len(rec) == len(pd.read_csv(world / "catalog.csv"))
+    hits = rec.search("a red circle moving left", k=5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+    assert {"title", "color", "shape", "motion"} <= set(hits[0].metadata)
+    # Scores are cosine similarities against the stored embeddings.
+    xq = rec.encode_queries(["a red circle moving left"])
+    row = rec.video_ids.index(hits[0].video_id)
+    assert abs(float(xq[0] @ rec.embeddings[row]) - hits[0].score) < 1e-4
+
+
+def test_embeddings_are_unit_norm_and_deterministic(bundle: Path, trained: Path, world: Path, tmp_path: Path) -> None:
+    from multimodal_rec.encode import encode_catalog
+
+    xb = np.load(bundle / "embeddings.npy")
+    np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-4)
+    again = encode_catalog(trained, world / "catalog.csv", tmp_path / "b2", batch_size=7, workers=1)
+    np.testing.assert_allclose(np.load(again.bundle / "embeddings.npy"), xb, atol=1e-5)
+
+
+def test_recommend_excludes_and_explains(bundle: Path) -> None:
+    rec = Recommender.load(bundle)
+    history = ["a red ball moving left", "red dots going left"]
+    hits = rec.recommend(history, k=5)
+    assert len(hits) == 5
+    banned = [hits[0].video_id, hits[1].video_id]
+    again = rec.recommend(history, k=5, exclude=banned)
+    assert len(again) == 5 and not {h.video_id for h in again} & set(banned)
+    why = rec.explain(history)
+    assert [t for t, _ in why] == history and abs(sum(w for _, w in why) - 1) < 1e-5
+
+
+def test_bad_queries_are_user_errors(bundle: Path) -> None:
+    rec = Recommender.load(bundle)
+    for bad in (
+        lambda: rec.search("", k=3),
+        lambda: rec.search("   "),
+        lambda: rec.search("x", k=0),
+        lambda: rec.search("x", k=10**6),
+        lambda: rec.recommend([], k=3),
+        lambda: rec.recommend("text"),
+    ):
+        with pytest.raises(UserError):
+            bad()
+
+
+def test_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    arr = np.load(copy / "embeddings.npy")
+    arr[0, 0] += 0.5
+    np.save(copy / "embeddings.npy", arr)
+    with pytest.raises(UserError, match="checksum"):
+        Recommender.load(copy)
+
+
+def test_failed_bundle_write_keeps_previous_bundle(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from multimodal_rec.bundle import write_bundle
+
+    target = tmp_path / "b"
+    shutil.copytree(bundle, target)
+    before = (target / "bundle.json").read_text()
+
+    def boom(tmp: Path) -> dict:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_bundle(target, boom)
+    assert (target / "bundle.json").read_text() == before
+    assert not list(tmp_path.glob(".b.tmp-*")), "temporary directory left behind"
+
+
+def test_evaluate_reports_every_metric(bundle: Path, world: Path) -> None:
+    from multimodal_rec.evaluate import evaluate, format_report
+
+    res = evaluate(Recommender.load(bundle), world)
+    tv = res["text_to_video"]
+    assert 0 <= tv["r@1"] <= tv["r@5"] <= tv["r@10"] <= 1 and tv["median_rank"] >= 1
+    assert set(res["semantic_p@5"]) == {"vocabulary", "paraphrase"}
+    uv = res["user_to_video"]
+    assert set(uv) >= {"user_tower", "popularity", "mean_history", "random"}
+    assert all(0 <= m["ndcg@10"] <= m["recall@10"] <= 1 for m in uv.values())
+    assert "NDCG@10" in format_report(res)
+
+
+def test_resume_continues_and_refuses_overwrite(world: Path, tiny_cfg, tmp_path: Path) -> None:
+    import copy
+
+    from multimodal_rec.train import train
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.epochs = 1
+    out = tmp_path / "run"
+    first = train(cfg, world, out, cache_dir=tmp_path / "cache")
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, world, out, cache_dir=tmp_path / "cache")
+    cfg.train.epochs = 2
+    second = train(cfg, world, out, resume=True, cache_dir=tmp_path / "cache")
+    assert second.steps == 2 * first.steps
+    assert json.loads((out / "config.json").read_text())["epoch"] == 2

@@ -1,0 +1,278 @@
+"""Tests for the synthetic demo world (multimodal_rec.synth)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal_rec import synth
+
+SEED = 2  # with 20 videos this seed covers every colour, shape and motion (asserted below)
+N_VIDEOS = 20
+N_USERS = 5
+STOP_WORDS = {"a", "an", "the", "to", "is", "of", "in", "on", "toward", "that", "and", "which"}
+CATALOG_COLS = [
+    "video_id",
+    "path",
+    "title",
+    "color",
+    "shape",
+    "motion",
+    "duration_s",
+    "fps",
+    "width",
+    "height",
+    "split",
+]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _has_phrase(text: str, phrases: tuple[str, ...]) -> bool:
+    padded = f" {' '.join(_words(text))} "
+    return any(f" {p} " in padded for p in phrases)
+
+
+def _decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _object_mask(frame: np.ndarray) -> np.ndarray:
+    """Pixels far from the background colour (the per-frame median; the object covers < half the frame)."""
+    img = frame.astype(np.float32)
+    bg = np.median(img.reshape(-1, 3), axis=0)
+    return np.linalg.norm(img - bg, axis=-1) > 80
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    core = mask.copy()
+    core[1:] &= mask[:-1]
+    core[:-1] &= mask[1:]
+    core[:, 1:] &= mask[:, :-1]
+    core[:, :-1] &= mask[:, 1:]
+    return core
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.WorldSummary]:
+    out = tmp_path_factory.mktemp("world")
+    return out, synth.make_world(out, videos=N_VIDEOS, users=N_USERS, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def catalog(world: tuple[Path, synth.WorldSummary]) -> pd.DataFrame:
+    return pd.read_csv(world[0] / "catalog.csv")
+
+
+def test_files_columns_and_summary(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
+    out, summary = world
+    assert list(catalog.columns) == CATALOG_COLS
+    caps = pd.read_csv(out / "captions.csv")
+    inter = pd.read_csv(out / "interactions.csv")
+    assert list(caps.columns) == ["video_id", "caption"]
+    assert list(inter.columns) == ["user_id", "video_id", "timestamp", "text"]
+    assert (summary.out, summary.videos, summary.users) == (out, N_VIDEOS, N_USERS)
+    assert summary.captions == len(caps) == 5 * N_VIDEOS
+    assert summary.interactions == len(inter)
+    assert len(catalog) == N_VIDEOS and catalog.video_id.is_unique
+    assert catalog.video_id.iloc[0] == "v0000"
+    assert set(catalog.split) <= {"train", "test"}
+    assert set(caps.video_id) == set(catalog.video_id)
+    assert set(inter.video_id) <= set(catalog.video_id)
+    assert inter.user_id.nunique() == N_USERS
+    assert inter.groupby("user_id").size().between(12, 40).all()
+    # no temp files left behind
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    # every attribute is represented, so the per-motion checks below really run
+    assert set(catalog.motion) == set(synth.MOTIONS)
+    assert set(catalog.color) == set(synth.COLORS)
+    assert set(catalog["shape"]) == set(synth.SHAPES)
+
+
+def test_titles(catalog: pd.DataFrame) -> None:
+    row = catalog.iloc[0]
+    assert row.title.lower().startswith(f"{row['color']} {row['shape']}")
+    assert row.title[0].isupper()
+
+
+def test_paths_relative_and_resolve(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
+    out = world[0]
+    for vid, rel in zip(catalog.video_id, catalog.path, strict=True):
+        assert not Path(rel).is_absolute()
+        assert rel == f"videos/{vid}.mp4"
+        assert (out / rel).is_file()
+
+
+def test_same_seed_is_reproducible(world: tuple[Path, synth.WorldSummary], tmp_path: Path) -> None:
+    out = world[0]
+    synth.make_world(tmp_path, videos=N_VIDEOS, users=N_USERS, seed=SEED)
+    for name in ("catalog.csv", "captions.csv", "interactions.csv"):
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    for vid in pd.read_csv(out / "catalog.csv").video_id:
+        a = _decode(out / "videos" / f"{vid}.mp4")
+        b = _decode(tmp_path / "videos" / f"{vid}.mp4")
+        assert a.shape == b.shape and np.array_equal(a[0], b[0]), vid
+
+
+def test_other_seed_differs(world: tuple[Path, synth.WorldSummary], tmp_path: Path) -> None:
+    synth.make_world(tmp_path, videos=N_VIDEOS, users=N_USERS, seed=SEED + 1)
+    assert (world[0] / "catalog.csv").read_bytes() != (tmp_path / "catalog.csv").read_bytes()
+
+
+def test_videos_decode_with_expected_shape_and_color(
+    world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame
+) -> None:
+    ref = {name: np.array(rgb, dtype=np.float32) for name, rgb in synth._RGB.items()}
+    for row in catalog.itertuples():
+        frames = _decode(world[0] / row.path)
+        assert 16 <= len(frames) <= 32, row.video_id
+        assert frames.shape[1:] == (row.height, row.width, 3), row.video_id
+        assert row.width % 2 == 0 and row.height % 2 == 0 and 64 <= row.width <= 128 and 64 <= row.height <= 128
+        assert 12 <= row.fps <= 25
+        assert row.duration_s == pytest.approx(len(frames) / row.fps, abs=1e-3)
+        for frame in (frames[0], frames[-1]):
+            core = _erode(_object_mask(frame))
+            assert core.sum() > 20, row.video_id
+            mean = frame[core].astype(np.float32).mean(axis=0)
+            dists = {name: float(np.linalg.norm(mean - rgb)) for name, rgb in ref.items()}
+            assert min(dists, key=dists.get) == row.color, (row.video_id, row.color, mean)
+            assert dists[row.color] < 40, (row.video_id, row.color, mean)
+
+
+def test_motion_is_visible(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
+    for row in catalog.itertuples():
+        frames = _decode(world[0] / row.path)
+        first, last = _erode(_object_mask(frames[0])), _erode(_object_mask(frames[-1]))
+        ys0, xs0 = np.nonzero(first)
+        ys1, xs1 = np.nonzero(last)
+        dx, dy = xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()
+        min_shift = 0.25 * min(row.width, row.height)
+        if row.motion == "left":
+            assert dx < -min_shift, row.video_id
+        elif row.motion == "right":
+            assert dx > min_shift, row.video_id
+        elif row.motion == "up":
+            assert dy < -min_shift, row.video_id
+        elif row.motion == "down":
+            assert dy > min_shift, row.video_id
+        elif row.motion == "growing":
+            assert last.sum() > 3 * first.sum(), row.video_id
+        else:
+            assert first.sum() > 3 * last.sum(), row.video_id
+        if row.motion in ("growing", "shrinking"):  # stays in place: bounding-box centre does not move
+            centre0 = np.array([xs0.min() + xs0.max(), ys0.min() + ys0.max()]) / 2
+            centre1 = np.array([xs1.min() + xs1.max(), ys1.min() + ys1.max()]) / 2
+            assert np.abs(centre1 - centre0).max() < 3, row.video_id
+
+
+def test_timestamps_increase_per_user(world: tuple[Path, synth.WorldSummary]) -> None:
+    inter = pd.read_csv(world[0] / "interactions.csv")
+    assert inter.timestamp.dtype.kind == "i"
+    assert list(inter.user_id) == sorted(inter.user_id)
+    for _, group in inter.groupby("user_id", sort=False):
+        assert (np.diff(group.timestamp.to_numpy()) > 0).all()
+
+
+def test_captions_name_color_shape_and_motion(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
+    caps = pd.read_csv(world[0] / "captions.csv").merge(catalog[["video_id", "color", "shape", "motion"]])
+    vocab = synth.caption_vocabulary()
+    assert (caps.groupby("video_id").caption.nunique() == 5).all()
+    for row in caps.itertuples():
+        words = _words(row.caption)
+        assert set(words) <= vocab, row.caption
+        assert row.color in words, row.caption
+        assert _has_phrase(row.caption, synth._CAPTION_SHAPES[row.shape]), row.caption
+        assert _has_phrase(row.caption, synth._CAPTION_MOTIONS[row.motion]), row.caption
+        other_colors = set(synth.COLORS) - {row.color}
+        assert not other_colors & set(words), row.caption
+
+
+def test_interaction_text_uses_caption_vocabulary(world: tuple[Path, synth.WorldSummary]) -> None:
+    inter = pd.read_csv(world[0] / "interactions.csv")
+    caps = pd.read_csv(world[0] / "captions.csv")
+    vocab = synth.caption_vocabulary()
+    for text in inter.text:
+        assert text and set(_words(text)) <= vocab, text
+    pairs = set(zip(caps.video_id, caps.caption, strict=True))
+    is_caption = [(v, t) in pairs for v, t in zip(inter.video_id, inter.text, strict=True)]
+    assert 0.5 < np.mean(is_caption) < 0.95  # mostly captions of the watched video, some typed queries
+
+
+def test_queries() -> None:
+    vq = synth.vocab_queries()
+    assert len(vq) == len(synth.COLORS) * len(synth.SHAPES) * len(synth.MOTIONS)
+    assert {(q["color"], q["shape"], q["motion"]) for q in vq} == {
+        (c, s, m) for c in synth.COLORS for s in synth.SHAPES for m in synth.MOTIONS
+    }
+    assert {"query": "a red circle moving left", "color": "red", "shape": "circle", "motion": "left"} in vq
+    assert {"query": "a blue square growing", "color": "blue", "shape": "square", "motion": "growing"} in vq
+    vocab = synth.caption_vocabulary()
+    for q in vq:
+        assert set(_words(q["query"])) <= vocab
+
+    pq = synth.paraphrase_queries()
+    assert pq == synth.paraphrase_queries()  # deterministic
+    assert {(q["color"], q["shape"], q["motion"]) for q in pq} == {(q["color"], q["shape"], q["motion"]) for q in vq}
+    assert len({q["query"] for q in pq}) == len(pq)
+
+
+def test_paraphrases_are_word_disjoint_from_captions() -> None:
+    vocab = synth.caption_vocabulary()
+    assert {"red", "circle", "left", "growing"} <= vocab
+    for q in synth.paraphrase_queries():
+        content = set(_words(q["query"])) - STOP_WORDS
+        assert content, q
+        assert not content & vocab, (q["query"], content & vocab)
+
+
+def test_every_combination_has_test_video(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(synth, "_write_clip", lambda spec, video_dir: None)  # splits only; skip encoding
+    synth.make_world(tmp_path, videos=378, users=0, seed=0)
+    cat = pd.read_csv(tmp_path / "catalog.csv")
+    per_combo = cat.groupby(["color", "shape", "motion"])
+    assert per_combo.ngroups == 126
+    assert (per_combo.size() == 3).all()
+    assert (per_combo.split.apply(lambda s: (s == "test").sum()) == 1).all()
+    assert len(pd.read_csv(tmp_path / "interactions.csv")) == 0
+
+
+def test_sessions_make_recent_history_predictive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(synth, "_write_clip", lambda spec, video_dir: None)
+    synth.make_world(tmp_path, videos=252, users=150, seed=0)
+    cat = pd.read_csv(tmp_path / "catalog.csv").set_index("video_id")
+    inter = pd.read_csv(tmp_path / "interactions.csv").join(cat[["color", "shape", "motion"]], on="video_id")
+    rng = np.random.default_rng(0)
+    recent = earlier = n = 0
+    for _, g in inter.groupby("user_id"):
+        attrs = g[["color", "shape", "motion"]].to_numpy()
+        for i in range(2, len(attrs)):
+            recent += bool((attrs[i] == attrs[i - 1]).any())
+            earlier += bool((attrs[i] == attrs[rng.integers(0, i - 1)]).any())
+            n += 1
+    assert recent / n > earlier / n + 0.05
+    counts = inter.video_id.value_counts()
+    top_share = counts.head(len(cat) // 10).sum() / len(inter)
+    assert 0.15 < top_share < 0.6  # popularity matters, but is not everything
+
+
+def test_progress_called_per_video(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    synth.make_world(tmp_path, videos=3, users=0, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"videos": 0}, {"users": -1}, {"holdout": 1.0}, {"holdout": -0.1}, {"seed": -1}], ids=str
+)
+def test_invalid_arguments(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        synth.make_world(tmp_path, **kwargs)
