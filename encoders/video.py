@@ -25,6 +25,7 @@ class VideoTowerConfig:
     image_size: int = 112  # frames are resized to image_size x image_size by the decoder
     spatial_grid: int = 2  # trunk map pooled to grid x grid cells: keeps where the object is (motion needs it)
     frame_dim: int = 256  # per-frame feature width after the trunk
+    frame_diff: bool = True  # add the difference to the next frame as 3 more input channels (TSN's RGB-diff)
     temporal: str = "transformer"  # "transformer" | "conv" | "mean" (mean cannot tell left from right)
     temporal_layers: int = 1  # transformer layers over time
     temporal_heads: int = 4  # attention heads of the temporal transformer
@@ -38,8 +39,8 @@ def _resnet10(**kwargs: object) -> nn.Module:
     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
 
 
-def build_cnn(name: str, weights_path: str | None = None) -> tuple[nn.Module, int]:
-    """A torchvision CNN without its classifier: ``[N, 3, H, W] -> [N, C, h, w]``, and ``C``."""
+def build_cnn(name: str, weights_path: str | None = None, in_channels: int = 3) -> tuple[nn.Module, int]:
+    """A torchvision CNN without its classifier: ``[N, in_channels, H, W] -> [N, C, h, w]``, and ``C``."""
     import torchvision
 
     model = _resnet10() if name == "resnet10" else torchvision.models.get_model(name, weights=None)
@@ -53,7 +54,35 @@ def build_cnn(name: str, weights_path: str | None = None) -> tuple[nn.Module, in
         channels = _out_channels(body)
     else:
         raise ValueError(f"unsupported video trunk {name!r}: use a resnet, mobilenet or efficientnet")
+    if in_channels != 3:
+        _widen_first_conv(body, in_channels)
     return body, channels
+
+
+def _widen_first_conv(body: nn.Module, in_channels: int) -> None:
+    """Give the stem conv more input channels; RGB weights are kept, the new channels start at zero."""
+    for parent in body.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                conv = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )
+                with torch.no_grad():
+                    conv.weight.zero_()
+                    conv.weight[:, :3] = child.weight
+                    nn.init.kaiming_normal_(conv.weight[:, 3:], mode="fan_out", nonlinearity="relu")
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, child_name, conv)
+                return
+    raise ValueError("no 3-channel stem convolution found to widen")
 
 
 def _out_channels(body: nn.Module) -> int:
@@ -112,7 +141,7 @@ class VideoTower(nn.Module):
     def __init__(self, cfg: VideoTowerConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path)
+        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path, 6 if cfg.frame_diff else 3)
         g = cfg.spatial_grid
         self.spatial = nn.AdaptiveAvgPool2d(g)
         self.frame_proj = nn.Sequential(nn.Linear(channels * g * g, cfg.frame_dim), nn.GELU())
@@ -137,6 +166,11 @@ class VideoTower(nn.Module):
         x = frames.reshape(B * T, C, H, W)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = (x - self.mean) / self.std
+        if self.cfg.frame_diff:
+            v = x.view(B, T, C, H, W)
+            diff = v[:, 1:] - v[:, :-1] if T > 1 else torch.zeros_like(v)  # [B, T-1, C, H, W]
+            diff = torch.cat([diff, diff[:, -1:]], 1) if T > 1 else diff  # the last frame reuses the last diff
+            x = torch.cat([v, diff], 2).view(B * T, 2 * C, H, W)
         x = x.to(memory_format=torch.channels_last)
         fmap = self.cnn(x)  # [B*T, C', h, w]
         cells = self.spatial(fmap).flatten(1)  # [B*T, C'*g*g]

@@ -110,4 +110,4 @@ def build_frame_cache(
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[B, T, H, W, 3]`` -> uint8 tensor ``[B, T, 3, H, W]`` (the towers' layout)."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
+    return torch.from_numpy(np.array(frames, dtype=np.uint8, copy=True)).permute(0, 1, 4, 2, 3)

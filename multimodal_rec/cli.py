@@ -274,7 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
         args.fn(args)
     except UserError as e:
         print(f"mmrec {args.command}: error: {e}", file=sys.stderr)

@@ -126,6 +126,29 @@ class ContrastiveTask:
         return out
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: MultimodalModel, data: TrainData, batch_size: int = 64) -> None:
+    """Recompute the video trunk's BatchNorm statistics for the current weights ("precise BN").
+
+    Running averages lag behind weights that change quickly, and evaluation-mode outputs then drift far from
+    what training saw; one pass over the training clips with a cumulative average fixes that.
+    """
+    bns = [m for m in model.video.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    was_training = model.video.training
+    model.video.train()
+    for i in range(0, len(data.video_ids), batch_size):
+        model.video.forward_features(frames_to_tensor(data.frames[i : i + batch_size]).to(model.device))
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.video.train(was_training)
+
+
 def _save_state(out: Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
@@ -200,13 +223,15 @@ def train(
     steps_per_epoch = max(1, math.ceil(n_videos / tc.batch_size))
     total = steps_per_epoch * tc.epochs
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps, total))
+    lr_fn = _lr_lambda(tc.warmup_steps, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_fn)
     start_epoch, step = 0, 0
     if resume:
         meta = _load_state(out, opt)
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
-        sched.last_epoch = step - 1
-        sched.step()
+        sched.last_epoch = step  # continue the schedule where it stopped
+        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * lr_fn(step)
         LOG.info("resumed %s at epoch %d (step %d)", out, start_epoch, step)
 
     task = ContrastiveTask(model, cfg, data)
@@ -241,6 +266,7 @@ def train(
                 rec_line = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], **last}
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec_line) + "\n")
+        recalibrate_batchnorm(model, data)
         save_model(model, cfg, out, extra={"epoch": epoch + 1, "step": step})
         _save_state(out, opt, {"epoch": epoch + 1, "step": step})
         LOG.info("epoch %d/%d done: %s", epoch + 1, tc.epochs, {k: round(v, 4) for k, v in last.items()})

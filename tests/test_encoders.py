@@ -42,8 +42,9 @@ def test_video_pooling_sees_frame_order() -> None:
     torch.manual_seed(0)
     frames = torch.rand(2, 4, 3, 32, 32)
     reversed_ = frames.flip(1)
-    for temporal, differs in [("transformer", True), ("conv", True), ("mean", False)]:
-        tower = VideoTower(_video_cfg(temporal=temporal), D).eval()
+    cases = [("transformer", False, True), ("conv", False, True), ("mean", False, False), ("mean", True, True)]
+    for temporal, frame_diff, differs in cases:  # frame differences carry the order even into a mean
+        tower = VideoTower(_video_cfg(temporal=temporal, frame_diff=frame_diff), D).eval()
         with torch.no_grad():
             gap = (tower(frames) - tower(reversed_)).abs().max().item()
         assert (gap > 1e-4) == differs, (temporal, gap)
