@@ -6,22 +6,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from multimodal_rec.frames import VideoDecodeError, read_frames
+from multimodal_rec.frames import read_frames
+from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
-ProgressFn = Callable[..., Iterable[Any]]
-
-
-def _no_progress(it: Iterable[Any], **_: Any) -> Iterable[Any]:
-    return it
 
 
 class ClipDataset(Dataset):
@@ -36,8 +31,8 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         try:
             return i, read_frames(self.paths[i], self.num_frames, self.size), ""
-        except VideoDecodeError as e:
-            return i, None, str(e)
+        except Exception as e:  # a bad file must never stop the job: report it and go on
+            return i, None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
@@ -73,7 +68,7 @@ def build_frame_cache(
     size: int,
     cache_dir: str | Path,
     workers: int = 0,
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``[N, T, H, W, 3]`` uint8 (memory-mapped) and a bool ``[N]`` of clips that decoded.
 
@@ -91,16 +86,16 @@ def build_frame_cache(
     tmp = cache_dir / f".frames-{key}.{os.getpid()}.tmp.npy"
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(N, num_frames, size, size, 3))
     ok = np.zeros(N, dtype=bool)
-    done = progress(
-        iter_clips(paths, num_frames, size, workers), total=(N + 15) // 16, desc="decode frames", unit="batch"
-    )
-    for batch in done:
+    bar = progress(total=N, desc="decode frames", unit="video")
+    for batch in iter_clips(paths, num_frames, size, workers):
+        bar.update(len(batch))
         for i, frames, err in batch:
             if frames is None:
                 LOG.warning("skipped: %s", err)
                 continue
             arr[i] = frames
             ok[i] = True
+    bar.close()
     arr.flush()
     del arr
     tmp.replace(arr_path)

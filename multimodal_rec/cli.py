@@ -7,22 +7,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.progress import tqdm_progress
 
 LOG = logging.getLogger("mmrec")
-
-
-def _progress_factory(quiet: bool):
-    def progress(it: Iterable[Any], **kw: Any) -> Iterable[Any]:
-        from tqdm import tqdm
-
-        return tqdm(it, disable=quiet, dynamic_ncols=True, file=sys.stderr, **kw)
-
-    return progress
 
 
 def _json_default(o: Any) -> Any:
@@ -108,7 +100,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     cfg = load_config(a.config, _overrides(a.set))
     if a.epochs is not None:
         cfg.train.epochs = a.epochs
-    res = train(cfg, a.data, a.out, resume=a.resume, progress=_progress_factory(a.quiet))
+    res = train(cfg, a.data, a.out, resume=a.resume, progress=tqdm_progress(a.quiet))
     info = {
         "out": str(res.out_dir),
         "epochs": res.epochs,
@@ -133,20 +125,32 @@ def cmd_encode(a: argparse.Namespace) -> None:
         batch_size=a.batch_size,
         workers=workers,
         device=a.device,
-        progress=_progress_factory(a.quiet),
+        shard_size=a.shard_size,
+        rebuild=a.rebuild,
+        progress=tqdm_progress(a.quiet),
     )
     info = {
         "bundle": str(res.bundle),
+        "videos": res.total,
         "encoded": res.encoded,
+        "reused": res.reused,
+        "resumed": res.resumed,
+        "removed": res.removed,
         "skipped": len(res.skipped),
         "seconds": round(res.seconds, 1),
     }
     if a.json:
         _print_json(info)
-    else:
-        print(f"encoded {res.encoded} videos, skipped {len(res.skipped)} in {res.seconds:.0f}s -> {res.bundle}")
-        for s in res.skipped[:10]:
-            print(f"  skipped {s['video_id']}: {s['reason']}")
+        return
+    print(
+        f"bundle {res.bundle}: {res.total} videos ({res.encoded} encoded, {res.reused} unchanged kept, "
+        f"{res.resumed} from an interrupted run), {res.removed} removed, {len(res.skipped)} skipped "
+        f"in {res.seconds:.0f}s"
+    )
+    for s in res.skipped[:10]:
+        print(f"  skipped {s['video_id']}: {s['reason']}")
+    if len(res.skipped) > 10:
+        print(f"  ... and {len(res.skipped) - 10} more: see {res.bundle / 'skipped.csv'}")
 
 
 def _load(bundle: str):
@@ -194,6 +198,24 @@ def cmd_eval(a: argparse.Namespace) -> None:
         _print_json(res)
     else:
         print(format_report(res))
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from multimodal_rec.serve import run_server
+
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from multimodal_rec import bench
+
+    if a.what == "encode":
+        if not a.model or not a.catalog:
+            raise UserError("bench encode needs --model RUN and --catalog CATALOG")
+        res = bench.bench_encode(
+            a.model, a.catalog, batch_size=a.batch_size, workers=a.workers, memory=not a.no_memory, device=a.device
+        )
+        print(json.dumps(res) if a.json else bench.format_encode(res))
 
 
 def cmd_presets(a: argparse.Namespace) -> None:
@@ -245,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=32, help="clips per model batch")
     s.add_argument("--workers", type=int, default=None, help="decoding worker processes (default min(2, cores))")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument(
+        "--shard-size", type=_positive_int, default=None, help="clips per resumable shard (default 8 batches)"
+    )
+    s.add_argument("--rebuild", action="store_true", help="re-encode everything instead of updating an existing bundle")
 
     s = add("search", "text -> videos", cmd_search)
     s.add_argument("--bundle", required=True)
@@ -260,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("eval", "full-ranking evaluation of a bundle on a data directory", cmd_eval)
     s.add_argument("--bundle", required=True)
     s.add_argument("--data", required=True, help="data directory (held-out split + last events)")
+
+    s = add("serve", "HTTP service over a bundle (needs the serve extra: pip install -e '.[serve]')", cmd_serve)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes")
+
+    s = add("bench", "benchmarks: measured throughput ratios (not tests)", cmd_bench)
+    s.add_argument("what", choices=["encode"], help="encode: decode-only vs model-only vs end-to-end, and memory")
+    s.add_argument("--model", help="trained run directory")
+    s.add_argument("--catalog", help="catalog to encode")
+    s.add_argument("--batch-size", type=_positive_int, default=32)
+    s.add_argument("--workers", type=int, default=None, help="decode workers for the end-to-end run (default: cores)")
+    s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
+    s.add_argument("--device", default="auto")
 
     add("presets", "list the named config presets", cmd_presets)
     return p

@@ -23,6 +23,8 @@ class ModelConfig:
     video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
     user: UserTowerConfig = field(default_factory=UserTowerConfig)
     init_temperature: float = 0.07  # initial softmax temperature of both InfoNCE losses (learnable)
+    popularity_prior: bool = True  # rec scores add w * log(1 + item's training interactions), w learned;
+    # behaviour on the item side (a hybrid): an item never seen in training has count 0 and is ranked by content
 
 
 @dataclass
@@ -38,6 +40,9 @@ class TrainConfig:
     w_text_video: float = 1.0  # weight of the symmetric text<->video InfoNCE
     w_rec: float = 1.0  # weight of the user-history -> next video InfoNCE
     min_history: int = 1  # fewest earlier events a training example needs
+    rec_trains_video: bool = False  # False: the rec loss trains the user tower only (video targets embedded
+    # without gradient, ~1.5x cheaper steps); text<->video alone shapes the video tower
+    augment: bool = True  # per-clip random zoom/shift and brightness (same for all frames: motion is kept)
     seed: int = 0  # seeds python, numpy and torch
     num_workers: int = 0  # DataLoader workers for frame decoding in the cache pass
     log_every: int = 10  # steps between log lines

@@ -23,7 +23,11 @@ def read_table(path: str | Path, required: tuple[str, ...], what: str) -> pd.Dat
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:  # ids and texts stay strings ("007" is not 7); other columns keep their inferred types
+            text_cols = {c: str for c in ("video_id", "user_id", "path", "caption", "text", "title")}
+            df = pd.read_csv(path, dtype=text_cols, keep_default_na=False, na_values=[""])
     except Exception as e:
         raise UserError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
     missing = [c for c in required if c not in df.columns]
@@ -91,6 +95,19 @@ def load_dataset(root: str | Path) -> Dataset:
         captions=read_captions(root / "captions.csv"),
         interactions=read_interactions(root / "interactions.csv"),
     )
+
+
+def training_events(interactions: pd.DataFrame, holdout_last: int = 1) -> pd.DataFrame:
+    """Every event except each user's last ``holdout_last`` (the leave-last-out test targets)."""
+    if holdout_last <= 0:
+        return interactions
+    pos_from_end = interactions.groupby("user_id").cumcount(ascending=False)
+    return interactions[pos_from_end >= holdout_last]
+
+
+def item_counts(interactions: pd.DataFrame, holdout_last: int = 1) -> dict[str, int]:
+    """Training interactions per video id (the popularity prior's input)."""
+    return {str(k): int(v) for k, v in training_events(interactions, holdout_last)["video_id"].value_counts().items()}
 
 
 @dataclass

@@ -1,65 +1,153 @@
-"""Offline catalog encoding: catalog -> frames (decord, DataLoader workers) -> video tower -> bundle."""
+"""Offline catalog encoding: catalog -> frames (decord, DataLoader workers) -> video tower -> bundle.
+
+Embeddings are written in shards as they are produced, into a work directory beside the bundle
+(``.<bundle>.work/``). A job killed at any moment and started again with the same command continues from
+the last complete shard and ends with exactly the embeddings an uninterrupted run gives: shards start on
+batch boundaries, so every clip is encoded in the same batch either way. An existing bundle made by the
+same model is updated incrementally: unchanged videos keep their embeddings, new or changed ones are
+encoded, removed ones are dropped.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
+import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from multimodal_rec.bundle import save_catalog, save_embeddings, write_bundle
-from multimodal_rec.cache import ProgressFn, _no_progress, frames_to_tensor, iter_clips
+from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, sha256_file, write_bundle
+from multimodal_rec.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data import read_catalog
 from multimodal_rec.errors import UserError
 from multimodal_rec.index import build_index
-from multimodal_rec.model import MultimodalModel, load_model, save_model, to_numpy
-from multimodal_rec.train import pick_device
+from multimodal_rec.model import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, to_numpy
+from multimodal_rec.progress import ProgressFn, no_progress
+from multimodal_rec.train import COUNTS_FILE, pick_device, read_counts
 
 LOG = logging.getLogger(__name__)
+PRIOR_COLUMN = "train_interactions"  # catalog column: the video's interactions seen in training
+SOURCES_FILE = "sources.parquet"  # bundle file: video_id, abs_path, size, mtime_ns (for incremental updates)
+JOB_FILE = "job.json"
 
 
 @dataclass
 class EncodeResult:
     bundle: Path
-    encoded: int
-    skipped: list[dict[str, str]]
+    encoded: int  # clips run through the model by this call
+    skipped: list[dict[str, str]]  # video_id, path, reason
     seconds: float
+    reused: int = 0  # embeddings kept from the previous bundle (unchanged videos)
+    resumed: int = 0  # clips taken from the shards of an interrupted run
+    removed: int = 0  # videos of the previous bundle no longer in the catalog
+    total: int = 0  # videos in the new bundle
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_frames(
-    model: MultimodalModel,
-    paths: list[str],
-    batch_size: int = 32,
-    workers: int = 1,
-    progress: ProgressFn = _no_progress,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embeddings ``[n_ok, D]``, a bool ``[N]`` of clips that decoded, and the error of every clip (or "")."""
-    vcfg = model.cfg.video
-    errors = [""] * len(paths)
-    ok = np.zeros(len(paths), dtype=bool)
-    chunks: list[np.ndarray] = []
-    use_amp = model.device.type == "cuda"
-    batches = iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size)
-    bar = progress(batches, total=(len(paths) + batch_size - 1) // batch_size, desc="encode videos", unit="batch")
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        for batch in bar:
-            good = [(i, f) for i, f, _ in batch if f is not None]
-            for i, f, err in batch:
-                if f is None:
-                    errors[i] = err
-                    LOG.warning("skipped: %s", err)
-            if not good:
-                continue
-            frames = frames_to_tensor(np.stack([f for _, f in good]))
-            chunks.append(to_numpy(model.encode_video(frames)))
-            ok[[i for i, _ in good]] = True
-    D = model.cfg.embed_dim
-    return (np.concatenate(chunks) if chunks else np.zeros((0, D), np.float32)), ok, errors
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the weights and config: the embeddings of a video depend on nothing else."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        h.update(sha256_file(model_dir / name).encode())
+    return h.hexdigest()
+
+
+def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
+    sizes, mtimes = [], []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+    return sizes, mtimes
+
+
+def index_vectors(xb: np.ndarray, catalog: Any, popularity_prior: bool) -> np.ndarray:
+    """What the index holds: ``xb`` plus, with the popularity prior, a last column ``log1p(count)``.
+
+    One index serves both calls: a text query carries 0 in that column (pure cosine), a user query carries
+    the learned prior coefficient (cosine + coef * log1p(count)).
+    """
+    if not popularity_prior:
+        return xb
+    prior = np.log1p(catalog[PRIOR_COLUMN].to_numpy(dtype=np.float32))[:, None]
+    return np.hstack([xb, prior]).astype(np.float32)
+
+
+def _previous_embeddings(out: Path, fingerprint: str, cat: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Catalog row -> embedding kept from an existing bundle of the same model, for unchanged files."""
+    try:
+        manifest = read_manifest(out, verify=True)
+    except UserError as e:
+        LOG.warning("not reusing %s: %s", out, e)
+        return {}
+    if manifest.get("model_fingerprint") != fingerprint or not (out / SOURCES_FILE).is_file():
+        LOG.info("existing bundle %s was made by another model: encoding everything", out)
+        return {}
+    prev = pd.read_parquet(out / SOURCES_FILE)
+    xb = np.load(out / "embeddings.npy")
+    key = {
+        (v, p, int(s), int(m)): i
+        for i, (v, p, s, m) in enumerate(
+            zip(prev["video_id"], prev["abs_path"], prev["size"], prev["mtime_ns"], strict=True)
+        )
+    }
+    reuse = {}
+    for row, k in enumerate(zip(cat["video_id"], cat["abs_path"], cat["size"], cat["mtime_ns"], strict=True)):
+        i = key.get((k[0], k[1], int(k[2]), int(k[3])))
+        if i is not None:
+            reuse[row] = xb[i]
+    return reuse
+
+
+class ShardWriter:
+    """Complete shards of one job in ``work``: ``shard-K.npy`` (embeddings) then ``shard-K.json`` (the marker)."""
+
+    def __init__(self, work: Path, job: dict[str, Any]) -> None:
+        self.work = work
+        job_path = work / JOB_FILE
+        if work.exists():
+            try:
+                same = json.loads(job_path.read_text()) == job
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                LOG.info("discarding shards of a different job in %s", work)
+                shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        if not job_path.exists():
+            tmp = work / f".{JOB_FILE}.tmp"
+            tmp.write_text(json.dumps(job))
+            tmp.replace(job_path)
+
+    def load(self, k: int) -> tuple[np.ndarray, list[str]] | None:
+        """(embeddings of the shard's rows, error per row with "" for encoded rows) if shard ``k`` is complete."""
+        marker = self.work / f"shard-{k:06d}.json"
+        if not marker.is_file():
+            return None
+        meta = json.loads(marker.read_text())
+        return np.load(self.work / f"shard-{k:06d}.npy"), meta["errors"]
+
+    def save(self, k: int, xb: np.ndarray, errors: list[str]) -> None:
+        tmp = self.work / f".shard-{k:06d}.tmp.npy"
+        np.save(tmp, xb)
+        os.replace(tmp, self.work / f"shard-{k:06d}.npy")
+        tmp_meta = self.work / f".shard-{k:06d}.json.tmp"
+        tmp_meta.write_text(json.dumps({"errors": errors}))
+        os.replace(tmp_meta, self.work / f"shard-{k:06d}.json")  # the shard counts as complete from here on
 
 
 def encode_catalog(
@@ -69,42 +157,135 @@ def encode_catalog(
     batch_size: int = 32,
     workers: int = 1,
     device: str = "auto",
-    progress: ProgressFn = _no_progress,
+    shard_size: int | None = None,
+    rebuild: bool = False,
+    progress: ProgressFn = no_progress,
 ) -> EncodeResult:
     """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
 
     Unreadable videos are skipped and listed in the bundle's ``skipped.csv``; the job fails only when
-    nothing could be encoded.
+    nothing could be encoded. ``shard_size`` (a multiple of ``batch_size``; default 8 batches) sets how
+    much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it.
     """
     t0 = time.time()
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    shard_size = shard_size or 8 * batch_size
+    if shard_size % batch_size:
+        raise UserError(f"shard size {shard_size} must be a multiple of the batch size {batch_size}")
     model, cfg = load_model(model_dir, pick_device(device))
+    fingerprint = model_fingerprint(model_dir)
     cat = read_catalog(catalog)
-    xb, ok, errors = encode_frames(model, list(cat["abs_path"]), batch_size, workers, progress)
+    cat["size"], cat["mtime_ns"] = _file_stats(list(cat["abs_path"]))
+    out = Path(out).resolve()
+
+    reuse = {} if rebuild or not (out / "bundle.json").is_file() else _previous_embeddings(out, fingerprint, cat)
+    todo = [r for r in range(len(cat)) if r not in reuse]
+    n_shards = (len(todo) + shard_size - 1) // shard_size
+    job = {
+        "model": fingerprint,
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "rows": hashlib.sha256(
+            json.dumps(
+                [[cat["video_id"][r], cat["abs_path"][r], int(cat["size"][r]), int(cat["mtime_ns"][r])] for r in todo]
+            ).encode()
+        ).hexdigest(),
+    }
+    shards = ShardWriter(out.parent / f".{out.name}.work", job)
+    done = {k: s for k in range(n_shards) if (s := shards.load(k)) is not None}
+    missing = [k for k in range(n_shards) if k not in done]
+    resumed = sum(len(done[k][1]) for k in done)
+    if resumed:
+        LOG.info("resuming: %d of %d shards already complete", len(done), n_shards)
+
+    # One loader over the rows of every missing shard; each shard but the last is whole batches, so the
+    # batches of a resumed run are the batches of an uninterrupted one.
+    rows = [r for k in missing for r in todo[k * shard_size : (k + 1) * shard_size]]
+    bar = progress(total=len(todo), desc="encode videos", unit="video")
+    bar.update(resumed)
+    vcfg = model.cfg.video
+    use_amp = model.device.type == "cuda"
+    paths = [cat["abs_path"][r] for r in rows]
+    bounds, begin = [], 0  # (shard, first row, end row) in ``rows``
+    for k in missing:
+        n = len(todo[k * shard_size : (k + 1) * shard_size])
+        bounds.append((k, begin, begin + n))
+        begin += n
+    pos, cur = 0, 0
+    buf_x: list[np.ndarray] = []
+    buf_err: list[str] = []
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size):
+            good = [f for _, f, _ in batch if f is not None]
+            if good:
+                buf_x.append(to_numpy(model.encode_video(frames_to_tensor(np.stack(good)))))
+            for i, f, err in batch:
+                buf_err.append("" if f is not None else err)
+                if f is None:
+                    LOG.warning("skipped %s: %s", cat["video_id"][rows[i]], err)
+            pos += len(batch)
+            bar.update(len(batch))
+            if pos == bounds[cur][2]:  # a batch never spans two shards: shards are whole batches
+                xs = np.concatenate(buf_x) if buf_x else np.zeros((0, model.cfg.embed_dim), np.float32)
+                shards.save(bounds[cur][0], xs, buf_err)
+                done[bounds[cur][0]] = (xs, buf_err)
+                buf_x, buf_err, cur = [], [], cur + 1
+    bar.close()
+
+    # Assemble: every catalog row gets its embedding from the previous bundle or from a shard.
+    D = model.cfg.embed_dim
+    emb = np.zeros((len(cat), D), np.float32)
+    errors = [""] * len(cat)
+    for r, x in reuse.items():
+        emb[r] = x
+    for k in range(n_shards):
+        xs, errs = done[k]
+        j = 0
+        for r, err in zip(todo[k * shard_size : (k + 1) * shard_size], errs, strict=True):
+            errors[r] = err
+            if not err:
+                emb[r] = xs[j]
+                j += 1
+    ok = np.array([not e for e in errors])
     skipped = [
         {"video_id": v, "path": p, "reason": e}
         for v, p, e, good in zip(cat["video_id"], cat["path"], errors, ok, strict=True)
         if not good
     ]
     if not ok.any():
-        raise UserError(
-            f"no video of {catalog} could be encoded ({len(skipped)} skipped; first: {skipped[0]['reason']})"
-        )
+        first = skipped[0]["reason"] if skipped else "empty catalog"
+        raise UserError(f"no video of {catalog} could be encoded ({len(skipped)} skipped; first: {first})")
+    xb = emb[ok]
     encoded = cat[ok].reset_index(drop=True)
+    counts = read_counts(Path(model_dir) / COUNTS_FILE)
+    encoded[PRIOR_COLUMN] = [counts.get(v, 0) for v in encoded["video_id"]]
+    removed = 0
+    if reuse or (out / SOURCES_FILE).is_file():
+        try:
+            prev_ids = set(pd.read_parquet(out / SOURCES_FILE)["video_id"])
+            removed = len(prev_ids - set(cat["video_id"]))
+        except Exception:  # an unreadable previous bundle is simply replaced
+            removed = 0
 
     def fill(tmp: Path) -> dict[str, Any]:
         import faiss
 
         save_model(model, cfg, tmp)
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        save_catalog(encoded, tmp / "catalog.parquet")
+        meta = encoded.drop(columns=["size", "mtime_ns"])
+        save_catalog(meta, tmp / "catalog.parquet")
+        encoded[["video_id", "abs_path", "size", "mtime_ns"]].to_parquet(tmp / SOURCES_FILE, index=False)
         save_embeddings(xb, tmp / "embeddings.npy")
-        faiss.write_index(build_index(xb, cfg.index.factory), str(tmp / "index.faiss"))
+        vectors = index_vectors(xb, encoded, cfg.model.popularity_prior)
+        faiss.write_index(build_index(vectors, cfg.index.factory), str(tmp / "index.faiss"))
         with (tmp / "skipped.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["video_id", "path", "reason"])
             w.writeheader()
             w.writerows(skipped)
         return {
             "model": cfg.to_dict(),
+            "model_fingerprint": fingerprint,
             "embed_dim": int(xb.shape[1]),
             "count": int(xb.shape[0]),
             "skipped": len(skipped),
@@ -113,5 +294,16 @@ def encode_catalog(
         }
 
     path = write_bundle(out, fill)
-    LOG.info("encoded %d videos, skipped %d -> %s", int(ok.sum()), len(skipped), path)
-    return EncodeResult(path, int(ok.sum()), skipped, time.time() - t0)
+    shutil.rmtree(shards.work, ignore_errors=True)  # the bundle holds everything now
+    n_new = len(rows) - sum(1 for r in rows if errors[r])
+    LOG.info(
+        "bundle %s: %d videos (%d encoded, %d reused, %d from shards), %d skipped, %d removed",
+        path,
+        len(xb),
+        n_new,
+        len(reuse),
+        resumed,
+        len(skipped),
+        removed,
+    )
+    return EncodeResult(path, n_new, skipped, time.time() - t0, len(reuse), resumed, removed, len(xb))

@@ -8,13 +8,12 @@ NDCG@K and MRR for the user tower and for popularity, mean-of-history and random
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from multimodal_rec.data import history_examples, load_dataset
+from multimodal_rec.data import history_examples, item_counts, load_dataset
 from multimodal_rec.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
@@ -87,23 +86,20 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[st
         return {}
     N = len(rec)
     targets = np.array([rec._row[ex.target] for ex in test_ex])
-    last_rows = {(ex.user_id, ex.target) for ex in test_ex}
-    train_events = ds.interactions[
-        [(u, v) not in last_rows for u, v in zip(ds.interactions["user_id"], ds.interactions["video_id"], strict=True)]
-    ]
     pop = np.zeros(N)
-    for vid, n in Counter(train_events["video_id"]).items():
+    for vid, n in item_counts(ds.interactions).items():  # every event but each user's last
         if vid in rec._row:
             pop[rec._row[vid]] = n
 
-    xb = rec.embeddings
-    u, _ = rec.encode_histories([ex.history for ex in test_ex])
-    mean_hist = np.stack([rec.encode_queries(ex.history).mean(0) for ex in test_ex])
+    histories = [ex.history for ex in test_ex]
+    mean_hist = np.stack([rec.encode_queries(h).mean(0) for h in histories])
     mean_hist /= np.linalg.norm(mean_hist, axis=1, keepdims=True).clip(1e-12)
     rng = np.random.default_rng(seed)
-    methods = {
-        "user_tower": u @ xb.T,
-        "mean_history": mean_hist @ xb.T,
+    methods = {"user_tower": rec.user_queries(histories) @ rec.xb.T}
+    if rec.prior_coef != 0.0:
+        methods["user_tower_content_only"] = rec.user_queries(histories, prior=False) @ rec.xb.T
+    methods |= {
+        "mean_history": mean_hist @ rec.embeddings.T,
         "popularity": np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)),
         "random": rng.random((len(test_ex), N)),
     }
@@ -151,10 +147,10 @@ def format_report(res: dict[str, Any]) -> str:
     if uv:
         users = next(iter(uv.values()))["users"]
         lines.append(f"user->video, leave-last-out, {users} users, full ranking, seen items excluded:")
-        lines.append(f"  {'method':<14}{'Recall@10':>10}{'NDCG@10':>10}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
+        lines.append(f"  {'method':<24}{'Recall@10':>10}{'NDCG@10':>10}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
         for m, r in uv.items():
             lines.append(
-                f"  {m:<14}{r['recall@10']:>10.3f}{r['ndcg@10']:>10.3f}{r['recall@20']:>10.3f}{r['ndcg@20']:>10.3f}"
+                f"  {m:<24}{r['recall@10']:>10.3f}{r['ndcg@10']:>10.3f}{r['recall@20']:>10.3f}{r['ndcg@20']:>10.3f}"
                 f"{r['mrr']:>8.3f}"
             )
     return "\n".join(lines)

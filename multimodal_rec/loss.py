@@ -30,10 +30,20 @@ class InfoNCELoss(nn.Module):
         self.symmetric = symmetric
         self.max_scale = max_scale
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_scale)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        item_ids: torch.Tensor | None = None,
+        key_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, N = queries.shape[0], keys.shape[0]
-        scale = self.logit_scale.exp().clamp(max=self.max_scale)
-        logits = scale * queries @ keys.t()  # [B, N]
+        logits = self.scale() * queries @ keys.t()  # [B, N]
+        if key_bias is not None:
+            logits = logits + key_bias[None, :N]  # per-item prior (e.g. popularity), same for every query
         if item_ids is not None:
             logits = logits.masked_fill(_same_item_mask(item_ids[:B], item_ids[:N]), float("-inf"))
         target = torch.arange(B, device=queries.device)

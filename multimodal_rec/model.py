@@ -36,6 +36,7 @@ class MultimodalModel(nn.Module):
         self.user = UserTower(cfg.user, self.text.feat_dim, D)
         self.loss_tv = InfoNCELoss(cfg.init_temperature, symmetric=True)
         self.loss_rec = InfoNCELoss(cfg.init_temperature, symmetric=False)
+        self.pop_weight = nn.Parameter(torch.zeros(()))  # weight of log(1 + training interactions) in rec logits
         self.tokenizer = load_tokenizer(cfg.text)
         self._feature_cache: dict[str, torch.Tensor] = {}
 
@@ -81,6 +82,12 @@ class MultimodalModel(nn.Module):
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Texts -> ``[N, D]``."""
         return self.text.forward_head(self.text_features(texts), normalize=normalize)
+
+    def rec_prior_coef(self) -> float:
+        """Coefficient of ``log1p(count)`` in cosine units: rec score = u.v + coef * log1p(count)."""
+        if not self.cfg.popularity_prior:
+            return 0.0
+        return float(self.pop_weight.detach() / self.loss_rec.scale().detach())
 
     # --- video ------------------------------------------------------------------------------------------
     def encode_video(self, frames: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -69,6 +69,10 @@ class Recommender:
         self._meta_cols = [c for c in catalog.columns if c != "video_id"]
         self._records = catalog[self._meta_cols].to_dict("records")
         self._lock = threading.Lock()
+        from multimodal_rec.encode import index_vectors
+
+        self.prior_coef = model.rec_prior_coef()
+        self.xb = index_vectors(embeddings, catalog, model.cfg.popularity_prior)  # what the index holds
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True) -> Recommender:
@@ -83,12 +87,30 @@ class Recommender:
         catalog = pd.read_parquet(path / "catalog.parquet")
         embeddings = np.load(path / "embeddings.npy")
         index = faiss.read_index(str(path / "index.faiss"))
-        if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]):
+        if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]) or index.d not in (
+            embeddings.shape[1],
+            embeddings.shape[1] + 1,
+        ):
             raise UserError(f"bundle {path} is inconsistent: catalog, embeddings and index sizes differ")
         return cls(path, model, manifest, catalog, embeddings, index)
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    def _augment(self, xq: np.ndarray, prior: float) -> np.ndarray:
+        """Pad query vectors to the index's width (the popularity-prior column) with ``prior``."""
+        if self.xb.shape[1] == xq.shape[1]:
+            return xq
+        return np.hstack([xq, np.full((len(xq), 1), prior, dtype=np.float32)])
+
+    def text_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Index-ready query vectors for texts (cosine similarity; no popularity prior)."""
+        return self._augment(self.encode_queries(texts), 0.0)
+
+    def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
+        """Index-ready query vectors for histories: cosine + the learned popularity prior (unless ``prior=False``)."""
+        u, _ = self.encode_histories(histories)
+        return self._augment(u, self.prior_coef if prior else 0.0)
 
     # --- encoding -------------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -129,7 +151,7 @@ class Recommender:
             raise UserError("no queries given")
         for t in texts:
             _check_text(t)
-        return self.search_vectors(self.encode_queries(texts), k)
+        return self.search_vectors(self.text_queries(texts), k)
 
     def recommend(self, history: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> list[Hit]:
         """Videos a user will want next, from the texts they engaged with (oldest first)."""
@@ -138,8 +160,7 @@ class Recommender:
             raise UserError("history must be a non-empty list of texts (oldest first)")
         for t in history:
             _check_text(t, "each history item")
-        xq, _ = self.encode_histories([history])
-        return self.search_vectors(xq, k, exclude)[0]
+        return self.search_vectors(self.user_queries([history]), k, exclude)[0]
 
     def explain(self, history: Sequence[str]) -> list[tuple[str, float]]:
         """The attention weight of each history item: which items drove the recommendation."""

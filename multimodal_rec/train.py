@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from multimodal_rec.cache import ProgressFn, _no_progress, build_frame_cache, frames_to_tensor
+from multimodal_rec.cache import build_frame_cache, frames_to_tensor
 from multimodal_rec.config import RunConfig
-from multimodal_rec.data import Dataset, HistoryExample, history_examples, load_dataset
+from multimodal_rec.data import Dataset, HistoryExample, history_examples, item_counts, load_dataset
 from multimodal_rec.errors import UserError
 from multimodal_rec.model import MultimodalModel, create_model, load_model, save_model
+from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
 STATE_FILE = "train_state.safetensors"
 STATE_META = "train_state.json"
+COUNTS_FILE = "item_counts.csv"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -52,9 +55,11 @@ class TrainData:
     frames: np.ndarray  # [N, T, H, W, 3] uint8, memory-mapped
     captions: list[list[str]]  # captions per training video
     examples: list[HistoryExample]  # user-history -> next training video
+    counts: dict[str, int]  # training interactions per video id (popularity prior)
+    log_pop: np.ndarray  # [N] log(1 + count) of each training video
 
 
-def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: ProgressFn = _no_progress) -> TrainData:
+def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: ProgressFn = no_progress) -> TrainData:
     vcfg = cfg.model.video
     train_ids = set(ds.split_ids("train"))
     cat = ds.catalog[ds.catalog["video_id"].isin(train_ids)].reset_index(drop=True)
@@ -76,7 +81,22 @@ def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: Progres
     id_set = set(ids)
     train_ex, _ = history_examples(ds.interactions, cfg.model.user.max_history, cfg.train.min_history)
     examples = [ex for ex in train_ex if ex.target in id_set]
-    return TrainData(ids, frames, [caps[v] for v in ids], examples)
+    counts = item_counts(ds.interactions)
+    log_pop = np.log1p(np.array([counts.get(v, 0) for v in ids], dtype=np.float32))
+    return TrainData(ids, frames, [caps[v] for v in ids], examples, counts, log_pop)
+
+
+def write_counts(counts: dict[str, int], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame({"video_id": list(counts), "count": list(counts.values())}).to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path, dtype={"video_id": str})
+    return dict(zip(df["video_id"], df["count"].astype(int), strict=True))
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -98,12 +118,38 @@ def make_optimizer(model: MultimodalModel, cfg: RunConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
 
 
+def augment_clips(
+    frames: torch.Tensor, gen: torch.Generator, shift: float = 0.1, zoom: float = 0.15, brightness: float = 0.1
+) -> torch.Tensor:
+    """Random zoom, shift and brightness per clip, identical across its frames.
+
+    Colour hue, shape and the direction of motion are untouched, so captions stay true; the video tower
+    cannot memorise a clip by its exact framing.
+    """
+    B, T, C, H, W = frames.shape
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    u = torch.rand(B, 4, generator=gen)
+    s = 1.0 + zoom * (2 * u[:, 0] - 1)  # <1 zooms in, >1 zooms out
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = s
+    theta[:, 0, 2] = shift * 2 * (2 * u[:, 1] - 1)  # affine_grid works in [-1, 1] coordinates
+    theta[:, 1, 2] = shift * 2 * (2 * u[:, 2] - 1)
+    theta = theta.to(x.device).repeat_interleave(T, 0)  # [B*T, 2, 3]
+    grid = torch.nn.functional.affine_grid(theta, [B * T, C, H, W], align_corners=False)
+    x = torch.nn.functional.grid_sample(
+        x.reshape(B * T, C, H, W), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    gain = (1.0 + brightness * (2 * u[:, 3] - 1)).to(x.device).repeat_interleave(T).view(B * T, 1, 1, 1)
+    return (x * gain).clamp_(0.0, 1.0).view(B, T, C, H, W)
+
+
 class ContrastiveTask:
     """Model + losses for one step: returns a dict of named losses (``loss`` is the weighted sum)."""
 
     def __init__(self, model: MultimodalModel, cfg: RunConfig, data: TrainData) -> None:
         self.model, self.cfg, self.data = model, cfg, data
         self.index = {v: i for i, v in enumerate(data.video_ids)}
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
 
     def step(self, vidx: np.ndarray, rec: list[HistoryExample], rng: random.Random) -> dict[str, torch.Tensor]:
         m, tc = self.model, self.cfg.train
@@ -112,15 +158,30 @@ class ContrastiveTask:
         order = np.argsort(all_idx, kind="stable")  # sorted reads are kinder to the memory-mapped cache
         frames = np.empty((len(all_idx), *self.data.frames.shape[1:]), dtype=np.uint8)
         frames[order] = self.data.frames[all_idx[order]]
-        v = m.encode_video(frames_to_tensor(frames))  # [N, D]
+        clips = frames_to_tensor(frames)  # [N, T, 3, H, W] uint8
+        if self.cfg.train.augment:
+            clips = augment_clips(clips, self.gen)
+        R = len(rec)
+        if tc.rec_trains_video or R == 0:
+            v = m.encode_video(clips)  # [N, D]
+            tv_from = 0  # every clip has a caption: all of them train text<->video
+        else:  # the user tower learns to point into the space text<->video shapes: targets need no gradient
+            with torch.no_grad():
+                v_rec = m.encode_video(clips[:R])  # [R, D]
+            v = torch.cat([v_rec, m.encode_video(clips[R:])])  # [N, D]
+            tv_from = R
         ids = torch.as_tensor(all_idx, device=v.device)
-        caps = [rng.choice(self.data.captions[i]) for i in all_idx]
-        t = m.encode_text(caps)  # [N, D]
-        out: dict[str, torch.Tensor] = {"loss_tv": m.loss_tv(t, v, ids)}
+        caps = [rng.choice(self.data.captions[i]) for i in all_idx[tv_from:]]
+        t = m.encode_text(caps)  # [N - tv_from, D]
+        out: dict[str, torch.Tensor] = {"loss_tv": m.loss_tv(t, v[tv_from:], ids[tv_from:])}
         loss = tc.w_text_video * out["loss_tv"]
         if rec and tc.w_rec > 0:
             u, _ = m.encode_user([ex.history for ex in rec])  # [B_r, D]
-            out["loss_rec"] = m.loss_rec(u, v, ids)
+            bias = None
+            if m.cfg.popularity_prior:
+                bias = m.pop_weight * torch.as_tensor(self.data.log_pop[all_idx], device=v.device)
+            keys = v if tc.rec_trains_video else v.detach()
+            out["loss_rec"] = m.loss_rec(u, keys, ids, key_bias=bias)
             loss = loss + tc.w_rec * out["loss_rec"]
         out["loss"] = loss
         return out
@@ -190,7 +251,7 @@ def train(
     out_dir: str | Path,
     resume: bool = False,
     cache_dir: str | Path | None = None,
-    progress: ProgressFn = _no_progress,
+    progress: ProgressFn = no_progress,
 ) -> TrainResult:
     """Train ``cfg`` on the tables in ``data_dir``; write checkpoints (safetensors + config) to ``out_dir``."""
     out = Path(out_dir)
@@ -212,12 +273,16 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, ds, Path(cache_dir) if cache_dir else Path(data_dir) / ".mmrec-cache", progress)
     LOG.info("training on %d videos, %d history examples, device %s", len(data.video_ids), len(data.examples), device)
+    write_counts(data.counts, out / COUNTS_FILE)
 
     # A frozen trunk's features are computed once for every text the run will see.
     if model.text.trunk_frozen:
         texts = sorted({c for cs in data.captions for c in cs} | {t for ex in data.examples for t in ex.history})
-        for i in progress(range(0, len(texts), 512), desc="text features", unit="batch"):
+        bar = progress(total=len(texts), desc="text features", unit="text")
+        for i in range(0, len(texts), 512):
             model.text_features(texts[i : i + 512])
+            bar.update(len(texts[i : i + 512]))
+        bar.close()
 
     n_videos = len(data.video_ids)
     steps_per_epoch = max(1, math.ceil(n_videos / tc.batch_size))
@@ -245,8 +310,8 @@ def train(
         rec_order = list(range(len(data.examples)))
         rng.shuffle(rec_order)
         model.train()
-        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")
-        for s in bar:
+        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")
+        for s in range(steps_per_epoch):
             vidx = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
             nr = min(tc.rec_batch_size, len(rec_order))
             rec = [data.examples[rec_order[(s * nr + j) % len(rec_order)]] for j in range(nr)] if nr else []
@@ -260,12 +325,13 @@ def train(
             sched.step()
             step += 1
             last = {k: float(v.detach()) for k, v in losses.items()}
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
             if step % tc.log_every == 0 or s == steps_per_epoch - 1:
                 rec_line = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], **last}
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec_line) + "\n")
+        bar.close()
         recalibrate_batchnorm(model, data)
         save_model(model, cfg, out, extra={"epoch": epoch + 1, "step": step})
         _save_state(out, opt, {"epoch": epoch + 1, "step": step})

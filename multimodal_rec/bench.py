@@ -1,0 +1,172 @@
+"""Benchmarks (not tests): measured ratios in one run, on the same files, with all cores.
+
+``bench_encode`` measures decode-only throughput D, model-only throughput M (pre-decoded frames) and
+end-to-end throughput E of the catalog encoder, and the peak resident memory of encode jobs over N and
+4N videos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from multimodal_rec.cache import frames_to_tensor, iter_clips
+from multimodal_rec.data import read_catalog
+from multimodal_rec.encode import encode_catalog
+from multimodal_rec.errors import UserError
+from multimodal_rec.model import load_model
+from multimodal_rec.train import pick_device
+
+LOG = logging.getLogger(__name__)
+
+
+def _replicated_catalog(cat: pd.DataFrame, times: int, path: Path) -> Path:
+    """The catalog ``times`` over, with distinct ids (same files): a bigger job for memory growth checks."""
+    parts = [cat.assign(video_id=[f"{v}~{t}" for v in cat["video_id"]]) for t in range(times)]
+    big = pd.concat(parts, ignore_index=True)
+    big["path"] = big["abs_path"]
+    big.drop(columns=["abs_path"]).to_csv(path, index=False)
+    return path
+
+
+def _peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory (MiB) of ``cmd`` and its worker processes, measured by a fresh launcher."""
+    launcher = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    res = subprocess.run([sys.executable, "-c", launcher, *cmd], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise UserError(f"encode job for the memory check failed: {res.stderr.strip().splitlines()[-1:]}")
+    return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is KiB on Linux
+
+
+def bench_encode(
+    model_dir: str | Path,
+    catalog: str | Path,
+    batch_size: int = 32,
+    workers: int | None = None,
+    memory: bool = True,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Decode-only D, model-only M, end-to-end E (videos/s) and E against its ceiling; peak RSS for N and 4N."""
+    cores = os.cpu_count() or 1
+    workers = cores if workers is None else workers
+    model, _ = load_model(model_dir, pick_device(device))
+    vcfg = model.cfg.video
+    cat = read_catalog(catalog)
+    paths = list(cat["abs_path"])
+    N = len(paths)
+
+    t = time.perf_counter()
+    decoded = sum(
+        f is not None for b in iter_clips(paths, vcfg.num_frames, vcfg.image_size, cores, batch_size) for _, f, _ in b
+    )
+    D = N / (time.perf_counter() - t)
+
+    sample = [
+        f
+        for b in iter_clips(paths[: 4 * batch_size], vcfg.num_frames, vcfg.image_size, 0, batch_size)
+        for _, f, _ in b
+        if f is not None
+    ]
+    if not sample:
+        raise UserError("no clip of the catalog decodes: nothing to benchmark")
+    frames = frames_to_tensor(np.stack([sample[i % len(sample)] for i in range(batch_size)]))
+    use_amp = model.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        model.encode_video(frames)  # warm-up
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        n = 0
+        while n < N:
+            model.encode_video(frames)
+            n += batch_size
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        M = n / (time.perf_counter() - t)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        res = encode_catalog(
+            model_dir,
+            catalog,
+            Path(tmp) / "bundle",
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            rebuild=True,
+        )
+        E = res.total / (time.perf_counter() - t)
+        out: dict[str, Any] = {
+            "videos": N,
+            "decoded": decoded,
+            "cores": cores,
+            "device": str(model.device),
+            "batch_size": batch_size,
+            "workers": workers,
+            "frames": [vcfg.num_frames, vcfg.image_size],
+            "decode_only_vps": round(D, 2),
+            "model_only_vps": round(M, 2),
+            "end_to_end_vps": round(E, 2),
+        }
+        if model.device.type == "cuda":  # decoding (CPU) and the model (GPU) overlap on different hardware
+            out["ceiling"] = "min(D, M)"
+            out["ceiling_vps"] = round(min(D, M), 2)
+        else:  # they share the same cores: the ceiling is the two jobs back to back at full speed
+            out["ceiling"] = "1/(1/D + 1/M)"
+            out["ceiling_vps"] = round(1 / (1 / D + 1 / M), 2)
+        out["e_over_ceiling"] = round(E / out["ceiling_vps"], 3)
+        out["e_over_d"] = round(E / D, 3)
+        if memory:
+            base = [
+                sys.executable,
+                "-m",
+                "multimodal_rec.cli",
+                "encode",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(Path(tmp) / "mem"),
+                "--batch-size",
+                str(batch_size),
+                "--workers",
+                str(workers),
+                "--device",
+                device,
+                "--rebuild",
+                "-q",
+            ]
+            small = _peak_rss_mb([*base, "--catalog", str(catalog)])
+            big = _peak_rss_mb([*base, "--catalog", str(_replicated_catalog(cat, 4, Path(tmp) / "x4.csv"))])
+            out["peak_rss_mb"] = {"N": round(small, 1), "4N": round(big, 1), "growth": round(big / small - 1, 3)}
+    LOG.info("bench encode: %s", json.dumps(out))
+    return out
+
+
+def format_encode(r: dict[str, Any]) -> str:
+    lines = [
+        f"catalog: {r['videos']} videos, frames {r['frames'][0]} x {r['frames'][1]} px, batch {r['batch_size']}, "
+        f"{r['cores']} cores, device {r['device']}, decode workers {r['workers']}",
+        f"  decode only (D)   {r['decode_only_vps']:>9.1f} videos/s",
+        f"  model only (M)    {r['model_only_vps']:>9.1f} videos/s",
+        f"  end to end (E)    {r['end_to_end_vps']:>9.1f} videos/s",
+        f"  ceiling {r['ceiling']} = {r['ceiling_vps']:.1f} videos/s;  E / ceiling = {r['e_over_ceiling']:.3f};  "
+        f"E / D = {r['e_over_d']:.3f}",
+    ]
+    if "peak_rss_mb" in r:
+        m = r["peak_rss_mb"]
+        lines.append(f"  peak RSS: N = {m['N']:.0f} MiB, 4N = {m['4N']:.0f} MiB (growth {100 * m['growth']:+.1f}%)")
+    return "\n".join(lines)

@@ -1,0 +1,385 @@
+"""HTTP service: a thin FastAPI layer over ``Recommender`` (search, recommend, explain, catalog rows, metrics).
+
+fastapi, uvicorn and prometheus-client are the optional ``serve`` extra; they are imported where used, so importing
+this module never needs them. The service keeps no user data: it logs endpoint, status and latency, never a body.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI resolves endpoint annotations against module globals, and
+# the request models are built per app (their limits are create_app arguments), so annotations must stay eager.
+
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import time
+import traceback
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+
+from multimodal_rec.errors import UserError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from multimodal_rec.recommender import Recommender
+
+LOG = logging.getLogger(__name__)
+SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
+_BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
+_THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
+_MAX_ERRORS = 3  # validation problems named in one error line
+_MAX_ERROR_CHARS = 400
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+def _check_limit(name: str, value: int, top: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise UserError(f"{name} must be an integer in [1, {top}], got {value!r}")
+
+
+def _require_serve_extra(*modules: str) -> None:
+    """Fail with one line naming the extra when an optional serving dependency is missing."""
+    import importlib
+
+    for name in ("fastapi", "pydantic", "prometheus_client", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UserError(SERVE_EXTRA) from None
+    import pydantic
+
+    if not pydantic.VERSION.startswith("2."):  # fastapi 0.110 still allowed pydantic 1; the models need 2
+        raise UserError(f"{SERVE_EXTRA} (with pydantic 2, found {pydantic.VERSION})")
+
+
+# --- JSON helpers ---------------------------------------------------------------------------------------------
+def _json_value(v: Any) -> Any:
+    """Catalog values -> strict JSON: numpy scalars unboxed, NaN / NaT / inf -> null, timestamps -> ISO strings."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | np.ndarray):
+        return [_json_value(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if pd.api.types.is_scalar(v) and pd.isna(v):
+        return None
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return v
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace and cap the length: error messages are one short line."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "history", 3)`` -> ``history[3]``; the request part (body, path...) only when nothing else."""
+    parts = list(loc)
+    head = str(parts.pop(0)) if parts and parts[0] in ("body", "path", "query", "header", "cookie") else "body"
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    return name or head
+
+
+def _problem(err: dict[str, Any]) -> str:
+    """One pydantic error -> ``"k: must be >= 1"`` (built from the error type and limits, never the input value)."""
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    n_min, n_max = ctx.get("min_length"), ctx.get("max_length")
+    text = {
+        "missing": "is required",
+        "extra_forbidden": "is not a known field",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be an integer",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "dict_type": "must be a JSON object",
+        "model_type": "must be a JSON object",
+        "model_attributes_type": "must be a JSON object",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "string_too_short": "must not be empty" if n_min == 1 else f"must have at least {n_min} characters",
+        "string_too_long": f"must have at most {n_max} characters",
+        "too_short": "must not be empty" if n_min == 1 else f"must have at least {n_min} items",
+        "too_long": f"must have at most {n_max} items",
+    }.get(kind)
+    if text is None:
+        text = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    return f"{_where(err.get('loc', ()))}: {text}"
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
+    """FastAPI's list of validation errors -> (status, one line): 400 for a body that is not JSON, else 422."""
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            loc = err.get("loc", ())
+            pos = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+            reason = (err.get("ctx") or {}).get("error", "cannot be decoded")
+            return 400, _one_line(f"malformed JSON body: {reason}{pos}")
+    line = "; ".join(_problem(e) for e in errors[:_MAX_ERRORS]) or "invalid request"
+    if len(errors) > _MAX_ERRORS:
+        line += f" (and {len(errors) - _MAX_ERRORS} more)"
+    return 422, _one_line(line)
+
+
+# --- metrics + logging + last-resort errors, as one ASGI middleware ---------------------------------------------
+class _Observe:
+    """Counts requests by endpoint and status, times them, logs one line each, and turns a crash into a JSON 500.
+
+    The endpoint label is the route template (``/videos/{video_id}``), never the raw path: bounded label
+    cardinality, and no video id a user looked at in the logs.
+    """
+
+    def __init__(self, app: ASGIApp, router: Any, requests: Any, latency: Any) -> None:
+        from starlette.routing import Match
+
+        self.app, self.router, self.requests, self.latency = app, router, requests, latency
+        self.no_match = Match.NONE
+
+    def _endpoint(self, scope: Scope) -> str:
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match != self.no_match:
+                return str(getattr(route, "path", "other"))
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint, t0, status = self._endpoint(scope), time.perf_counter(), 500
+        started = False
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception as e:
+            # Type and frames only: an exception message could quote request data.
+            frames = "".join(traceback.format_tb(e.__traceback__))
+            LOG.error("unhandled %s on %s %s\n%s", type(e).__name__, scope.get("method"), endpoint, frames)
+            if started:
+                raise
+            status, body = 500, json.dumps({"error": "internal server error"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            dt = time.perf_counter() - t0
+            self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.latency.labels(endpoint=endpoint).observe(dt)
+            LOG.info("%s %s %d %.1f ms", scope.get("method"), endpoint, status, dt * 1e3)
+
+
+# --- the app ------------------------------------------------------------------------------------------------------
+def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int = 500, max_k: int = 1000) -> "FastAPI":
+    """A FastAPI app answering search / recommend / explain over ``rec``; limits bound every request field.
+
+    Each app has its own Prometheus registry, so several apps can live in one process (tests, several bundles).
+    """
+    _require_serve_extra()
+    from fastapi import FastAPI, Request, Response
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException
+
+    import multimodal_rec
+    from multimodal_rec.recommender import MAX_K
+
+    for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
+        _check_limit(name, value, top)
+    _check_limit("max_k", max_k, MAX_K)  # the Recommender refuses more
+
+    def not_blank(text: str) -> str:
+        if not text.strip():
+            raise ValueError("must not be blank")
+        return text
+
+    Text = Annotated[str, Field(min_length=1, max_length=max_query_chars), AfterValidator(not_blank)]
+    K = Annotated[int, Field(ge=1, le=max_k, description="how many hits to return")]
+    History = Annotated[
+        list[Text], Field(min_length=1, max_length=max_history, description="texts the user engaged with, oldest first")
+    ]
+
+    class Strict(BaseModel):
+        # strict: "10" is not an int, 3 is not a string; forbid: a misspelt field is an error, not ignored.
+        model_config = ConfigDict(strict=True, extra="forbid")
+
+    class SearchRequest(Strict):
+        query: Text = Field(examples=["a red circle moving left"])
+        k: K = 10
+
+    class RecommendRequest(Strict):
+        history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
+        k: K = 10
+        exclude: list[Annotated[str, Field(max_length=max_query_chars)]] = Field(
+            default_factory=list, max_length=max_history, description="video ids never to return"
+        )
+
+    class ExplainRequest(Strict):
+        history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
+
+    class HitOut(BaseModel):
+        model_config = ConfigDict(extra="allow")  # plus the catalog's metadata columns
+        video_id: str
+        score: float
+        rank: int
+
+    class HitsResponse(BaseModel):
+        hits: list[HitOut]
+
+    class AttentionOut(BaseModel):
+        text: str
+        weight: float
+
+    class ExplainResponse(BaseModel):
+        attention: list[AttentionOut]
+
+    class HealthResponse(BaseModel):
+        status: str
+        videos: int
+
+    class ErrorResponse(BaseModel):
+        error: str
+
+    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in (400, 422)}
+    kwargs: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI's own OpenTelemetry logs exception messages
+        kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    app = FastAPI(
+        title="multimodal_rec",
+        version=multimodal_rec.__version__,
+        description="Text-to-video search and history-based recommendation over one encoded catalog.",
+        **kwargs,
+    )
+
+    registry = CollectorRegistry(auto_describe=True)
+    requests = Counter(
+        "mmrec_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=registry
+    )
+    latency = Histogram(
+        "mmrec_http_request_duration_seconds", "request latency by endpoint", ["endpoint"], registry=registry
+    )
+    Gauge("mmrec_catalog_videos", "videos in the served catalog", registry=registry).set(len(rec))
+    app.state.registry = registry
+    app.add_middleware(_Observe, router=app.router, requests=requests, latency=latency)
+
+    # --- errors: always {"error": "<one line>"} ---
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, line = _validation_error(list(exc.errors()))
+        return JSONResponse({"error": line}, status_code=status)
+
+    async def on_user_error(request: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"error": _one_line(str(exc))}, status_code=400)
+
+    async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+        return JSONResponse({"error": _one_line(detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(UserError, on_user_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
+
+    # --- endpoints: plain ``def`` so the CPU-bound model calls run in the threadpool ---
+    @app.post("/search", response_model=HitsResponse, responses=errors)
+    def search(req: SearchRequest) -> dict[str, Any]:
+        """Videos that match a text query, best first."""
+        return {"hits": [_json_value(h.to_dict()) for h in rec.search(req.query, req.k)]}
+
+    @app.post("/recommend", response_model=HitsResponse, responses=errors)
+    def recommend(req: RecommendRequest) -> dict[str, Any]:
+        """Videos a user will want next, from the texts they engaged with (oldest first)."""
+        hits = rec.recommend(req.history, req.k, exclude=req.exclude)
+        return {"hits": [_json_value(h.to_dict()) for h in hits]}
+
+    @app.post("/explain", response_model=ExplainResponse, responses=errors)
+    def explain(req: ExplainRequest) -> dict[str, Any]:
+        """The attention weight of each history item: which items drove the recommendation."""
+        return {"attention": [{"text": t, "weight": w} for t, w in rec.explain(req.history)]}
+
+    @app.get("/videos/{video_id}", responses={404: {"model": ErrorResponse}})
+    def video(video_id: str) -> dict[str, Any]:
+        """One catalog row: the video id and its metadata columns."""
+        row = rec._row.get(video_id)
+        if row is None:
+            raise HTTPException(404, f"unknown video id {video_id[:100]!r}")
+        return _json_value(rec.catalog.iloc[row].to_dict())
+
+    @app.get("/healthz", response_model=HealthResponse)
+    def healthz() -> dict[str, Any]:
+        """Liveness: the bundle is loaded and how many videos it serves."""
+        return {"status": "ok", "videos": len(rec)}
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text format: request counts, latency histograms, catalog size."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# --- running it -----------------------------------------------------------------------------------------------------
+def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
+
+    With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
+    """
+    _require_serve_extra("uvicorn")
+    import uvicorn
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"port must be an integer in [0, 65535], got {port!r}")
+    # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
+    options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
+    if workers == 1:
+        from multimodal_rec.recommender import Recommender
+
+        rec = Recommender.load(bundle)
+        LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
+        uvicorn.run(create_app(rec), **options)
+        return
+    from multimodal_rec.bundle import read_manifest
+
+    read_manifest(bundle, verify=False)  # fail here, once, rather than in every worker
+    os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
+    os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
+    LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
+    uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+
+
+def _app_from_env() -> "FastAPI":
+    """App factory for uvicorn worker processes: the bundle path (and torch thread count) come from the environment."""
+    bundle = os.environ.get(_BUNDLE_ENV)
+    if not bundle:
+        raise UserError(f"{_BUNDLE_ENV} is not set: start the service with run_server()")
+    threads = os.environ.get(_THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    from multimodal_rec.recommender import Recommender
+
+    return create_app(Recommender.load(bundle))

