@@ -36,8 +36,14 @@ def make_bad_files(world: Path, d: Path) -> dict[str, Path]:
     """One file of every kind that must be skipped (the missing one is not created)."""
     d.mkdir(parents=True, exist_ok=True)
     good = (world / "videos").glob("*.mp4").__next__().read_bytes()
-    files = {"missing": d / "missing.mp4", "zero_byte": d / "zero.mp4", "truncated": d / "truncated.mp4",
-             "not_a_video": d / "notes.mp4", "bad_codec": d / "codec.mp4", "zero_frames": d / "noframes.mp4"}
+    files = {
+        "missing": d / "missing.mp4",
+        "zero_byte": d / "zero.mp4",
+        "truncated": d / "truncated.mp4",
+        "not_a_video": d / "notes.mp4",
+        "bad_codec": d / "codec.mp4",
+        "zero_frames": d / "noframes.mp4",
+    }
     files["zero_byte"].write_bytes(b"")
     files["truncated"].write_bytes(good[: len(good) // 5])
     files["not_a_video"].write_text("this is a text file, not a video\n" * 50)
@@ -80,8 +86,25 @@ def test_kill_9_then_resume_gives_identical_embeddings(world: Path, trained: Pat
     ref = encode_catalog(trained, catalog, tmp_path / "ref", batch_size=4, shard_size=4, workers=0)
     out = tmp_path / "b"
     work = tmp_path / ".b.work"
-    cmd = [sys.executable, "-m", "multimodal_rec.cli", "encode", "--model", str(trained), "--catalog", str(catalog),
-           "--out", str(out), "--batch-size", "4", "--shard-size", "4", "--workers", "0", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "multimodal_rec.cli",
+        "encode",
+        "--model",
+        str(trained),
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "4",
+        "--workers",
+        "0",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (work / "shard-000002.json").exists() and proc.poll() is None and time.time() < deadline:
@@ -104,8 +127,9 @@ def test_incremental_update_encodes_only_new_videos(world: Path, trained: Path, 
     grown.to_csv(tmp_path / "grown.csv", index=False)
     res = encode_catalog(trained, tmp_path / "grown.csv", out, batch_size=8, workers=0)
     assert (res.encoded, res.reused, res.removed, res.total) == (2, len(cat) - 3, 3, len(cat) - 1)
-    old = dict(zip(pd.read_parquet(bundle / "catalog.parquet")["video_id"], np.load(bundle / "embeddings.npy"),
-                   strict=True))
+    old = dict(
+        zip(pd.read_parquet(bundle / "catalog.parquet")["video_id"], np.load(bundle / "embeddings.npy"), strict=True)
+    )
     new = dict(zip(pd.read_parquet(out / "catalog.parquet")["video_id"], np.load(out / "embeddings.npy"), strict=True))
     np.testing.assert_allclose(new["new1"], old[cat["video_id"][0]], atol=1e-5)  # same file, same vector
     assert all(np.array_equal(new[v], old[v]) for v in cat["video_id"][3:])
