@@ -98,8 +98,21 @@ def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no arbitrary unpickling
 
 
+def temporal_trend(x: torch.Tensor) -> torch.Tensor:
+    """Least-squares slope of each feature over time, ``[B, T, F] -> [B, F]``: which way things change.
+
+    A clip played backwards has the opposite slope, so direction (left vs right, growing vs shrinking) is
+    read off directly instead of being learned through position embeddings.
+    """
+    T = x.shape[1]
+    t = torch.arange(T, dtype=x.dtype, device=x.device) - (T - 1) / 2
+    denom = (t * t).sum().clamp(min=1.0)
+    return torch.einsum("btf,t->bf", x, t / denom)
+
+
 class TemporalTransformer(nn.Module):
-    """Frame features ``[B, T, F]`` -> ``[B, F]``; learned position embeddings make it order-aware."""
+    """Frame features ``[B, T, F]`` -> ``[B, F]``: a transformer with position embeddings, mean-pooled, plus
+    a projection of the features' temporal trend (order-aware by construction)."""
 
     def __init__(self, dim: int, num_frames: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -107,12 +120,13 @@ class TemporalTransformer(nn.Module):
         nn.init.normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.trend = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _B, T, _F = x.shape
-        x = self.encoder(x + self.pos[:, :T])  # [B, T, F]
-        return self.norm(x.mean(1))  # [B, F]
+        h = self.encoder(x + self.pos[:, :T])  # [B, T, F]
+        return self.norm(h.mean(1) + self.trend(temporal_trend(x)))  # [B, F]
 
 
 class TemporalConv(nn.Module):

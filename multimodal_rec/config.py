@@ -42,7 +42,8 @@ class TrainConfig:
     min_history: int = 1  # fewest earlier events a training example needs
     rec_trains_video: bool = False  # False: the rec loss trains the user tower only (video targets embedded
     # without gradient, ~1.5x cheaper steps); text<->video alone shapes the video tower
-    augment: bool = True  # per-clip random zoom/shift and brightness (same for all frames: motion is kept)
+    augment: float = 0.0  # strength of per-clip random zoom/shift/brightness (same for all frames: motion is kept);
+    # 1.0 = shift 10%, zoom 15%, brightness 10%; 0 = off
     seed: int = 0  # seeds python, numpy and torch
     num_workers: int = 0  # DataLoader workers for frame decoding in the cache pass
     log_every: int = 10  # steps between log lines

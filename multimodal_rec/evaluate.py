@@ -14,27 +14,12 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.data import history_examples, item_counts, load_dataset
+from multimodal_rec.metrics import ranking_metrics, target_ranks
 from multimodal_rec.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
-
-
-def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of ``targets[i]`` in row ``i`` of ``scores [n, N]`` (ties counted pessimistically)."""
-    t = scores[np.arange(len(targets)), targets][:, None]
-    return 1 + (scores > t).sum(1) + ((scores == t).sum(1) - 1)
-
-
-def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
-    """Recall@K, NDCG@K (one relevant item) and MRR from 1-based ranks."""
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = ranks <= k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
-    out["mrr"] = float((1.0 / ranks).mean())
-    return out
+__all__ = ["evaluate", "format_report", "ranking_metrics", "semantic_precision", "target_ranks"]
 
 
 def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
@@ -124,9 +109,12 @@ def evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
         from multimodal_rec.synth import paraphrase_queries, vocab_queries
 
         rows = np.array([rec._row[v] for v in rec.video_ids if v in test_ids])
+        everything = np.arange(len(rec))
         out["semantic_p@5"] = {
             "vocabulary": semantic_precision(rec, vocab_queries(), rows),
             "paraphrase": semantic_precision(rec, paraphrase_queries(), rows),
+            "vocabulary_whole_catalog": semantic_precision(rec, vocab_queries(), everything),
+            "paraphrase_whole_catalog": semantic_precision(rec, paraphrase_queries(), everything),
         }
     out["user_to_video"] = user_to_video(rec, ds)
     return out
@@ -142,7 +130,9 @@ def format_report(res: dict[str, Any]) -> str:
             f"  R@10 {tv['r@10']:.3f}  median rank {tv['median_rank']:.0f}  mean rank {tv['mean_rank']:.1f}"
         )
     for name, sp in (res.get("semantic_p@5") or {}).items():
-        lines.append(f"semantic precision@5, {name} queries ({sp['queries']}, held-out videos): {sp['p@5']:.3f}")
+        kind, _, scope = name.partition("_")
+        where = "whole catalog, training videos included" if scope else "held-out videos only"
+        lines.append(f"semantic precision@5, {kind} queries ({sp['queries']}, {where}): {sp['p@5']:.3f}")
     uv = res.get("user_to_video") or {}
     if uv:
         users = next(iter(uv.values()))["users"]

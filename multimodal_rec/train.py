@@ -159,8 +159,9 @@ class ContrastiveTask:
         frames = np.empty((len(all_idx), *self.data.frames.shape[1:]), dtype=np.uint8)
         frames[order] = self.data.frames[all_idx[order]]
         clips = frames_to_tensor(frames)  # [N, T, 3, H, W] uint8
-        if self.cfg.train.augment:
-            clips = augment_clips(clips, self.gen)
+        if tc.augment > 0:
+            a = tc.augment
+            clips = augment_clips(clips, self.gen, shift=0.1 * a, zoom=0.15 * a, brightness=0.1 * a)
         R = len(rec)
         if tc.rec_trains_video or R == 0:
             v = m.encode_video(clips)  # [N, D]

@@ -19,27 +19,15 @@ import numpy as np
 import torch
 
 from multimodal_rec.baselines import bpr_mf, mult_dae, sasrec
+from multimodal_rec.metrics import ranking_metrics, target_ranks
 from multimodal_rec.movielens import load_ml100k
 
 LOG = logging.getLogger("bench_ml100k_baselines")
 KS = (10, 20)
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of ``targets[i]`` in row ``i`` (ties counted pessimistically, as in ``evaluate.py``)."""
-    t = scores[np.arange(len(targets)), targets][:, None]
-    return 1 + (scores > t).sum(1) + ((scores == t).sum(1) - 1)
-
-
 def metrics(ranks: np.ndarray) -> dict[str, float]:
-    """Recall@K and NDCG@K for one relevant item per user, and MRR."""
-    out: dict[str, float] = {}
-    for k in KS:
-        hit = ranks <= k
-        out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
-    out["mrr"] = float((1.0 / ranks).mean())
-    return out
+    return ranking_metrics(ranks, KS)
 
 
 def popularity(train_seqs: list[list[int]], n_items: int, seed: int = 0) -> np.ndarray:
