@@ -22,15 +22,15 @@ LOG = logging.getLogger(__name__)
 class ClipDataset(Dataset):
     """Decodes clip ``i`` in a DataLoader worker; a bad file yields an error string instead of frames."""
 
-    def __init__(self, paths: Sequence[str], num_frames: int, size: int) -> None:
-        self.paths, self.num_frames, self.size = list(paths), num_frames, size
+    def __init__(self, paths: Sequence[str], num_frames: int, size: int, backend: str = "auto") -> None:
+        self.paths, self.num_frames, self.size, self.backend = list(paths), num_frames, size, backend
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         try:
-            return i, read_frames(self.paths[i], self.num_frames, self.size), ""
+            return i, read_frames(self.paths[i], self.num_frames, self.size, self.backend), ""
         except Exception as e:  # a bad file must never stop the job: report it and go on
             return i, None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
@@ -40,11 +40,11 @@ def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int,
 
 
 def iter_clips(
-    paths: Sequence[str], num_frames: int, size: int, workers: int = 0, batch_size: int = 16
+    paths: Sequence[str], num_frames: int, size: int, workers: int = 0, batch_size: int = 16, backend: str = "auto"
 ) -> Iterable[list[tuple[int, np.ndarray | None, str]]]:
     """Batches of ``(index, frames [T, H, W, 3] | None, error)``; decoding overlaps the consumer via workers."""
     loader = DataLoader(
-        ClipDataset(paths, num_frames, size),
+        ClipDataset(paths, num_frames, size, backend),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -69,6 +69,7 @@ def build_frame_cache(
     cache_dir: str | Path,
     workers: int = 0,
     progress: ProgressFn = no_progress,
+    backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``[N, T, H, W, 3]`` uint8 (memory-mapped) and a bool ``[N]`` of clips that decoded.
 
@@ -87,7 +88,7 @@ def build_frame_cache(
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(N, num_frames, size, size, 3))
     ok = np.zeros(N, dtype=bool)
     bar = progress(total=N, desc="decode frames", unit="video")
-    for batch in iter_clips(paths, num_frames, size, workers):
+    for batch in iter_clips(paths, num_frames, size, workers, backend=backend):
         bar.update(len(batch))
         for i, frames, err in batch:
             if frames is None:

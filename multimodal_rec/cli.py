@@ -127,6 +127,7 @@ def cmd_encode(a: argparse.Namespace) -> None:
         device=a.device,
         shard_size=a.shard_size,
         rebuild=a.rebuild,
+        backend=a.backend,
         progress=tqdm_progress(a.quiet),
     )
     info = {
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument(
         "--shard-size", type=_positive_int, default=None, help="clips per resumable shard (default 8 batches)"
+    )
+    s.add_argument(
+        "--backend",
+        choices=["auto", "decord", "pyav"],
+        default="auto",
+        help="video decoder: auto = decord, PyAV for clips decord cannot read",
     )
     s.add_argument("--rebuild", action="store_true", help="re-encode everything instead of updating an existing bundle")
 

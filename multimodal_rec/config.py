@@ -46,6 +46,7 @@ class TrainConfig:
     # 1.0 = shift 10%, zoom 15%, brightness 10%; 0 = off
     seed: int = 0  # seeds python, numpy and torch
     num_workers: int = 0  # DataLoader workers for frame decoding in the cache pass
+    decode_backend: str = "auto"  # "auto" (decord, PyAV where decord fails), "decord" or "pyav"
     log_every: int = 10  # steps between log lines
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
 

@@ -159,13 +159,15 @@ def encode_catalog(
     device: str = "auto",
     shard_size: int | None = None,
     rebuild: bool = False,
+    backend: str = "auto",
     progress: ProgressFn = no_progress,
 ) -> EncodeResult:
     """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
 
     Unreadable videos are skipped and listed in the bundle's ``skipped.csv``; the job fails only when
     nothing could be encoded. ``shard_size`` (a multiple of ``batch_size``; default 8 batches) sets how
-    much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it.
+    much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it. ``backend``:
+    ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``.
     """
     t0 = time.time()
     if batch_size < 1:
@@ -205,7 +207,7 @@ def encode_catalog(
     bar = progress(total=len(todo), desc="encode videos", unit="video")
     bar.update(resumed)
     vcfg = model.cfg.video
-    use_amp = model.device.type == "cuda"
+    use_amp = pin = model.device.type == "cuda"
     paths = [cat["abs_path"][r] for r in rows]
     bounds, begin = [], 0  # (shard, first row, end row) in ``rows``
     for k in missing:
@@ -216,10 +218,13 @@ def encode_catalog(
     buf_x: list[np.ndarray] = []
     buf_err: list[str] = []
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size):
+        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
             good = [f for _, f, _ in batch if f is not None]
             if good:
-                buf_x.append(to_numpy(model.encode_video(frames_to_tensor(np.stack(good)))))
+                clips = frames_to_tensor(np.stack(good))
+                if pin:
+                    clips = clips.pin_memory()  # page-locked: the copy to the GPU overlaps with compute
+                buf_x.append(to_numpy(model.encode_video(clips)))
             for i, f, err in batch:
                 buf_err.append("" if f is not None else err)
                 if f is None:

@@ -92,7 +92,8 @@ class MultimodalModel(nn.Module):
     # --- video ------------------------------------------------------------------------------------------
     def encode_video(self, frames: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Frames ``[B, T, 3, H, W]`` (uint8 or float in [0, 1]) -> ``[B, D]``."""
-        return self.video.forward_head(self.video.forward_features(frames.to(self.device)), normalize=normalize)
+        frames = frames.to(self.device, non_blocking=True)
+        return self.video.forward_head(self.video.forward_features(frames), normalize=normalize)
 
     # --- user -------------------------------------------------------------------------------------------
     def history_batch(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,13 @@ def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: Progres
     if cat.empty:
         raise UserError("no training videos: the catalog's split column marks none as 'train'")
     frames, ok = build_frame_cache(
-        list(cat["abs_path"]), vcfg.num_frames, vcfg.image_size, cache_dir, cfg.train.num_workers, progress
+        list(cat["abs_path"]),
+        vcfg.num_frames,
+        vcfg.image_size,
+        cache_dir,
+        cfg.train.num_workers,
+        progress,
+        cfg.train.decode_backend,
     )
     if not ok.any():
         raise UserError("none of the training videos could be decoded")
