@@ -22,7 +22,7 @@ import pandas as pd
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the popularity-prior column is stored as log1p(count) / PRIOR_SCALE
 MANIFEST = "bundle.json"
 
 

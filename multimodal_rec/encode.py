@@ -38,6 +38,8 @@ LOG = logging.getLogger(__name__)
 PRIOR_COLUMN = "train_interactions"  # catalog column: the video's interactions seen in training
 SOURCES_FILE = "sources.parquet"  # bundle file: video_id, abs_path, size, mtime_ns (for incremental updates)
 JOB_FILE = "job.json"
+PRIOR_SCALE = 100.0  # the index stores log1p(count) / PRIOR_SCALE so the column stays small next to unit
+# vectors (approximate indexes cluster on it otherwise); user queries carry coef * PRIOR_SCALE: same scores
 
 
 @dataclass
@@ -79,11 +81,11 @@ def index_vectors(xb: np.ndarray, catalog: Any, popularity_prior: bool) -> np.nd
     """What the index holds: ``xb`` plus, with the popularity prior, a last column ``log1p(count)``.
 
     One index serves both calls: a text query carries 0 in that column (pure cosine), a user query carries
-    the learned prior coefficient (cosine + coef * log1p(count)).
+    ``coef * PRIOR_SCALE`` (cosine + coef * log1p(count)).
     """
     if not popularity_prior:
         return xb
-    prior = np.log1p(catalog[PRIOR_COLUMN].to_numpy(dtype=np.float32))[:, None]
+    prior = np.log1p(catalog[PRIOR_COLUMN].to_numpy(dtype=np.float32))[:, None] / PRIOR_SCALE
     return np.hstack([xb, prior]).astype(np.float32)
 
 

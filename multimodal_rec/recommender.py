@@ -69,9 +69,10 @@ class Recommender:
         self._meta_cols = [c for c in catalog.columns if c != "video_id"]
         self._records = catalog[self._meta_cols].to_dict("records")
         self._lock = threading.Lock()
-        from multimodal_rec.encode import index_vectors
+        from multimodal_rec.encode import PRIOR_SCALE, index_vectors
 
         self.prior_coef = model.rec_prior_coef()
+        self._prior_query = self.prior_coef * PRIOR_SCALE  # the index column holds log1p(count) / PRIOR_SCALE
         self.xb = index_vectors(embeddings, catalog, model.cfg.popularity_prior)  # what the index holds
 
     @classmethod
@@ -110,7 +111,7 @@ class Recommender:
     def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
         """Index-ready query vectors for histories: cosine + the learned popularity prior (unless ``prior=False``)."""
         u, _ = self.encode_histories(histories)
-        return self._augment(u, self.prior_coef if prior else 0.0)
+        return self._augment(u, self._prior_query if prior else 0.0)
 
     # --- encoding -------------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -132,3 +132,15 @@ def test_resume_continues_and_refuses_overwrite(world: Path, tiny_cfg, tmp_path:
     second = train(cfg, world, out, resume=True, cache_dir=tmp_path / "cache")
     assert second.steps == 2 * first.steps
     assert json.loads((out / "config.json").read_text())["epoch"] == 2
+
+
+def test_recommend_score_is_cosine_plus_popularity_prior(bundle: Path) -> None:
+    rec = Recommender.load(bundle)
+    history = ["a red ball moving left", "red dots going left"]
+    hit = rec.recommend(history, k=1)[0]
+    u, _ = rec.encode_histories([history])
+    row = rec.video_ids.index(hit.video_id)
+    count = rec.catalog["train_interactions"].iloc[row]
+    expected = float(u[0] @ rec.embeddings[row]) + rec.prior_coef * np.log1p(count)
+    assert abs(hit.score - expected) < 1e-4
+    assert np.abs(rec.xb[:, -1]).max() < 0.2, "the prior column must stay small next to unit vectors"

@@ -1,14 +1,46 @@
-"""The FAISS index against brute-force numpy."""
+"""The FAISS index against brute-force numpy; size-based choice, search parameters, persistence, mmap, bench."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from multimodal_rec.index import build_index, exact_search, search
+import faiss
+import numpy as np
+import pytest
+
+from multimodal_rec import index as index_mod
+from multimodal_rec.bench_index import bench_index, clustered_vectors, format_bench_index, recall_at_k
+from multimodal_rec.index import (
+    build_index,
+    choose_factory,
+    default_search_params,
+    describe,
+    exact_search,
+    get_search_params,
+    ivf_nlist,
+    read_index,
+    search,
+    set_search_params,
+    to_gpu,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    """Tiny indexes gain nothing from threads, and OpenMP spin-waits crawl when other jobs hold the cores."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _data(nb: int, d: int, nq: int = 200, n_clusters: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered base and queries (same distribution), ~nb / n_clusters points per cluster."""
+    return clustered_vectors(nb, d, n_clusters=n_clusters), clustered_vectors(nq, d, stream=1, n_clusters=n_clusters)
 
 
 def test_flat_index_equals_numpy_brute_force() -> None:
@@ -36,3 +68,117 @@ def test_hnsw_recall_against_exact_on_clustered_data() -> None:
     _, I_ref = exact_search(xb, xq, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_ref, strict=True)])
     assert recall >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("factory", "nb", "d"),
+    [
+        ("HNSW32", 20_000, 33),
+        (f"IVF{ivf_nlist(20_000)},Flat", 20_000, 65),
+        (f"IVF{ivf_nlist(20_000)},PQ11x4fs,RFlat", 20_000, 33),
+        ("IVF64,PQ13x8,RFlat", 5_000, 65),
+        ("HNSW32", 5_000, 129),
+        (f"IVF{ivf_nlist(5_000)},PQ43x4fs,RFlat", 5_000, 129),
+    ],
+)
+def test_approximate_index_at_default_params_reaches_recall(factory: str, nb: int, d: int) -> None:
+    xb, xq = _data(nb, d)
+    index = build_index(xb, factory)
+    assert get_search_params(index) == default_search_params(index) != {}
+    _, I = search(index, xq, 10)  # noqa: E741
+    _, I_ref = exact_search(xb, xq, 10)
+    assert recall_at_k(I, I_ref, 10) >= 0.9
+
+
+def test_auto_picks_an_approximate_index_above_the_flat_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    xb, xq = _data(10_000, 33)
+    assert describe(build_index(xb))["type"].startswith("IndexFlat")
+    monkeypatch.setattr(index_mod, "FLAT_MAX_NB", 1_000)
+    index = build_index(xb)  # now HNSW32 at its default efSearch
+    assert describe(index)["type"] == "IndexHNSWFlat" and get_search_params(index)["efSearch"] > 0
+    assert recall_at_k(search(index, xq, 10)[1], exact_search(xb, xq, 10)[1], 10) >= 0.9
+
+
+@pytest.mark.parametrize("d", [16, 33, 64, 65, 128, 129, 256, 257, 385, 768, 769])
+def test_choose_factory_by_size_with_pq_dividing_d(d: int) -> None:
+    assert choose_factory(1_000, d) == "Flat"
+    assert choose_factory(index_mod.FLAT_MAX_NB - 1, d) == "Flat"
+    assert choose_factory(200_000, d).startswith("HNSW")
+    big = choose_factory(5_000_000, d)
+    nlist = int(big.split(",")[0].removeprefix("IVF"))
+    assert nlist & (nlist - 1) == 0 and 4_096 <= nlist <= 16_384  # power of two near 4 * sqrt(nb)
+    if ",PQ" in big:
+        m = int(big.split(",PQ")[1].split("x")[0])
+        assert d % m == 0 and 2 <= m <= d // 2 and big.endswith(",RFlat")
+    else:
+        assert big.endswith(",Flat")
+    faiss.index_factory(d, big, faiss.METRIC_INNER_PRODUCT)  # FAISS accepts the string
+
+
+def test_choose_factory_falls_back_to_ivf_flat_for_prime_d() -> None:
+    assert choose_factory(2_000_000, 257) == "IVF4096,Flat"
+    assert choose_factory(2_000_000, 129) == "IVF4096,PQ43x4fs,RFlat"
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [
+        ("HNSW16", {"efSearch": 48}),
+        ("IVF32,Flat", {"nprobe": 7}),
+        ("IVF32,PQ11x4fs,RFlat", {"nprobe": 5, "k_factor": 3}),
+    ],
+)
+def test_search_params_survive_write_and_read(tmp_path: Path, factory: str, params: dict[str, float]) -> None:
+    xb, xq = _data(3_000, 33, nq=20)
+    index = build_index(xb, factory, **params)
+    assert get_search_params(index) == params
+    path = tmp_path / "index.faiss"
+    faiss.write_index(index, str(path))
+    for loaded in (faiss.read_index(str(path)), read_index(path, mmap=False), read_index(path, mmap=True)):
+        assert get_search_params(loaded) == params
+        np.testing.assert_array_equal(search(loaded, xq, 10)[1], search(index, xq, 10)[1])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "IVF32,PQ11x4fs,RFlat", "HNSW16"])
+def test_mmap_read_gives_the_same_results(tmp_path: Path, factory: str) -> None:
+    xb, xq = _data(3_000, 33, nq=20)
+    path = tmp_path / "index.faiss"
+    faiss.write_index(build_index(xb, factory), str(path))
+    D0, I0 = search(read_index(path, mmap=False), xq, 10)
+    D1, I1 = search(read_index(path, mmap=True), xq, 10)
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_array_equal(D0, D1)
+
+
+def test_set_search_params_rejects_unknown_names() -> None:
+    index = build_index(_data(500, 8, n_clusters=10)[0], "Flat")
+    with pytest.raises(ValueError, match="unknown search parameters"):
+        set_search_params(index, nprobes=4)
+
+
+def test_describe_reports_type_size_and_params() -> None:
+    xb, _ = _data(3_000, 33, nq=1)
+    info = describe(build_index(xb, "IVF32,Flat", nprobe=4))
+    assert info["type"] == "IndexIVFFlat" and info["ntotal"] == 3_000 and info["d"] == 33
+    assert info["nprobe"] == 4 and info["nlist"] == 32 and info["metric"] == "inner_product"
+    assert 3_000 * 33 * 4 <= info["bytes"] < 2 * 3_000 * 33 * 4
+
+
+def test_to_gpu_keeps_results() -> None:
+    xb, xq = _data(1_000, 16, nq=10, n_clusters=10)
+    index = build_index(xb, "Flat")
+    moved = to_gpu(index)  # the CPU index itself when FAISS sees no GPU
+    assert faiss.get_num_gpus() > 0 or moved is index
+    np.testing.assert_array_equal(search(moved, xq, 5)[1], search(index, xq, 5)[1])
+
+
+def test_bench_index_small() -> None:
+    result = bench_index(sizes=(2_000,), d=33, nq=50)
+    rows = result["rows"]
+    assert {r["factory"] for r in rows} == {"Flat", "HNSW32", "IVF32,Flat", "IVF32,PQ11x4fs,RFlat"}
+    assert all(0.0 <= r["recall"] <= 1.0 and r["bytes"] > 0 and r["qps"] > 0 for r in rows)
+    defaults = [r for r in rows if r["default"]]
+    assert len(defaults) == 1 and defaults[0]["factory"] == "Flat" and defaults[0]["recall"] == 1.0
+    assert result["defaults_reach_target"] is True
+    table = format_bench_index(result)
+    assert "Flat" in table and "\n* " in table
