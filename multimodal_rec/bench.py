@@ -23,7 +23,7 @@ import torch
 
 from multimodal_rec.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data import read_catalog
-from multimodal_rec.encode import encode_catalog
+from multimodal_rec.encode import default_workers, encode_catalog
 from multimodal_rec.errors import UserError
 from multimodal_rec.model import load_model
 from multimodal_rec.train import pick_device
@@ -62,7 +62,7 @@ def bench_encode(
 ) -> dict[str, Any]:
     """Decode-only D, model-only M, end-to-end E (videos/s) and E against its ceiling; peak RSS for N and 4N."""
     cores = os.cpu_count() or 1
-    workers = cores if workers is None else workers
+    workers = default_workers(device) if workers is None else workers
     model, _ = load_model(model_dir, pick_device(device))
     vcfg = model.cfg.video
     cat = read_catalog(catalog)

@@ -115,9 +115,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_encode(a: argparse.Namespace) -> None:
-    from multimodal_rec.encode import encode_catalog
+    from multimodal_rec.encode import default_workers, encode_catalog
 
-    workers = a.workers if a.workers is not None else min(2, os.cpu_count() or 1)
+    workers = a.workers if a.workers is not None else default_workers(a.device)
     res = encode_catalog(
         a.model,
         a.catalog,
@@ -266,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog", required=True, help="catalog CSV/Parquet with video_id,path (paths relative to it)")
     s.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
     s.add_argument("--batch-size", type=_positive_int, default=32, help="clips per model batch")
-    s.add_argument("--workers", type=int, default=None, help="decoding worker processes (default min(2, cores))")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding worker processes (default: cores on a GPU, cores/2 on a CPU)",
+    )
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument(
         "--shard-size", type=_positive_int, default=None, help="clips per resumable shard (default 8 batches)"
@@ -305,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="trained run directory")
     s.add_argument("--catalog", help="catalog to encode")
     s.add_argument("--batch-size", type=_positive_int, default=32)
-    s.add_argument("--workers", type=int, default=None, help="decode workers for the end-to-end run (default: cores)")
+    s.add_argument(
+        "--workers", type=int, default=None, help="decode workers for the end-to-end run (default: as mmrec encode)"
+    )
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
     s.add_argument("--device", default="auto")
 

@@ -55,6 +55,14 @@ class EncodeResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def default_workers(device: str = "auto") -> int:
+    """Decoding processes: on a GPU decoding is the bottleneck (all cores); on a CPU the model shares the
+    cores with decoding, and one worker per two cores measured best (``mmrec bench encode``)."""
+    cores = os.cpu_count() or 1
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return cores if gpu else max(1, cores // 2)
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
     """sha256 over the weights and config: the embeddings of a video depend on nothing else."""
     model_dir = Path(model_dir)
