@@ -215,6 +215,9 @@ def encode_catalog(
     # batches of a resumed run are the batches of an uninterrupted one.
     rows = [r for k in missing for r in todo[k * shard_size : (k + 1) * shard_size]]
     bar = progress(total=len(todo), desc="encode videos", unit="video")
+    threads = torch.get_num_threads()
+    if model.device.type == "cpu" and workers > 0:  # decoding workers take cores: don't oversubscribe them
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     bar.update(resumed)
     vcfg = model.cfg.video
     use_amp = pin = model.device.type == "cuda"
@@ -227,26 +230,29 @@ def encode_catalog(
     pos, cur = 0, 0
     buf_x: list[np.ndarray] = []
     buf_err: list[str] = []
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
-            good = [f for _, f, _ in batch if f is not None]
-            if good:
-                clips = frames_to_tensor(np.stack(good))
-                if pin:
-                    clips = clips.pin_memory()  # page-locked: the copy to the GPU overlaps with compute
-                buf_x.append(to_numpy(model.encode_video(clips)))
-            for i, f, err in batch:
-                buf_err.append("" if f is not None else err)
-                if f is None:
-                    LOG.warning("skipped %s: %s", cat["video_id"][rows[i]], err)
-            pos += len(batch)
-            bar.update(len(batch))
-            if pos == bounds[cur][2]:  # a batch never spans two shards: shards are whole batches
-                xs = np.concatenate(buf_x) if buf_x else np.zeros((0, model.cfg.embed_dim), np.float32)
-                shards.save(bounds[cur][0], xs, buf_err)
-                done[bounds[cur][0]] = (xs, buf_err)
-                buf_x, buf_err, cur = [], [], cur + 1
-    bar.close()
+    try:
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
+                good = [f for _, f, _ in batch if f is not None]
+                if good:
+                    clips = frames_to_tensor(np.stack(good))
+                    if pin:
+                        clips = clips.pin_memory()  # page-locked: the copy to the GPU overlaps with compute
+                    buf_x.append(to_numpy(model.encode_video(clips)))
+                for i, f, err in batch:
+                    buf_err.append("" if f is not None else err)
+                    if f is None:
+                        LOG.warning("skipped %s: %s", cat["video_id"][rows[i]], err)
+                pos += len(batch)
+                bar.update(len(batch))
+                if pos == bounds[cur][2]:  # a batch never spans two shards: shards are whole batches
+                    xs = np.concatenate(buf_x) if buf_x else np.zeros((0, model.cfg.embed_dim), np.float32)
+                    shards.save(bounds[cur][0], xs, buf_err)
+                    done[bounds[cur][0]] = (xs, buf_err)
+                    buf_x, buf_err, cur = [], [], cur + 1
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
 
     # Assemble: every catalog row gets its embedding from the previous bundle or from a shard.
     D = model.cfg.embed_dim
