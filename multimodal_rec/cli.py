@@ -128,6 +128,7 @@ def cmd_encode(a: argparse.Namespace) -> None:
         shard_size=a.shard_size,
         rebuild=a.rebuild,
         backend=a.backend,
+        index_factory=a.index,
         progress=tqdm_progress(a.quiet),
     )
     info = {
@@ -281,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "decord", "pyav"],
         default="auto",
         help="video decoder: auto = decord, PyAV for clips decord cannot read",
+    )
+    s.add_argument(
+        "--index",
+        default=None,
+        metavar="FACTORY",
+        help="FAISS index: auto (by catalog size: Flat, HNSW, IVF-PQ) or a factory string (default: config)",
     )
     s.add_argument("--rebuild", action="store_true", help="re-encode everything instead of updating an existing bundle")
 

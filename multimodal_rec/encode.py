@@ -63,6 +63,19 @@ def default_workers(device: str = "auto") -> int:
     return cores if gpu else max(1, cores // 2)
 
 
+def _check_factory(factory: str, d: int) -> None:
+    """Refuse a bad FAISS factory string before any video is decoded."""
+    if factory == "auto":
+        return
+    import faiss
+
+    try:
+        faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as e:
+        msg = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UserError(f"invalid FAISS index factory {factory!r}: {msg[:160]}") from None
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
     """sha256 over the weights and config: the embeddings of a video depend on nothing else."""
     model_dir = Path(model_dir)
@@ -170,6 +183,7 @@ def encode_catalog(
     shard_size: int | None = None,
     rebuild: bool = False,
     backend: str = "auto",
+    index_factory: str | None = None,
     progress: ProgressFn = no_progress,
 ) -> EncodeResult:
     """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
@@ -177,7 +191,8 @@ def encode_catalog(
     Unreadable videos are skipped and listed in the bundle's ``skipped.csv``; the job fails only when
     nothing could be encoded. ``shard_size`` (a multiple of ``batch_size``; default 8 batches) sets how
     much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it. ``backend``:
-    ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``.
+    ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``. ``index_factory``
+    overrides the config's FAISS index (``auto`` chooses by catalog size, or a FAISS factory string).
     """
     t0 = time.time()
     if batch_size < 1:
@@ -186,6 +201,9 @@ def encode_catalog(
     if shard_size % batch_size:
         raise UserError(f"shard size {shard_size} must be a multiple of the batch size {batch_size}")
     model, cfg = load_model(model_dir, pick_device(device))
+    if index_factory:
+        cfg.index.factory = index_factory
+    _check_factory(cfg.index.factory, model.cfg.embed_dim + (1 if cfg.model.popularity_prior else 0))
     fingerprint = model_fingerprint(model_dir)
     cat = read_catalog(catalog)
     cat["size"], cat["mtime_ns"] = _file_stats(list(cat["abs_path"]))

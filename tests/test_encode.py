@@ -165,3 +165,20 @@ def test_bench_encode_reports_consistent_ratios(world: Path, trained: Path) -> N
     assert D > 0 and M > 0 and E > 0
     assert abs(r["ceiling_vps"] - 1 / (1 / D + 1 / M)) < 0.01 * r["ceiling_vps"] + 0.01
     assert "E / ceiling" in format_encode(r)
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "auto"])
+def test_index_factory_override_serves_the_same_hits(
+    world: Path, trained: Path, bundle: Path, tmp_path: Path, factory: str
+) -> None:
+    from multimodal_rec import Recommender
+
+    res = encode_catalog(trained, world / "catalog.csv", tmp_path / "b", workers=0, index_factory=factory)
+    approx, exact = Recommender.load(res.bundle), Recommender.load(bundle)
+    for q in ("a red circle moving left", "a blue square growing"):
+        assert [h.video_id for h in approx.search(q, k=5)] == [h.video_id for h in exact.search(q, k=5)]
+
+
+def test_bad_index_factory_is_refused_before_encoding(world: Path, trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="invalid FAISS index factory"):
+        encode_catalog(trained, world / "catalog.csv", tmp_path / "b", workers=0, index_factory="NotAnIndex42")
