@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class EncodeResult:
     resumed: int = 0  # clips taken from the shards of an interrupted run
     removed: int = 0  # videos of the previous bundle no longer in the catalog
     total: int = 0  # videos in the new bundle
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_workers(device: str = "auto") -> int:
@@ -110,17 +109,21 @@ def index_vectors(xb: np.ndarray, catalog: Any, popularity_prior: bool) -> np.nd
     return np.hstack([xb, prior]).astype(np.float32)
 
 
-def _previous_embeddings(out: Path, fingerprint: str, cat: pd.DataFrame) -> dict[int, np.ndarray]:
-    """Catalog row -> embedding kept from an existing bundle of the same model, for unchanged files."""
+def _previous_bundle(out: Path, fingerprint: str, cat: pd.DataFrame) -> tuple[dict[int, np.ndarray], set[str]]:
+    """(catalog row -> embedding kept from an existing bundle of the same model for unchanged files, the ids
+    that bundle held). A missing, corrupt or other-model bundle reuses nothing."""
+    if not (out / "bundle.json").is_file():
+        return {}, set()
     try:
         manifest = read_manifest(out, verify=True)
-    except UserError as e:
+        prev = pd.read_parquet(out / SOURCES_FILE)
+    except (UserError, OSError, ValueError) as e:
         LOG.warning("not reusing %s: %s", out, e)
-        return {}
-    if manifest.get("model_fingerprint") != fingerprint or not (out / SOURCES_FILE).is_file():
+        return {}, set()
+    prev_ids = set(prev["video_id"])
+    if manifest.get("model_fingerprint") != fingerprint:
         LOG.info("existing bundle %s was made by another model: encoding everything", out)
-        return {}
-    prev = pd.read_parquet(out / SOURCES_FILE)
+        return {}, prev_ids
     xb = np.load(out / "embeddings.npy")
     key = {
         (v, p, int(s), int(m)): i
@@ -133,7 +136,7 @@ def _previous_embeddings(out: Path, fingerprint: str, cat: pd.DataFrame) -> dict
         i = key.get((k[0], k[1], int(k[2]), int(k[3])))
         if i is not None:
             reuse[row] = xb[i]
-    return reuse
+    return reuse, prev_ids
 
 
 class ShardWriter:
@@ -209,7 +212,9 @@ def encode_catalog(
     cat["size"], cat["mtime_ns"] = _file_stats(list(cat["abs_path"]))
     out = Path(out).resolve()
 
-    reuse = {} if rebuild or not (out / "bundle.json").is_file() else _previous_embeddings(out, fingerprint, cat)
+    reuse, prev_ids = _previous_bundle(out, fingerprint, cat)
+    if rebuild:
+        reuse = {}
     todo = [r for r in range(len(cat)) if r not in reuse]
     n_shards = (len(todo) + shard_size - 1) // shard_size
     job = {
@@ -233,9 +238,6 @@ def encode_catalog(
     # batches of a resumed run are the batches of an uninterrupted one.
     rows = [r for k in missing for r in todo[k * shard_size : (k + 1) * shard_size]]
     bar = progress(total=len(todo), desc="encode videos", unit="video")
-    threads = torch.get_num_threads()
-    if model.device.type == "cpu" and workers > 0:  # decoding workers take cores: don't oversubscribe them
-        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     bar.update(resumed)
     vcfg = model.cfg.video
     use_amp = pin = model.device.type == "cuda"
@@ -248,6 +250,9 @@ def encode_catalog(
     pos, cur = 0, 0
     buf_x: list[np.ndarray] = []
     buf_err: list[str] = []
+    threads = torch.get_num_threads()
+    if model.device.type == "cpu" and workers > 0:  # decoding workers take cores: don't oversubscribe them
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     try:
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
             for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
@@ -299,13 +304,7 @@ def encode_catalog(
     encoded = cat[ok].reset_index(drop=True)
     counts = read_counts(Path(model_dir) / COUNTS_FILE)
     encoded[PRIOR_COLUMN] = [counts.get(v, 0) for v in encoded["video_id"]]
-    removed = 0
-    if reuse or (out / SOURCES_FILE).is_file():
-        try:
-            prev_ids = set(pd.read_parquet(out / SOURCES_FILE)["video_id"])
-            removed = len(prev_ids - set(cat["video_id"]))
-        except Exception:  # an unreadable previous bundle is simply replaced
-            removed = 0
+    removed = len(prev_ids - set(cat["video_id"]))
 
     def fill(tmp: Path) -> dict[str, Any]:
         import faiss

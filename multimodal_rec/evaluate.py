@@ -77,7 +77,9 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[st
             pop[rec._row[vid]] = n
 
     histories = [ex.history for ex in test_ex]
-    mean_hist = np.stack([rec.encode_queries(h).mean(0) for h in histories])
+    flat = rec.encode_queries([t for h in histories for t in h])  # one pass over every history text
+    ends = np.cumsum([len(h) for h in histories])
+    mean_hist = np.stack([flat[e - len(h) : e].mean(0) for h, e in zip(histories, ends, strict=True)])
     mean_hist /= np.linalg.norm(mean_hist, axis=1, keepdims=True).clip(1e-12)
     rng = np.random.default_rng(seed)
     methods = {"user_tower": rec.user_queries(histories) @ rec.xb.T}
@@ -100,6 +102,17 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[st
 
 def evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
     """Every metric of the bundle ``rec`` on the data directory ``data_dir`` (held-out split + last events)."""
+    model = rec.model
+    cached = model.cache_text_features
+    model.cache_text_features = True  # a batch job: each history text's trunk features are computed once
+    try:
+        return _evaluate(rec, data_dir)
+    finally:
+        model.cache_text_features = cached
+        model._feature_cache.clear()
+
+
+def _evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
     ds = load_dataset(data_dir)
     test_ids = set(ds.split_ids("test")) or set(ds.catalog["video_id"])
     caps = [(v, c) for v, c in zip(ds.captions["video_id"], ds.captions["caption"], strict=True) if v in test_ids]

@@ -86,7 +86,11 @@ def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
 
 
 def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
-    """One sequential pass over the clip; only the sampled frames are converted (swscale resizes them)."""
+    """One sequential pass over the clip; swscale resizes each kept frame.
+
+    When the container states its frame count, only the sampled frames are converted and kept; otherwise
+    every frame is kept at the small output size (never at full resolution) and sampled at the end.
+    """
     import av
 
     try:
@@ -95,13 +99,25 @@ def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
                 raise VideoDecodeError(f"no video stream in {path}")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            decoded = list(container.decode(stream))
-            if not decoded:
+            declared = int(stream.frames or 0)
+            wanted = set(sample_indices(declared, num_frames).tolist()) if declared > 0 else None
+            kept: dict[int, np.ndarray] = {}
+            n = 0
+            for frame in container.decode(stream):
+                if wanted is None or n in wanted:
+                    kept[n] = frame.to_ndarray(format="rgb24", width=size, height=size)
+                n += 1
+            if n == 0:
                 raise VideoDecodeError(f"video has no frames: {path}")
-            idx = sample_indices(len(decoded), num_frames)
-            frames = [decoded[i].to_ndarray(format="rgb24", width=size, height=size) for i in idx]
     except VideoDecodeError:
         raise
     except Exception as e:  # av.error.* (InvalidDataError, ...), OSError
         raise VideoDecodeError(f"cannot decode video {path}: {_first_line(e)}") from None
-    return np.stack(frames).astype(np.uint8, copy=False)
+    if wanted is None or n != declared:  # no or wrong frame count: sample what was actually decoded
+        if wanted is not None:  # only the guessed indices were kept; take the nearest kept frame instead
+            order = sorted(kept)
+            picks = [min(order, key=lambda j: abs(j - i)) for i in sample_indices(n, num_frames)]
+        else:
+            picks = sample_indices(n, num_frames).tolist()
+        return np.stack([kept[i] for i in picks]).astype(np.uint8, copy=False)
+    return np.stack([kept[i] for i in sample_indices(n, num_frames)]).astype(np.uint8, copy=False)

@@ -39,6 +39,7 @@ class MultimodalModel(nn.Module):
         self.pop_weight = nn.Parameter(torch.zeros(()))  # weight of log(1 + training interactions) in rec logits
         self.tokenizer = load_tokenizer(cfg.text)
         self._feature_cache: dict[str, torch.Tensor] = {}
+        self.cache_text_features = True  # keep frozen-trunk features per string (training); off when serving
 
     @property
     def device(self) -> torch.device:
@@ -52,32 +53,32 @@ class MultimodalModel(nn.Module):
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     def text_features(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Text-trunk features ``[N, H]``. A frozen trunk's features are cached per string (computed once)."""
-        if not self.text.trunk_frozen:
-            return (
-                torch.cat(
-                    [
-                        self.text.forward_features(**self.tokenize(texts[i : i + batch_size]))
-                        for i in range(0, len(texts), batch_size)
-                    ]
-                )
-                if texts
-                else torch.zeros(0, self.text.feat_dim, device=self.device)
-            )
-        missing = list(dict.fromkeys(t for t in texts if t not in self._feature_cache))
-        if missing:
-            was_training = self.text.trunk.training
-            self.text.trunk.eval()
-            with torch.no_grad():
-                for i in range(0, len(missing), batch_size):
-                    chunk = missing[i : i + batch_size]
-                    feats = self.text.forward_features(**self.tokenize(chunk)).float()
-                    for t, f in zip(chunk, feats, strict=True):
-                        self._feature_cache[t] = f
-            self.text.trunk.train(was_training)
+        """Text-trunk features ``[N, H]``.
+
+        With a frozen trunk and ``cache_text_features`` on (training), each string's features are computed
+        once and kept; serving turns the cache off, since every new query string would stay in memory.
+        """
+        texts = list(texts)
         if not texts:
             return torch.zeros(0, self.text.feat_dim, device=self.device)
-        return torch.stack([self._feature_cache[t] for t in texts]).to(self.device)
+        if not self.text.trunk_frozen:
+            chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+            return torch.cat([self.text.forward_features(**self.tokenize(c)) for c in chunks])
+        if not self.cache_text_features:
+            return self._frozen_features(texts, batch_size)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._feature_cache))
+        if missing:
+            self._feature_cache.update(zip(missing, self._frozen_features(missing, batch_size), strict=True))
+        return torch.stack([self._feature_cache[t] for t in texts])
+
+    @torch.no_grad()
+    def _frozen_features(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        was_training = self.text.trunk.training
+        self.text.trunk.eval()  # a frozen trunk always runs as at inference (no dropout)
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        feats = torch.cat([self.text.forward_features(**self.tokenize(c)).float() for c in chunks])
+        self.text.trunk.train(was_training)
+        return feats
 
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Texts -> ``[N, D]``."""

@@ -85,6 +85,7 @@ class Recommender:
         manifest = read_manifest(path, verify=verify)
         model, _ = load_model(path, device)
         model.tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+        model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         catalog = pd.read_parquet(path / "catalog.parquet")
         embeddings = np.load(path / "embeddings.npy")
         index = faiss.read_index(str(path / "index.faiss"))

@@ -144,3 +144,31 @@ def test_recommend_score_is_cosine_plus_popularity_prior(bundle: Path) -> None:
     expected = float(u[0] @ rec.embeddings[row]) + rec.prior_coef * np.log1p(count)
     assert abs(hit.score - expected) < 1e-4
     assert np.abs(rec.xb[:, -1]).max() < 0.2, "the prior column must stay small next to unit vectors"
+
+
+def test_frozen_text_features_cache_only_when_enabled(tiny_cfg) -> None:
+    """Training caches a frozen trunk's features per string; serving must not keep every query it sees."""
+    import copy
+
+    import torch
+
+    from multimodal_rec.model import create_model
+
+    cfg = copy.deepcopy(tiny_cfg.model)
+    cfg.text.trainable_layers = 0
+    model = create_model(cfg).eval()
+    texts = ["a red ball", "a blue box", "a red ball"]
+    model.cache_text_features = False
+    uncached = model.text_features(texts)
+    assert model._feature_cache == {}
+    model.cache_text_features = True
+    cached = model.text_features(texts)
+    assert set(model._feature_cache) == {"a red ball", "a blue box"}
+    assert torch.allclose(cached, uncached, atol=1e-6) and cached.shape == (3, model.text.feat_dim)
+
+
+def test_loaded_recommender_keeps_no_query_features(bundle: Path) -> None:
+    rec = Recommender.load(bundle)
+    assert rec.model.cache_text_features is False
+    rec.search("a query that is only seen once", k=3)
+    assert rec.model._feature_cache == {}
