@@ -215,7 +215,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
         if not a.model or not a.catalog:
             raise UserError("bench encode needs --model RUN and --catalog CATALOG")
         res = bench.bench_encode(
-            a.model, a.catalog, batch_size=a.batch_size, workers=a.workers, memory=not a.no_memory, device=a.device
+            a.model,
+            a.catalog,
+            batch_size=a.batch_size,
+            workers=a.workers,
+            memory=not a.no_memory,
+            device=a.device,
+            repeat=a.repeat,
         )
         print(json.dumps(res) if a.json else bench.format_encode(res))
 
@@ -320,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers", type=int, default=None, help="decode workers for the end-to-end run (default: as mmrec encode)"
     )
+    s.add_argument("--repeat", type=_positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
     s.add_argument("--device", default="auto")
 
