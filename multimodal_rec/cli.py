@@ -195,11 +195,47 @@ def cmd_recommend(a: argparse.Namespace) -> None:
 def cmd_eval(a: argparse.Namespace) -> None:
     from multimodal_rec.evaluate import evaluate, format_report
 
+    if a.dataset is not None:
+        return _eval_dataset(a)
+    if not a.bundle or not a.data:
+        raise UserError("give --bundle and --data (a trained bundle and its data directory), or --dataset ml-100k")
     res = evaluate(_load(a.bundle), a.data)
     if a.json:
         _print_json(res)
     else:
         print(format_report(res))
+
+
+def _eval_dataset(a: argparse.Namespace) -> None:
+    from multimodal_rec.eval_ml100k import DEFAULT_METHODS, evaluate_ml100k, format_ml100k
+
+    config: dict[str, Any] = {}
+    for key, value in _overrides(a.set).items():
+        section, _, rest = key.partition(".")
+        if section not in ("model", "train", "recent") or (section != "recent" and not rest):
+            raise UserError(f"--set keys for --dataset are model.X, train.X or recent, got {key!r}")
+        if section == "recent":
+            config["recent"] = value
+        else:
+            node = config.setdefault(section, {})
+            *parents, leaf = rest.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    res = evaluate_ml100k(
+        seeds=a.seeds,
+        methods=a.methods or DEFAULT_METHODS,
+        split=a.split,
+        jobs=a.jobs,
+        config=config,
+        out_dir=a.out,
+        progress=tqdm_progress(a.quiet or a.json),
+    )
+    if a.json:
+        _print_json({k: v for k, v in res.items() if k != "recall_curve"})
+    else:
+        print(format_ml100k(res))
+        print(f"results.json and recall_at_k.png in {a.out}")
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -308,9 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude", nargs="*", help="video ids not to recommend")
     s.add_argument("-k", type=int, default=10, help="hits (1..1000)")
 
-    s = add("eval", "full-ranking evaluation of a bundle on a data directory", cmd_eval)
-    s.add_argument("--bundle", required=True)
-    s.add_argument("--data", required=True, help="data directory (held-out split + last events)")
+    s = add("eval", "full-ranking evaluation: a bundle on its data directory, or --dataset ml-100k", cmd_eval)
+    s.add_argument("--bundle", help="bundle to evaluate (with --data)")
+    s.add_argument("--data", help="data directory (held-out split + last events)")
+    s.add_argument(
+        "--dataset",
+        choices=["ml-100k"],
+        help="train and evaluate the user tower and every baseline on a public data set (needs recbole --no-deps)",
+    )
+    s.add_argument("--seeds", type=_positive_int, default=3, help="--dataset: seeds (mean ± std; default 3)")
+    s.add_argument("--split", choices=["loo", "time"], default="loo", help="--dataset: leave-last-out or global time")
+    s.add_argument("--methods", nargs="+", metavar="METHOD", help="--dataset: subset of methods (default: all main)")
+    s.add_argument("--jobs", type=int, default=0, help="--dataset: parallel training processes (default: cores)")
+    s.add_argument("--out", default="eval_out/ml-100k", help="--dataset: where results.json + recall_at_k.png go")
+    s.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="--dataset: model.X / train.X / recent"
+    )
 
     s = add("serve", "HTTP service over a bundle (needs the serve extra: pip install -e '.[serve]')", cmd_serve)
     s.add_argument("--bundle", required=True)

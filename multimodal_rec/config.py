@@ -48,6 +48,14 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers for frame decoding in the cache pass
     decode_backend: str = "auto"  # "auto" (decord, PyAV where decord fails), "decord" or "pyav"
     log_every: int = 10  # steps between log lines
+    grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum * processes)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps inside an epoch (0 = at epoch ends only)
+    max_steps: int = 0  # stop after this many optimizer steps with a resumable checkpoint (0 = all epochs); the
+    # learning-rate schedule still spans every epoch, so --resume continues the run exactly
+    early_stop_metric: str = ""  # validation metric to maximise after each epoch ("" = no validation, no stop)
+    early_stop_patience: int = 3  # epochs without improvement before stopping; the best epoch's weights are kept
+    hard_negatives: int = 0  # extra negatives per example mined from an exact index of the current item vectors
+    logq_correction: bool = False  # subtract log(item frequency) from in-batch logits (sampling-bias correction)
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
 
 

@@ -7,11 +7,9 @@ user-history -> next-video contrastively on the same video forward pass.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,14 @@ import pandas as pd
 import torch
 
 from multimodal_rec.cache import build_frame_cache, frames_to_tensor
-from multimodal_rec.config import RunConfig
+from multimodal_rec.config import RunConfig, TrainConfig
 from multimodal_rec.data import Dataset, HistoryExample, history_examples, item_counts, load_dataset
 from multimodal_rec.errors import UserError
 from multimodal_rec.model import MultimodalModel, create_model, load_model, save_model
 from multimodal_rec.progress import ProgressFn, no_progress
+from multimodal_rec.trainer import STATE_META, fit
 
 LOG = logging.getLogger(__name__)
-STATE_FILE = "train_state.safetensors"
-STATE_META = "train_state.json"
 COUNTS_FILE = "item_counts.csv"
 
 
@@ -105,23 +102,14 @@ def read_counts(path: Path) -> dict[str, int]:
     return dict(zip(df["video_id"], df["count"].astype(int), strict=True))
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-def make_optimizer(model: MultimodalModel, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer_groups(model: MultimodalModel, cfg: RunConfig) -> list[dict[str, Any]]:
+    """AdamW groups: towers trained from scratch at ``lr``, an unfrozen pretrained text trunk at ``trunk_lr``."""
     trunk = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.trunk.")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.trunk.")]
     groups: list[dict[str, Any]] = [{"params": rest, "lr": cfg.train.lr}]
     if trunk:
         groups.append({"params": trunk, "lr": cfg.train.trunk_lr})
-    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+    return groups
 
 
 def augment_clips(
@@ -155,9 +143,48 @@ class ContrastiveTask:
     def __init__(self, model: MultimodalModel, cfg: RunConfig, data: TrainData) -> None:
         self.model, self.cfg, self.data = model, cfg, data
         self.index = {v: i for i, v in enumerate(data.video_ids)}
-        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        counts = np.exp(data.log_pop)  # count + 1: a rec target is drawn with frequency ~ its count
+        self.log_q = np.log(counts / counts.sum()).astype(np.float32)
 
-    def step(self, vidx: np.ndarray, rec: list[HistoryExample], rng: random.Random) -> dict[str, torch.Tensor]:
+    # --- the trainer's Task protocol ------------------------------------------------------------------------
+    def batches(self, epoch: int) -> list[tuple[int, int, np.ndarray, list[HistoryExample]]]:
+        """One micro-batch per ``batch_size`` videos, each with ``rec_batch_size`` history examples."""
+        tc, seed = self.cfg.train, self.cfg.train.seed
+        perm = np.random.default_rng(seed * 1000 + epoch).permutation(len(self.data.video_ids))
+        rec_order = list(range(len(self.data.examples)))
+        random.Random(seed * 1000 + epoch).shuffle(rec_order)
+        nr = min(tc.rec_batch_size, len(rec_order))
+        out = []
+        for s in range(max(1, math.ceil(len(perm) / tc.batch_size))):
+            rec = [self.data.examples[rec_order[(s * nr + j) % len(rec_order)]] for j in range(nr)] if nr else []
+            out.append((epoch, s, perm[s * tc.batch_size : (s + 1) * tc.batch_size], rec))
+        return out
+
+    def step(self, batch: tuple[int, int, np.ndarray, list[HistoryExample]], step: int) -> dict[str, torch.Tensor]:
+        epoch, s, vidx, rec = batch
+        key = self.cfg.train.seed * 1_000_003 + epoch * 10_007 + s  # per micro-batch: resume replays it exactly
+        return self.losses(vidx, rec, random.Random(key), torch.Generator().manual_seed(key))
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
+        return make_optimizer_groups(self.model, self.cfg)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        recalibrate_batchnorm(self.model, self.data)
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def save(self, out: Path, extra: dict[str, Any]) -> None:
+        save_model(self.model, self.cfg, out, extra=extra)
+
+    def load_weights(self, out: Path) -> None:
+        loaded, _ = load_model(out, self.model.device)
+        self.model.load_state_dict(loaded.state_dict())
+
+    # --- the losses -----------------------------------------------------------------------------------------
+    def losses(
+        self, vidx: np.ndarray, rec: list[HistoryExample], rng: random.Random, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         m, tc = self.model, self.cfg.train
         rec_idx = np.array([self.index[ex.target] for ex in rec], dtype=np.int64)
         all_idx = np.concatenate([rec_idx, vidx])  # rec targets first: row i of the rec loss has column i
@@ -167,7 +194,7 @@ class ContrastiveTask:
         clips = frames_to_tensor(frames)  # [N, T, 3, H, W] uint8
         if tc.augment > 0:
             a = tc.augment
-            clips = augment_clips(clips, self.gen, shift=0.1 * a, zoom=0.15 * a, brightness=0.1 * a)
+            clips = augment_clips(clips, gen, shift=0.1 * a, zoom=0.15 * a, brightness=0.1 * a)
         R = len(rec)
         if tc.rec_trains_video or R == 0:
             v = m.encode_video(clips)  # [N, D]
@@ -187,6 +214,9 @@ class ContrastiveTask:
             bias = None
             if m.cfg.popularity_prior:
                 bias = m.pop_weight * torch.as_tensor(self.data.log_pop[all_idx], device=v.device)
+            if tc.logq_correction:  # in-batch targets were drawn ~ frequency: remove that sampling bias
+                logq = -torch.as_tensor(self.log_q[all_idx], device=v.device)
+                bias = logq if bias is None else bias + logq
             keys = v if tc.rec_trains_video else v.detach()
             out["loss_rec"] = m.loss_rec(u, keys, ids, key_bias=bias)
             loss = loss + tc.w_rec * out["loss_rec"]
@@ -215,32 +245,6 @@ def recalibrate_batchnorm(model: MultimodalModel, data: TrainData, batch_size: i
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.video.train(was_training)
-
-
-def _save_state(out: Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    sd = opt.state_dict()
-    tensors = {f"{i}/{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
-    tmp = out / f".{STATE_FILE}.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(out / STATE_FILE)
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    tmp_meta = out / f".{STATE_META}.tmp"
-    tmp_meta.write_text(json.dumps({**meta, "param_groups": groups}))
-    tmp_meta.replace(out / STATE_META)
-
-
-def _load_state(out: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((out / STATE_META).read_text())
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in load_file(str(out / STATE_FILE)).items():
-        i, name = key.split("/", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta
 
 
 @dataclass
@@ -291,56 +295,6 @@ def train(
             bar.update(len(texts[i : i + 512]))
         bar.close()
 
-    n_videos = len(data.video_ids)
-    steps_per_epoch = max(1, math.ceil(n_videos / tc.batch_size))
-    total = steps_per_epoch * tc.epochs
-    opt = make_optimizer(model, cfg)
-    lr_fn = _lr_lambda(tc.warmup_steps, total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_fn)
-    start_epoch, step = 0, 0
-    if resume:
-        meta = _load_state(out, opt)
-        start_epoch, step = int(meta["epoch"]), int(meta["step"])
-        sched.last_epoch = step  # continue the schedule where it stopped
-        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
-            group["lr"] = base * lr_fn(step)
-        LOG.info("resumed %s at epoch %d (step %d)", out, start_epoch, step)
-
     task = ContrastiveTask(model, cfg, data)
-    use_amp = device.type == "cuda"
-    log_path = out / "metrics.jsonl"
-    t0 = time.time()
-    last: dict[str, float] = {}
-    for epoch in range(start_epoch, tc.epochs):
-        rng = random.Random(tc.seed * 1000 + epoch)  # per-epoch RNG: a resumed run replays the same batches
-        perm = np.random.default_rng(tc.seed * 1000 + epoch).permutation(n_videos)
-        rec_order = list(range(len(data.examples)))
-        rng.shuffle(rec_order)
-        model.train()
-        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")
-        for s in range(steps_per_epoch):
-            vidx = perm[s * tc.batch_size : (s + 1) * tc.batch_size]
-            nr = min(tc.rec_batch_size, len(rec_order))
-            rec = [data.examples[rec_order[(s * nr + j) % len(rec_order)]] for j in range(nr)] if nr else []
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = task.step(vidx, rec, rng)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            last = {k: float(v.detach()) for k, v in losses.items()}
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
-            if step % tc.log_every == 0 or s == steps_per_epoch - 1:
-                rec_line = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], **last}
-                with log_path.open("a") as f:
-                    f.write(json.dumps(rec_line) + "\n")
-        bar.close()
-        recalibrate_batchnorm(model, data)
-        save_model(model, cfg, out, extra={"epoch": epoch + 1, "step": step})
-        _save_state(out, opt, {"epoch": epoch + 1, "step": step})
-        LOG.info("epoch %d/%d done: %s", epoch + 1, tc.epochs, {k: round(v, 4) for k, v in last.items()})
-    return TrainResult(out, tc.epochs, step, time.time() - t0, last)
+    res = fit(task, tc, out, device=device, resume=resume, progress=progress)
+    return TrainResult(out, res.epochs, res.steps, res.seconds, res.final_losses)

@@ -1,0 +1,302 @@
+"""``mmrec eval --dataset ml-100k``: our user tower against the field's baselines on MovieLens-100k.
+
+Items are text (title + year + genres) encoded by the text tower, since there is no video. Every method ranks
+the whole catalog (full ranking, never sampled negatives) with the user's earlier items excluded, for every
+method alike. Splits: ``loo`` (leave-last-out: each user's last event is the target) or ``time`` (a global
+time cut at the 90th percentile of timestamps: each user's first event after it is the target, only events
+before it train). Events sharing a timestamp are ordered at random per seed (76% of ml-100k's events share
+one with another event of the same user; ordering them by id would bias targets toward rare films).
+
+Methods: ``user_tower`` (text + learned ID embedding for items seen in training, the hybrid),
+``user_tower_text_only``, ``user_tower_no_attention`` (last hidden state), ``popularity``, ``mean_history``
+(mean of the history items' MiniLM embeddings), ``random``, ``bpr_mf``, ``mult_dae``, ``sasrec``, and
+``user_tower_unseen_items``: 10% of the movies are held out of training entirely and the hybrid tower is scored
+on the users whose target is one of them (``popularity_unseen_items`` and ``mean_history_unseen_items`` beside
+it). Trainings of one seed and method run as separate jobs in a process pool (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multimodal_rec.errors import UserError
+from multimodal_rec.metrics import target_ranks
+from multimodal_rec.progress import ProgressFn, no_progress
+
+LOG = logging.getLogger(__name__)
+TRAINED = ("user_tower", "user_tower_text_only", "user_tower_no_attention", "user_tower_unseen_items")
+ID_BASELINES = ("bpr_mf", "mult_dae", "sasrec")
+CHEAP = ("popularity", "mean_history", "random")
+ALL_METHODS = TRAINED + ID_BASELINES + CHEAP
+DEFAULT_METHODS = (
+    "user_tower",
+    "user_tower_text_only",
+    "popularity",
+    "mean_history",
+    "random",
+    "bpr_mf",
+    "mult_dae",
+    "sasrec",
+    "user_tower_unseen_items",
+)
+UNSEEN_FRACTION = 0.1
+CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 75, 100)
+
+
+@dataclass
+class Split:
+    seqs: list[np.ndarray]  # per user: training item rows, oldest first
+    users: np.ndarray  # users that have a target
+    targets: np.ndarray  # their target item rows
+
+
+def user_sequences(inter: Any, items: Any, seed: int) -> list[np.ndarray]:
+    """Each user's item rows in time order, same-timestamp events shuffled with ``seed``."""
+    row = {v: i for i, v in enumerate(items["video_id"])}
+    key = np.random.default_rng(seed).random(len(inter))
+    inter = inter.assign(_k=key).sort_values(["user_id", "timestamp", "_k"], kind="stable")
+    rows = inter["video_id"].map(row).to_numpy()
+    return [rows[idx] for idx in inter.groupby("user_id", sort=True).indices.values()]
+
+
+def make_split(inter: Any, items: Any, seed: int, split: str = "loo") -> Split:
+    """Training sequences and targets for the leave-last-out (``loo``) or global-time (``time``) split."""
+    if split == "loo":
+        full = user_sequences(inter, items, seed)
+        ok = np.array([u for u, s in enumerate(full) if len(s) >= 2])
+        return Split([s[:-1] for s in full], ok, np.array([full[u][-1] for u in ok]))
+    if split != "time":
+        raise UserError(f"unknown split {split!r} (choose loo or time)")
+    cut = np.quantile(inter["timestamp"].to_numpy(), 0.9)
+    before = inter[inter["timestamp"] < cut]
+    after = inter[inter["timestamp"] >= cut]
+    users = sorted(inter["user_id"].unique(), key=lambda u: int(u) if str(u).isdigit() else u)
+    row = {v: i for i, v in enumerate(items["video_id"])}
+    seq_of = dict(zip(sorted(before["user_id"].unique()), user_sequences(before, items, seed), strict=True))
+    seqs = [seq_of.get(u, np.zeros(0, np.int64)) for u in users]
+    first = after.sort_values(["timestamp"], kind="stable").groupby("user_id")["video_id"].first()
+    pos = {u: i for i, u in enumerate(users)}
+    ok = [(pos[u], row[v]) for u, v in first.items() if len(seqs[pos[u]]) >= 1]
+    return Split(seqs, np.array([u for u, _ in ok]), np.array([t for _, t in ok]))
+
+
+def _seen_mask(seqs: list[np.ndarray], users: np.ndarray, n_items: int) -> np.ndarray:
+    seen = np.zeros((len(users), n_items), dtype=bool)
+    for i, u in enumerate(users):
+        seen[i, seqs[u]] = True
+    return seen
+
+
+def _ranks(scores: np.ndarray, sp: Split, users: np.ndarray | None = None, targets: np.ndarray | None = None):
+    """1-based ranks of the targets of ``users`` (rows of ``scores`` are those users), seen items excluded."""
+    users = sp.users if users is None else users
+    targets = sp.targets if targets is None else targets
+    scores = np.where(_seen_mask(sp.seqs, users, scores.shape[1]), -np.inf, scores.astype(np.float64))
+    return target_ranks(scores, targets)
+
+
+def metrics_from_ranks(ranks: np.ndarray, n_items: int) -> dict[str, float]:
+    """Recall@10/20/50, NDCG@10/20, MRR, precision@10 (one relevant item), median rank and its percentile."""
+    out: dict[str, float] = {"users": float(len(ranks))}
+    for k in (10, 20, 50):
+        out[f"recall@{k}"] = float((ranks <= k).mean())
+    for k in (10, 20):
+        out[f"ndcg@{k}"] = float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0).mean())
+    out["mrr"] = float((1.0 / ranks).mean())
+    out["precision@10"] = out["recall@10"] / 10
+    out["median_rank"] = float(np.median(ranks))
+    out["median_percentile"] = float(np.median((ranks - 1) / max(1, n_items - 1)))
+    return out
+
+
+# --- one job of the pool: one seed x one trained method --------------------------------------------------
+def _job(method: str, seed: int, sp: Split, feats: np.ndarray, unseen: np.ndarray, cfg: dict[str, Any]) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    n_items = len(feats)
+    if method in ID_BASELINES:
+        from multimodal_rec import baselines
+
+        return getattr(baselines, method)([list(s) for s in sp.seqs], n_items, seed=seed)
+    from multimodal_rec.textrec import default_train_config, score_users, textrec_config, train_textrec
+
+    tcfg = textrec_config(cfg.get("model"))
+    if method == "user_tower_text_only":
+        tcfg = replace(tcfg, id_dim=0)
+    if method == "user_tower_no_attention":
+        tcfg = replace(tcfg, user=replace(tcfg.user, attention=False))
+    seqs = sp.seqs
+    if method == "user_tower_unseen_items":  # those movies vanish from training: no ID, no target, no history
+        held = np.zeros(n_items, dtype=bool)
+        held[unseen] = True
+        seqs = [s[~held[s]] for s in sp.seqs]
+    tc = default_train_config(seed=seed, **cfg.get("train", {}))
+    with tempfile.TemporaryDirectory(prefix="mmrec-ml100k-") as tmp:
+        model = train_textrec(seqs, feats, tcfg, tc, tmp, recent=int(cfg.get("recent", 0)))
+    # Scoring reads the full history (held-out movies included: by their text alone, as at serving time).
+    return score_users(model, [sp.seqs[u] for u in sp.users])
+
+
+def _mean_history(sp: Split, feats: np.ndarray, max_history: int) -> np.ndarray:
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+    u = np.stack([x[sp.seqs[u][-max_history:]].mean(0) for u in sp.users])
+    return (u / np.linalg.norm(u, axis=1, keepdims=True).clip(1e-12)) @ x.T
+
+
+def evaluate_ml100k(
+    seeds: int = 3,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    split: str = "loo",
+    jobs: int = 0,
+    config: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """Train and score every method on ml-100k for ``seeds`` seeds; mean and std of each metric.
+
+    ``config`` overrides the text-rec defaults: ``{"model": {...TextRecConfig}, "train": {...TrainConfig},
+    "recent": N}``. With ``out_dir``, ``results.json`` and ``recall_at_k.png`` are written there.
+    """
+    from multimodal_rec.movielens import load_ml100k
+    from multimodal_rec.textrec import text_features, textrec_config
+
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r} (choose from {', '.join(ALL_METHODS)})")
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    cfg = {"recent": 20, **(config or {})}
+    max_history = textrec_config(cfg.get("model")).user.max_history
+    t0 = time.perf_counter()
+    items, inter = load_ml100k()
+    n_items = len(items)
+    LOG.info("ml-100k: text features of %d movies (MiniLM, once)", n_items)
+    feats = text_features(list(items["text"]))
+    trained = [m for m in methods if m in TRAINED or m in ID_BASELINES]
+    work = [(m, s) for s in range(seeds) for m in trained]
+    jobs = jobs or max(1, min(len(work), os.cpu_count() or 1))
+    splits = {s: make_split(inter, items, s, split) for s in range(seeds)}
+    unseen = {
+        s: np.sort(np.random.default_rng(1000 + s).permutation(n_items)[: round(UNSEEN_FRACTION * n_items)])
+        for s in range(seeds)
+    }
+    ranks: dict[str, list[np.ndarray]] = {}
+    bar = progress(total=len(work), desc="ml-100k trainings", unit="run")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {(m, s): pool.submit(_job, m, s, splits[s], feats, unseen[s], cfg) for m, s in work}
+        for s in range(seeds):  # the cheap methods, while the pool trains
+            sp = splits[s]
+            rng = np.random.default_rng(s)
+            counts = np.bincount(np.concatenate(sp.seqs), minlength=n_items).astype(np.float64)
+            cheap = {
+                "popularity": np.tile(counts + 1e-6 * rng.random(n_items), (len(sp.users), 1)),
+                "mean_history": _mean_history(sp, feats, max_history),
+                "random": rng.random((len(sp.users), n_items)),
+            }
+            for m, scores in cheap.items():
+                if m in methods:
+                    ranks.setdefault(m, []).append(_ranks(scores, sp))
+                if "user_tower_unseen_items" in methods and m != "random":
+                    sel = np.isin(sp.targets, unseen[s])
+                    r = _ranks(scores[sel], sp, sp.users[sel], sp.targets[sel])
+                    ranks.setdefault(f"{m}_unseen_items", []).append(r)
+        for (m, s), fut in futures.items():
+            sp = splits[s]
+            scores = fut.result()
+            if m == "user_tower_unseen_items":
+                sel = np.isin(sp.targets, unseen[s])
+                ranks.setdefault(m, []).append(_ranks(scores[sel], sp, sp.users[sel], sp.targets[sel]))
+            else:
+                ranks.setdefault(m, []).append(_ranks(scores, sp))
+            bar.update(1)
+    bar.close()
+    order = [m for m in ALL_METHODS for name in [m] if name in ranks] + [m for m in ranks if m not in ALL_METHODS]
+    results = {m: _aggregate([metrics_from_ranks(r, n_items) for r in ranks[m]]) for m in order}
+    res = {
+        "dataset": "ml-100k",
+        "split": split,
+        "seeds": seeds,
+        "users": len(splits[0].users),
+        "items": n_items,
+        "unseen_items": len(unseen[0]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": results,
+        "recall_curve": {
+            m: {str(k): float(np.mean([(r <= k).mean() for r in ranks[m]])) for k in CURVE_KS} for m in order
+        },
+    }
+    if out_dir is not None:
+        write_outputs(res, Path(out_dir))
+    return res
+
+
+def _aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]
+    }
+
+
+def write_outputs(res: dict[str, Any], out: Path) -> None:
+    """``results.json`` and ``recall_at_k.png`` (Recall@K curves, mean over seeds), each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(out / "results.json")
+    plot_recall_curves(res["recall_curve"], out / "recall_at_k.png", f"{res['dataset']} ({res['split']} split)")
+
+
+def plot_recall_curves(curves: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """One line per method: Recall@K against K (log x axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, c in curves.items():
+        ks = [int(k) for k in c]
+        ax.plot(ks, list(c.values()), marker=".", label=m, linestyle="--" if "unseen" in m else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_title(f"Recall@K, full ranking — {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def format_ml100k(res: dict[str, Any]) -> str:
+    """The results as a terminal table: mean ± std over seeds."""
+    lines = [
+        f"ml-100k, {res['split']} split, {res['users']} users, {res['items']} movies, full ranking, seen items "
+        f"excluded, {res['seeds']} seed(s), {res['seconds']:.0f} s",
+        f"{'method':<28}{'NDCG@10':>16}{'Recall@10':>16}{'Recall@50':>16}{'MRR':>16}{'median rank':>14}{'users':>7}",
+    ]
+
+    def ms(r: dict[str, float]) -> str:
+        return f"{r['mean']:.4f}±{r['std']:.4f}"
+
+    for m, r in res["results"].items():
+        lines.append(
+            f"{m:<28}{ms(r['ndcg@10']):>16}{ms(r['recall@10']):>16}{ms(r['recall@50']):>16}{ms(r['mrr']):>16}"
+            f"{r['median_rank']['mean']:>14.0f}{r['users']['mean']:>7.0f}"
+        )
+    lines.append(f"unseen items: {res['unseen_items']} movies ({UNSEEN_FRACTION:.0%}) held out of training entirely")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The generic trainer on a tiny text-item task: exact resume, gradient accumulation, early stopping, plots,
+hard negatives / logQ, and data-parallel training with 2 CPU processes under torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from encoders import UserTowerConfig
+from multimodal_rec.config import TrainConfig
+from multimodal_rec.errors import UserError
+from multimodal_rec.textrec import (
+    NextItemTask,
+    TextItemRecModel,
+    TextRecConfig,
+    score_users,
+    train_textrec,
+)
+from multimodal_rec.trainer import PLOT_FILE, fit
+
+HERE = Path(__file__).parent
+
+
+def tiny_problem(seed: int = 0, users: int = 12, items: int = 30) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(items, 16)).astype(np.float32)
+    seqs = [rng.integers(0, items, size=rng.integers(5, 15)) for _ in range(users)]
+    return seqs, feats
+
+
+def tiny_cfg(**kw) -> TextRecConfig:
+    user = UserTowerConfig(input_proj=8, hidden=8, attn_dim=8, max_history=5, proj_hidden=0, dropout=0.0)
+    return TextRecConfig(**{"embed_dim": 8, "user": user, "item_hidden": 0, "id_dim": 4, **kw})
+
+
+def tiny_train(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 8, "lr": 1e-2, "warmup_steps": 2, "log_every": 1, **kw})
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    user = UserTowerConfig(input_proj=8, hidden=8, attn_dim=8, max_history=5, proj_hidden=0, dropout=0.3)
+    cfg = tiny_cfg(user=user)  # dropout on: the RNG state must resume too
+    train_textrec(seqs, feats, cfg, tiny_train(), tmp_path / "straight")
+    # interrupted inside epoch 2 (mid-epoch checkpoint), then resumed to the end
+    train_textrec(seqs, feats, cfg, tiny_train(max_steps=15), tmp_path / "resumed")
+    meta = json.loads((tmp_path / "resumed" / "train_state.json").read_text())
+    assert meta["step"] == 15 and meta["micro"] > 0  # stopped mid-epoch
+    train_textrec(seqs, feats, cfg, tiny_train(), tmp_path / "resumed", resume=True)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    init = TextItemRecModel(cfg, feats, np.ones(len(feats), bool), np.ones(len(feats))).state_dict()
+    assert not torch.equal(init["user.head.net.weight"], a["user.head.net.weight"])  # it trained
+
+
+def test_resume_and_overwrite_are_guarded(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_textrec(seqs, feats, tiny_cfg(), tiny_train(), tmp_path / "new", resume=True)
+    train_textrec(seqs, feats, tiny_cfg(), tiny_train(epochs=1), tmp_path / "run")
+    with pytest.raises(UserError, match="--resume"):
+        train_textrec(seqs, feats, tiny_cfg(), tiny_train(epochs=1), tmp_path / "run")
+
+
+def test_gradient_accumulation_equals_one_bigger_batch(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    train_textrec(seqs, feats, tiny_cfg(), tiny_train(epochs=1, batch_size=16, max_steps=2), tmp_path / "big")
+    train_textrec(
+        seqs, feats, tiny_cfg(), tiny_train(epochs=1, batch_size=8, grad_accum=2, max_steps=2), tmp_path / "acc"
+    )
+    a, b = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    # the attention scorer's output bias has an exactly-zero gradient (softmax ignores a shift): Adam turns the
+    # float noise left in it into +-lr steps, so it is the one tensor that may differ
+    for k in a.keys() - {"user.attn.2.bias"}:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_checkpoint_every_n_steps_and_metrics_log_and_plot(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    out = tmp_path / "run"
+    model = TextItemRecModel(tiny_cfg(), feats, np.ones(len(feats), bool), np.ones(len(feats)))
+    task = NextItemTask(model, seqs, tiny_train(checkpoint_every=2, max_steps=5))
+    saved: list[dict] = []
+    orig = task.save
+    task.save = lambda o, extra: (saved.append(dict(extra)), orig(o, extra))[1]  # type: ignore[method-assign]
+    fit(task, tiny_train(checkpoint_every=2, epochs=2), out, device=torch.device("cpu"))
+    steps = [s["step"] for s in saved]
+    assert 2 in steps and 4 in steps  # every 2 steps inside epochs, besides the epoch ends
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("loss" in r and "lr" in r for r in rows)
+    png = (out / PLOT_FILE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_early_stopping_triggers_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    val = np.array([s[-1] for s in seqs])
+    train = [s[:-1] for s in seqs]
+    # lr 0: the validation metric never improves after epoch 1, so patience 2 stops at epoch 3 of 10
+    tc = tiny_train(epochs=10, lr=0.0, early_stop_metric="ndcg@10", early_stop_patience=2)
+    model = TextItemRecModel(tiny_cfg(), feats, np.ones(len(feats), bool), np.ones(len(feats)))
+    res = fit(NextItemTask(model, train, tc, val_targets=val), tc, tmp_path / "run", device=torch.device("cpu"))
+    assert res.stopped_early and res.epochs == 3
+    assert res.best is not None and "ndcg@10" in res.best
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("val_ndcg@10" in r for r in rows) == 3
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    with pytest.raises(UserError, match="early_stop_metric"):
+        tc2 = tiny_train(epochs=2, early_stop_metric="nope")
+        fit(NextItemTask(model, train, tc2, val_targets=val), tc2, tmp_path / "bad", device=torch.device("cpu"))
+
+
+def test_in_batch_negatives_with_hard_negatives_and_logq(tmp_path: Path) -> None:
+    seqs, feats = tiny_problem()
+    cfg = tiny_cfg(negatives="batch")
+    model = TextItemRecModel(cfg, feats, np.ones(len(feats), bool), np.ones(len(feats)))
+    task = NextItemTask(model, seqs, tiny_train(hard_negatives=3))
+    batch = task.batches(0)[0]
+    plain = float(task.step(batch, 0)["loss"].detach())
+    task.on_epoch_end(0)  # mines 3 nearest items per item from an exact index of the current item vectors
+    assert task.hard is not None and task.hard.shape == (len(feats), 3)
+    assert not (task.hard == torch.arange(len(feats))[:, None]).any()  # an item is not its own negative
+    harder = float(task.step(batch, 0)["loss"].detach())
+    assert harder > plain  # more (and closer) negatives: a harder softmax
+    task_q = NextItemTask(model, seqs, tiny_train(logq_correction=True))
+    assert float(task_q.step(batch, 0)["loss"].detach()) != pytest.approx(plain)
+    m = train_textrec(seqs, feats, cfg, tiny_train(hard_negatives=3, logq_correction=True), tmp_path / "run")
+    assert np.isfinite(score_users(m, seqs)).all()
+
+
+def test_unseen_items_are_scored_by_text_alone() -> None:
+    _, feats = tiny_problem()
+    known = np.ones(len(feats), bool)
+    known[:5] = False
+    model = TextItemRecModel(tiny_cfg(), feats, known, np.ones(len(feats)))
+    with torch.no_grad():
+        model.id_out.weight.fill_(5.0)  # huge ID vectors: would dominate wherever they are used
+        v = model.item_vectors()
+        text_only = model.item_vectors(use_ids=False)
+    torch.testing.assert_close(v[:5], text_only[:5])
+    assert not torch.allclose(v[5:], text_only[5:])
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(HERE / "ddp_worker.py"),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = weights_of(tmp_path / "rank0.safetensors"), weights_of(tmp_path / "rank1.safetensors")
+    init = weights_of(tmp_path / "init0.safetensors")
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(init[k], r0[k]) for k in r0)  # the ranks trained, in lockstep
+    assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] > 0  # rank 0 wrote the run
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
