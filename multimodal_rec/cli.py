@@ -199,7 +199,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
         return _eval_dataset(a)
     if not a.bundle or not a.data:
         raise UserError("give --bundle and --data (a trained bundle and its data directory), or --dataset ml-100k")
-    res = evaluate(_load(a.bundle), a.data)
+    res = evaluate(_load(a.bundle), a.data, seeds=a.seeds or 1, id_baselines=not a.no_id_baselines)
+    if a.plot:
+        from multimodal_rec.evaluate import plot_user_recall
+
+        plot_user_recall(res, a.plot)
     if a.json:
         _print_json(res)
     else:
@@ -223,7 +227,7 @@ def _eval_dataset(a: argparse.Namespace) -> None:
                 node = node.setdefault(p, {})
             node[leaf] = value
     res = evaluate_ml100k(
-        seeds=a.seeds,
+        seeds=a.seeds or 3,
         methods=a.methods or DEFAULT_METHODS,
         split=a.split,
         jobs=a.jobs,
@@ -352,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ml-100k"],
         help="train and evaluate the user tower and every baseline on a public data set (needs recbole --no-deps)",
     )
-    s.add_argument("--seeds", type=_positive_int, default=3, help="--dataset: seeds (mean ± std; default 3)")
+    s.add_argument(
+        "--seeds", type=_positive_int, default=None, help="seeds, mean ± std (default: 3 --dataset, 1 bundle)"
+    )
+    s.add_argument("--plot", metavar="PNG", help="bundle: write Recall@K curves of the user->video methods here")
+    s.add_argument("--no-id-baselines", action="store_true", help="bundle: skip BPR-MF, Mult-DAE and SASRec")
     s.add_argument("--split", choices=["loo", "time"], default="loo", help="--dataset: leave-last-out or global time")
     s.add_argument("--methods", nargs="+", metavar="METHOD", help="--dataset: subset of methods (default: all main)")
     s.add_argument("--jobs", type=int, default=0, help="--dataset: parallel training processes (default: cores)")

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.data import history_examples, item_counts, load_dataset
+from multimodal_rec.data import history_examples, item_counts, load_dataset, training_events
 from multimodal_rec.metrics import ranking_metrics, target_ranks
 from multimodal_rec.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
-__all__ = ["evaluate", "format_report", "ranking_metrics", "semantic_precision", "target_ranks"]
+CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 75, 100)
+__all__ = ["evaluate", "format_report", "plot_user_recall", "ranking_metrics", "semantic_precision", "target_ranks"]
 
 
 def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
@@ -59,10 +60,18 @@ def semantic_precision(rec: Recommender, queries: list[dict], rows: np.ndarray, 
     return {"queries": len(precisions), f"p@{k}": float(np.mean(precisions)) if precisions else float("nan")}
 
 
-def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[str, float]]:
+def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[int]]:
+    """Each user's training events (every event but the last) as catalog rows, oldest first."""
+    ev = training_events(ds.interactions)
+    by_user = {str(u): [rec._row[v] for v in g["video_id"] if v in rec._row] for u, g in ev.groupby("user_id")}
+    return [by_user.get(u, []) for u in users]
+
+
+def user_to_video(rec: Recommender, ds: Any, seed: int = 0, id_baselines: bool = True) -> dict[str, dict[str, float]]:
     """Leave-last-out: each user's last event is the target, everything before it the history.
 
-    Items the user already saw are excluded from the ranking, for every method alike.
+    Every item the user saw before is excluded from the ranking, for every method alike. ``id_baselines``
+    adds BPR-MF, Mult-DAE and SASRec trained on the same events (ids only, no content).
     """
     max_hist = rec.model.cfg.user.max_history
     _train_ex, test_ex = history_examples(ds.interactions, max_hist, min_history=1, holdout_last=1)
@@ -71,6 +80,7 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[st
         return {}
     N = len(rec)
     targets = np.array([rec._row[ex.target] for ex in test_ex])
+    seqs = _user_sequences(rec, ds, [ex.user_id for ex in test_ex])
     pop = np.zeros(N)
     for vid, n in item_counts(ds.interactions).items():  # every event but each user's last
         if vid in rec._row:
@@ -90,29 +100,54 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0) -> dict[str, dict[st
         "popularity": np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)),
         "random": rng.random((len(test_ex), N)),
     }
+    if id_baselines:
+        from multimodal_rec import baselines
+
+        for name in ("bpr_mf", "mult_dae", "sasrec"):
+            methods[name] = getattr(baselines, name)(seqs, N, seed=seed)
     seen = np.zeros((len(test_ex), N), dtype=bool)
-    for i, ex in enumerate(test_ex):
+    for i, (ex, s) in enumerate(zip(test_ex, seqs, strict=True)):
+        seen[i, s] = True
         seen[i, [rec._row[v] for v in ex.history_ids if v in rec._row]] = True
     results: dict[str, dict[str, float]] = {}
     for name, scores in methods.items():
-        scores = np.where(seen, -np.inf, scores.astype(np.float64))
-        results[name] = {"users": len(test_ex), **ranking_metrics(target_ranks(scores, targets))}
+        ranks = target_ranks(np.where(seen, -np.inf, scores.astype(np.float64)), targets)
+        curve = {f"curve@{k}": float((ranks <= k).mean()) for k in CURVE_KS}
+        results[name] = {
+            "users": len(test_ex),
+            **ranking_metrics(ranks),
+            "precision@10": float((ranks <= 10).mean() / 10),
+            **curve,
+        }
     return results
 
 
-def evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
-    """Every metric of the bundle ``rec`` on the data directory ``data_dir`` (held-out split + last events)."""
+def _mean_std(
+    runs: list[dict[str, dict[str, float]]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per method and metric: the mean and the standard deviation over seeds."""
+    mean = {m: {k: float(np.mean([r[m][k] for r in runs])) for k in runs[0][m]} for m in runs[0]}
+    std = {m: {k: float(np.std([r[m][k] for r in runs])) for k in runs[0][m]} for m in runs[0]}
+    return mean, std
+
+
+def evaluate(rec: Recommender, data_dir: str | Path, seeds: int = 1, id_baselines: bool = True) -> dict[str, Any]:
+    """Every metric of the bundle ``rec`` on the data directory ``data_dir`` (held-out split + last events).
+
+    ``seeds`` > 1 reruns what is random (baselines' training, tie-breaking) and reports the mean, with the
+    standard deviation under ``user_to_video_std``; the bundle's own model is fixed, so its spread is 0.
+    """
     model = rec.model
     cached = model.cache_text_features
     model.cache_text_features = True  # a batch job: each history text's trunk features are computed once
     try:
-        return _evaluate(rec, data_dir)
+        return _evaluate(rec, data_dir, seeds, id_baselines)
     finally:
         model.cache_text_features = cached
         model._feature_cache.clear()
 
 
-def _evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
+def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: bool) -> dict[str, Any]:
     ds = load_dataset(data_dir)
     test_ids = set(ds.split_ids("test")) or set(ds.catalog["video_id"])
     caps = [(v, c) for v, c in zip(ds.captions["video_id"], ds.captions["caption"], strict=True) if v in test_ids]
@@ -129,8 +164,25 @@ def _evaluate(rec: Recommender, data_dir: str | Path) -> dict[str, Any]:
             "vocabulary_whole_catalog": semantic_precision(rec, vocab_queries(), everything),
             "paraphrase_whole_catalog": semantic_precision(rec, paraphrase_queries(), everything),
         }
-    out["user_to_video"] = user_to_video(rec, ds)
+    runs = [user_to_video(rec, ds, seed, id_baselines) for seed in range(seeds)]
+    if runs[0]:
+        out["seeds"] = seeds
+        out["user_to_video"], out["user_to_video_std"] = _mean_std(runs)
+    else:
+        out["user_to_video"] = {}
     return out
+
+
+def plot_user_recall(res: dict[str, Any], path: str | Path) -> bool:
+    """Recall@K curves of the user->video methods as a PNG; False when there is nothing to plot."""
+    from multimodal_rec.eval_ml100k import plot_recall_curves
+
+    uv = res.get("user_to_video") or {}
+    if not uv:
+        return False
+    curves = {m: {k.split("@")[1]: v for k, v in r.items() if k.startswith("curve@")} for m, r in uv.items()}
+    plot_recall_curves(curves, Path(path), "user->video, leave-last-out")
+    return True
 
 
 def format_report(res: dict[str, Any]) -> str:
@@ -149,11 +201,21 @@ def format_report(res: dict[str, Any]) -> str:
     uv = res.get("user_to_video") or {}
     if uv:
         users = next(iter(uv.values()))["users"]
-        lines.append(f"user->video, leave-last-out, {users} users, full ranking, seen items excluded:")
-        lines.append(f"  {'method':<24}{'Recall@10':>10}{'NDCG@10':>10}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
+        sd = res.get("user_to_video_std") or {}
+        seeds = res.get("seeds", 1)
+        lines.append(
+            f"user->video, leave-last-out, {users} users, full ranking, seen items excluded"
+            + (f", mean ± std over {seeds} seeds (baselines' training and ties):" if seeds > 1 else ":")
+        )
+        lines.append(f"  {'method':<24}{'Recall@10':>14}{'NDCG@10':>14}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
+
+        def cell(m: str, k: str) -> str:
+            s = sd.get(m, {}).get(k, 0.0)
+            return f"{uv[m][k]:.3f}" + (f"±{s:.3f}" if seeds > 1 else "")
+
         for m, r in uv.items():
             lines.append(
-                f"  {m:<24}{r['recall@10']:>10.3f}{r['ndcg@10']:>10.3f}{r['recall@20']:>10.3f}{r['ndcg@20']:>10.3f}"
-                f"{r['mrr']:>8.3f}"
+                f"  {m:<24}{cell(m, 'recall@10'):>14}{cell(m, 'ndcg@10'):>14}{r['recall@20']:>10.3f}"
+                f"{r['ndcg@20']:>10.3f}{r['mrr']:>8.3f}"
             )
     return "\n".join(lines)

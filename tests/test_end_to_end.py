@@ -104,17 +104,20 @@ def test_failed_bundle_write_keeps_previous_bundle(bundle: Path, tmp_path: Path)
     assert not list(tmp_path.glob(".b.tmp-*")), "temporary directory left behind"
 
 
-def test_evaluate_reports_every_metric(bundle: Path, world: Path) -> None:
-    from multimodal_rec.evaluate import evaluate, format_report
+def test_evaluate_reports_every_metric(bundle: Path, world: Path, tmp_path: Path) -> None:
+    from multimodal_rec.evaluate import evaluate, format_report, plot_user_recall
 
-    res = evaluate(Recommender.load(bundle), world)
+    res = evaluate(Recommender.load(bundle), world, seeds=2)
     tv = res["text_to_video"]
     assert 0 <= tv["r@1"] <= tv["r@5"] <= tv["r@10"] <= 1 and tv["median_rank"] >= 1
     assert {"vocabulary", "paraphrase", "vocabulary_whole_catalog"} <= set(res["semantic_p@5"])
-    uv = res["user_to_video"]
-    assert set(uv) >= {"user_tower", "popularity", "mean_history", "random"}
+    uv, sd = res["user_to_video"], res["user_to_video_std"]
+    assert set(uv) >= {"user_tower", "popularity", "mean_history", "random", "bpr_mf", "mult_dae", "sasrec"}
     assert all(0 <= m["ndcg@10"] <= m["recall@10"] <= 1 for m in uv.values())
-    assert "NDCG@10" in format_report(res)
+    assert sd["user_tower"]["ndcg@10"] == 0.0  # the bundle's model is fixed; only baselines vary with the seed
+    assert sd["random"]["mrr"] > 0.0
+    assert "NDCG@10" in format_report(res) and "±" in format_report(res)
+    assert plot_user_recall(res, tmp_path / "r.png") and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_continues_and_refuses_overwrite(world: Path, tiny_cfg, tmp_path: Path) -> None:
