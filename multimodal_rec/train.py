@@ -24,7 +24,7 @@ from multimodal_rec.data import Dataset, HistoryExample, history_examples, item_
 from multimodal_rec.errors import UserError
 from multimodal_rec.model import MultimodalModel, create_model, load_model, save_model
 from multimodal_rec.progress import ProgressFn, no_progress
-from multimodal_rec.trainer import STATE_META, fit
+from multimodal_rec.trainer import STATE_META, Dist, fit, init_distributed
 
 LOG = logging.getLogger(__name__)
 COUNTS_FILE = "item_counts.csv"
@@ -256,6 +256,13 @@ class TrainResult:
     final_losses: dict[str, float]
 
 
+def _barrier(d: Dist, when: bool) -> None:
+    if d.world > 1 and when:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def train(
     cfg: RunConfig,
     data_dir: str | Path,
@@ -281,10 +288,16 @@ def train(
         if (out / STATE_META).exists():
             raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
         model = create_model(cfg.model).to(device)
-    out.mkdir(parents=True, exist_ok=True)
+    d = init_distributed(device)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    # Under torchrun, rank 0 fills the frame cache first; the other ranks then read it (one writer per file).
+    _barrier(d, not d.main)
     data = prepare_data(cfg, ds, Path(cache_dir) if cache_dir else Path(data_dir) / ".mmrec-cache", progress)
+    _barrier(d, d.main)
     LOG.info("training on %d videos, %d history examples, device %s", len(data.video_ids), len(data.examples), device)
-    write_counts(data.counts, out / COUNTS_FILE)
+    if d.main:
+        write_counts(data.counts, out / COUNTS_FILE)
 
     # A frozen trunk's features are computed once for every text the run will see.
     if model.text.trunk_frozen:
