@@ -1,0 +1,118 @@
+"""Metadata filters over the catalog: ``{"column": condition}`` -> a boolean row mask for the FAISS ID selector.
+
+A condition is one of
+
+- a scalar: equality (``"language": "en"``, ``"fps": 24``);
+- a list (or set) of scalars: any of them (``"color": ["red", "blue"]``);
+- a range ``(lo, hi)`` tuple, or a ``{"min": lo, "max": hi}`` dict (JSON has no tuples), inclusive, ``None``
+  for an open end (``"duration_s": (None, 60)``); only for numeric and datetime columns.
+
+All conditions must hold (AND). Rows whose value is missing (NaN / None) never pass a condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from multimodal_rec.errors import UserError
+
+LOG = logging.getLogger(__name__)
+Filters = Mapping[str, Any]
+MAX_VALUES = 1000  # values in one "any of" list
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _kind(col: pd.Series) -> str:
+    """``bool``, ``number``, ``datetime`` or ``text`` (anything else is compared as text)."""
+    if pd.api.types.is_bool_dtype(col):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(col):
+        return "number"
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return "datetime"
+    return "text"
+
+
+def _scalar(name: str, kind: str, v: Any) -> Any:
+    """Check ``v`` against the column's kind; the value to compare with."""
+    if kind == "number" and _is_number(v):
+        return v
+    if kind == "bool" and isinstance(v, bool | np.bool_):
+        return bool(v)
+    if kind == "text" and isinstance(v, str):
+        return v
+    if kind == "datetime" and isinstance(v, str | pd.Timestamp):
+        try:
+            return pd.Timestamp(v)
+        except ValueError:
+            raise UserError(f"filter {name!r}: {v!r} is not a date/time") from None
+    want = {"number": "a number", "bool": "true or false", "text": "a string", "datetime": "a date string"}[kind]
+    raise UserError(f"filter {name!r}: expected {want}, got {type(v).__name__} {str(v)[:40]!r}")
+
+
+def _range(name: str, kind: str, col: pd.Series, lo: Any, hi: Any) -> np.ndarray:
+    if kind not in ("number", "datetime"):
+        raise UserError(f"filter {name!r}: a range needs a numeric or date column, {name!r} holds {kind}")
+    if lo is None and hi is None:
+        raise UserError(f"filter {name!r}: a range needs at least one bound (min or max)")
+    lo = None if lo is None else _scalar(name, kind, lo)
+    hi = None if hi is None else _scalar(name, kind, hi)
+    if lo is not None and hi is not None and lo > hi:
+        raise UserError(f"filter {name!r}: empty range, min {lo} > max {hi}")
+    ok = col.notna()
+    if lo is not None:
+        ok &= col >= lo
+    if hi is not None:
+        ok &= col <= hi
+    return ok.to_numpy(dtype=bool)
+
+
+def condition_mask(catalog: pd.DataFrame, name: Any, cond: Any) -> np.ndarray:
+    """Rows of ``catalog`` where column ``name`` satisfies ``cond`` (see the module docstring)."""
+    if not isinstance(name, str) or name not in catalog.columns:
+        known = ", ".join(map(str, catalog.columns))
+        raise UserError(f"unknown filter column {str(name)[:60]!r} (known: {known})")
+    col = catalog[name]
+    kind = _kind(col)
+    if isinstance(cond, tuple):
+        if len(cond) != 2:
+            raise UserError(f"filter {name!r}: a range is a (min, max) pair, got {len(cond)} values")
+        return _range(name, kind, col, *cond)
+    if isinstance(cond, Mapping):
+        extra = set(cond) - {"min", "max"}
+        if extra or not cond:
+            raise UserError(f"filter {name!r}: a range object has keys min and/or max, got {sorted(map(str, cond))}")
+        return _range(name, kind, col, cond.get("min"), cond.get("max"))
+    if isinstance(cond, list | set | frozenset):
+        if not cond:
+            raise UserError(f"filter {name!r}: an empty list of values matches nothing")
+        if len(cond) > MAX_VALUES:
+            raise UserError(f"filter {name!r}: at most {MAX_VALUES} values, got {len(cond)}")
+        values = [_scalar(name, kind, v) for v in cond]
+        return col.isin(values).to_numpy(dtype=bool)
+    if cond is None:
+        raise UserError(f"filter {name!r}: null is not a value to filter on")
+    return (col == _scalar(name, kind, cond)).fillna(False).to_numpy(dtype=bool)
+
+
+def filter_mask(catalog: pd.DataFrame, filters: Filters | None) -> np.ndarray | None:
+    """Rows passing every condition of ``filters`` (``[n]`` bool), or None when there is nothing to filter."""
+    if filters is None:
+        return None
+    if not isinstance(filters, Mapping):
+        raise UserError(f"filters must be a mapping of column -> condition, got {type(filters).__name__}")
+    if not filters:
+        return None
+    mask = np.ones(len(catalog), dtype=bool)
+    for name, cond in filters.items():
+        mask &= condition_mask(catalog, name, cond)
+    return mask
