@@ -176,6 +176,30 @@ class ShardWriter:
         os.replace(tmp_meta, self.work / f"shard-{k:06d}.json")  # the shard counts as complete from here on
 
 
+def encode_videos(
+    model: Any, paths: list[str], batch_size: int = 16, workers: int = 0, backend: str = "auto"
+) -> tuple[np.ndarray, list[str]]:
+    """Video-tower embeddings ``[n_ok, D]`` of the clips that decoded (in order), and one error per path ("" = ok).
+
+    The same frame sampling and model call as :func:`encode_catalog`, without shards: for a handful of videos
+    added to a loaded bundle (``Recommender.add_videos``).
+    """
+    vcfg = model.cfg.video
+    use_amp = model.device.type == "cuda"
+    xs: list[np.ndarray] = []
+    errors = [""] * len(paths)
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
+            good = [f for _, f, _ in batch if f is not None]
+            if good:
+                xs.append(to_numpy(model.encode_video(frames_to_tensor(np.stack(good)))))
+            for i, f, err in batch:
+                if f is None:
+                    errors[i] = err or "unreadable video"
+    xb = np.concatenate(xs) if xs else np.zeros((0, model.cfg.embed_dim), np.float32)
+    return xb, errors
+
+
 def encode_catalog(
     model_dir: str | Path,
     catalog: str | Path,
