@@ -114,5 +114,9 @@ def filter_mask(catalog: pd.DataFrame, filters: Filters | None) -> np.ndarray | 
         return None
     mask = np.ones(len(catalog), dtype=bool)
     for name, cond in filters.items():
-        mask &= condition_mask(catalog, name, cond)
+        try:
+            mask &= condition_mask(catalog, name, cond)
+        except (TypeError, ValueError, OverflowError) as e:  # a value pandas cannot compare: still the user's
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"filter {str(name)[:60]!r}: cannot compare with {str(cond)[:40]!r} ({why})") from None
     return mask
