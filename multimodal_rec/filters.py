@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,3 +121,47 @@ def filter_mask(catalog: pd.DataFrame, filters: Filters | None) -> np.ndarray | 
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"filter {str(name)[:60]!r}: cannot compare with {str(cond)[:40]!r} ({why})") from None
     return mask
+
+
+_EXPR = re.compile(r"\s*([^<>=]+?)\s*(<=|>=|=)\s*(.*?)\s*")
+
+
+def _typed(name: str, kind: str, raw: str) -> Any:
+    """A command-line string as the column's type (``"60"`` -> 60 for a numeric column)."""
+    if kind == "number":
+        for cast in (int, float):
+            try:
+                return cast(raw)
+            except ValueError:
+                pass
+        raise UserError(f"filter {name!r}: expected a number, got {raw[:40]!r}")
+    if kind == "bool":
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise UserError(f"filter {name!r}: expected true or false, got {raw[:40]!r}")
+        return raw.lower() in ("true", "1")
+    return raw
+
+
+def parse_filter_exprs(exprs: Sequence[str], catalog: pd.DataFrame) -> dict[str, Any]:
+    """Command-line filter expressions -> a filters dict, values typed by the catalog column.
+
+    ``COLUMN=VALUE`` (equal; ``A,B,C`` = any of them), ``COLUMN<=VALUE`` / ``COLUMN>=VALUE`` (inclusive bounds; two
+    on one column make a range).
+    """
+    out: dict[str, Any] = {}
+    for expr in exprs:
+        m = _EXPR.fullmatch(expr)
+        if m is None or not m.group(3):
+            raise UserError(f"--filter expects COLUMN=VALUE, COLUMN<=VALUE or COLUMN>=VALUE, got {expr[:80]!r}")
+        name, op, raw = m.groups()
+        if name not in catalog.columns:
+            raise UserError(f"unknown filter column {name[:60]!r} (known: {', '.join(map(str, catalog.columns))})")
+        kind = _kind(catalog[name])
+        if op == "=":
+            values = [_typed(name, kind, v.strip()) for v in raw.split(",")]
+            out[name] = values[0] if len(values) == 1 else values
+            continue
+        lo, hi = out.get(name) if isinstance(out.get(name), tuple) else (None, None)
+        bound = _typed(name, kind, raw)
+        out[name] = (bound, hi) if op == ">=" else (lo, bound)
+    return out

@@ -10,7 +10,7 @@ import pytest
 from multimodal_rec import index as index_mod
 from multimodal_rec.bench_index import clustered_vectors
 from multimodal_rec.errors import UserError
-from multimodal_rec.filters import filter_mask
+from multimodal_rec.filters import filter_mask, parse_filter_exprs
 from multimodal_rec.index import build_index, exact_search, get_search_params, search_masked
 
 NB, D = 3000, 32
@@ -170,3 +170,20 @@ def test_bad_filters_are_one_line_user_errors(cat: pd.DataFrame, filters: object
     with pytest.raises(UserError) as e:
         filter_mask(cat, filters)  # type: ignore[arg-type]
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_command_line_expressions(cat: pd.DataFrame) -> None:
+    exprs = ["language=en,fr", "duration_s>=30", " duration_s <= 61.5 ", "fps=24", "kids=true", "video_id=007"]
+    filters = parse_filter_exprs(exprs, cat)
+    assert filters == {
+        "language": ["en", "fr"],
+        "duration_s": (30, 61.5),
+        "fps": 24,
+        "kids": True,
+        "video_id": "007",  # a text column keeps the string
+    }
+    assert "".join(cat["video_id"][filter_mask(cat, filters)]) == ""
+    assert "".join(cat["video_id"][filter_mask(cat, parse_filter_exprs(exprs[:3], cat))]) == "ac"
+    for bad, message in (("fps=fast", "expected a number"), ("lang=en", "unknown filter column"), ("fps", "expects")):
+        with pytest.raises(UserError, match=message):
+            parse_filter_exprs([bad], cat)
