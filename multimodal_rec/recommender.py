@@ -409,7 +409,7 @@ class Recommender:
         D = int(self.embeddings.shape[1])
         skipped: list[dict[str, str]] = []
         if embeddings is None:
-            xb, errors = encode_videos(self.model, list(df["abs_path"]), batch_size, workers, backend)
+            xb, errors = encode_videos(self.model, list(df["abs_path"]), batch_size, workers, backend, self._lock)
             ok = np.array([not e for e in errors])
             skipped = [
                 {"video_id": v, "path": str(p), "reason": e}
