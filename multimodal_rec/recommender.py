@@ -295,6 +295,10 @@ class Recommender:
         self, xq: np.ndarray, k: int, exclude: Iterable[str] = (), filters: Filters | None = None
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each index-ready query vector (see :meth:`text_queries`), skipping ``exclude`` ids."""
+        xq = np.asarray(xq, dtype=np.float32)
+        d = self.xb.shape[1]
+        if xq.ndim != 2 or xq.shape[1] != d or not len(xq) or not np.isfinite(xq).all():
+            raise UserError(f"query vectors must be a finite [n, {d}] array, got shape {xq.shape}")
         return self._search(xq, _check_k(k), _id_list(exclude, "exclude"), filters)
 
     def search(self, text: str, k: int = 10, filters: Filters | None = None) -> list[Hit]:

@@ -80,6 +80,9 @@ def test_exclude_keeps_k_hits(rec: Recommender) -> None:
     assert _ids(again)[:2] == _ids(first)[3:]
     with pytest.raises(UserError, match="exclude"):
         rec.recommend(HISTORY, exclude="v0001")
+    for bad in (np.ones((1, rec.xb.shape[1] + 1)), np.ones(rec.xb.shape[1]), np.full((1, rec.xb.shape[1]), np.nan)):
+        with pytest.raises(UserError, match="query vectors"):
+            rec.search_vectors(bad, k=3)
 
 
 def test_seen_items_are_excluded_by_default(rec: Recommender) -> None:
