@@ -449,23 +449,26 @@ class Recommender:
         rows = df.drop(columns=["abs_path"]).reindex(columns=self.catalog.columns)
         vectors = index_vectors(xb, rows, self.model.cfg.popularity_prior)
 
-        with self._mutating:
+        with self._mutating:  # the state only changes under this lock: build the new arrays, then swap them in
             self._check_new_ids(list(rows["video_id"]))  # again: another thread may have added them meanwhile
             index = self._writable_index()
             private = index is not self.index  # a fresh copy: filled before searches have to wait
             if private:
                 index.add(np.ascontiguousarray(vectors))
+            catalog = pd.concat([self.catalog, rows], ignore_index=True)
+            embeddings = np.vstack([self.embeddings, xb]).astype(np.float32, copy=False)  # O(n): add in batches
+            xb_all = np.vstack([self.xb, vectors]).astype(np.float32, copy=False)
+            sources = pd.concat([self._sources, src], ignore_index=True)
+            alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
+            records = rows[self._meta_cols].to_dict("records")
             with self._rw.write():
-                n0 = len(self.video_ids)
                 if not private:
                     index.add(np.ascontiguousarray(vectors))
+                n0 = len(self.video_ids)
                 self.index, self._mapped = index, False
-                self.catalog = pd.concat([self.catalog, rows], ignore_index=True)
-                self.embeddings = np.vstack([self.embeddings, xb]).astype(np.float32)
-                self.xb = np.vstack([self.xb, vectors]).astype(np.float32)
-                self._sources = pd.concat([self._sources, src], ignore_index=True)
+                self.catalog, self.embeddings, self.xb = catalog, embeddings, xb_all
+                self._sources, self._alive = sources, alive
                 self._skipped.extend(skipped)
-                records = rows[self._meta_cols].to_dict("records")
                 for i, (vid, rec) in enumerate(zip(rows["video_id"], records, strict=True)):
                     self.video_ids.append(vid)
                     self._row[vid] = n0 + i
@@ -473,7 +476,6 @@ class Recommender:
                     title = rec.get("title")
                     if isinstance(title, str):
                         self._by_title.setdefault(title.strip(), []).append(n0 + i)
-                self._alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
         LOG.info("added %d videos (%d skipped): %d served", len(rows), len(skipped), len(self))
         return AddResult(list(rows["video_id"]), skipped)
 
