@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Hit", "Recommender", "UserError", "__version__"]
+__all__ = ["AddResult", "Hit", "Recommender", "UserError", "__version__"]
 
 if TYPE_CHECKING:
     from multimodal_rec.errors import UserError
-    from multimodal_rec.recommender import Hit, Recommender
+    from multimodal_rec.recommender import AddResult, Hit, Recommender
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing the package does not import torch
-    if name in ("Hit", "Recommender"):
+    if name in ("AddResult", "Hit", "Recommender"):
         from multimodal_rec import recommender
 
         return getattr(recommender, name)

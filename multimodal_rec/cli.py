@@ -15,6 +15,10 @@ from multimodal_rec.errors import UserError
 from multimodal_rec.progress import tqdm_progress
 
 LOG = logging.getLogger("mmrec")
+FILTER_EXPR_HELP = (
+    "metadata filter: COLUMN=VALUE (equal; A,B,C = any of them), COLUMN<=VALUE or COLUMN>=VALUE (inclusive, numeric "
+    "or date columns); repeatable, all must hold, e.g. --filter color=red,blue --filter 'duration_s<=60'"
+)
 
 
 def _json_default(o: Any) -> Any:
@@ -161,9 +165,15 @@ def _load(bundle: str):
     return Recommender.load(bundle)
 
 
+def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
+    from multimodal_rec.filters import parse_filter_exprs
+
+    return parse_filter_exprs(exprs, rec.catalog) or None
+
+
 def cmd_search(a: argparse.Namespace) -> None:
     rec = _load(a.bundle)
-    results = rec.search_batch(a.query, k=a.k)
+    results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter))
     if a.json:
         if len(a.query) == 1:
             _print_json({"hits": [h.to_dict() for h in results[0]]})
@@ -182,7 +192,9 @@ def cmd_search(a: argparse.Namespace) -> None:
 
 def cmd_recommend(a: argparse.Namespace) -> None:
     rec = _load(a.bundle)
-    hits = rec.recommend(a.history, k=a.k, exclude=a.exclude or ())
+    hits = rec.recommend(
+        a.history, k=a.k, exclude=a.exclude or (), filters=_filters(rec, a.filter), exclude_seen=not a.include_seen
+    )
     why = rec.explain(a.history)
     if a.json:
         _print_json({"hits": [h.to_dict() for h in hits], "attention": [{"text": t, "weight": w} for t, w in why]})
@@ -341,12 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", required=True)
     s.add_argument("query", nargs="+", help="one or more text queries")
     s.add_argument("-k", type=int, default=10, help="hits per query (1..1000)")
+    s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
 
     s = add("recommend", "user history -> videos", cmd_recommend)
     s.add_argument("--bundle", required=True)
     s.add_argument("--history", nargs="+", required=True, help="texts the user engaged with, oldest first")
     s.add_argument("--exclude", nargs="*", help="video ids not to recommend")
     s.add_argument("-k", type=int, default=10, help="hits (1..1000)")
+    s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
+    s.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also recommend videos the history names (an item equal to a video id or title); skipped by default",
+    )
 
     s = add("eval", "full-ranking evaluation: a bundle on its data directory, or --dataset ml-100k", cmd_eval)
     s.add_argument("--bundle", help="bundle to evaluate (with --data)")

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,37 @@ class ShardWriter:
         tmp_meta = self.work / f".shard-{k:06d}.json.tmp"
         tmp_meta.write_text(json.dumps({"errors": errors}))
         os.replace(tmp_meta, self.work / f"shard-{k:06d}.json")  # the shard counts as complete from here on
+
+
+def encode_videos(
+    model: Any,
+    paths: list[str],
+    batch_size: int = 16,
+    workers: int = 0,
+    backend: str = "auto",
+    lock: AbstractContextManager[Any] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Video-tower embeddings ``[n_ok, D]`` of the clips that decoded (in order), and one error per path ("" = ok).
+
+    The same frame sampling and model call as :func:`encode_catalog`, without shards: for a handful of videos
+    added to a loaded bundle (``Recommender.add_videos``). ``lock`` is held around each model call only (a model
+    shared with serving threads), not while frames are decoded.
+    """
+    vcfg = model.cfg.video
+    use_amp = model.device.type == "cuda"
+    xs: list[np.ndarray] = []
+    errors = [""] * len(paths)
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
+            good = [f for _, f, _ in batch if f is not None]
+            if good:
+                with lock or nullcontext():
+                    xs.append(to_numpy(model.encode_video(frames_to_tensor(np.stack(good)))))
+            for i, f, err in batch:
+                if f is None:
+                    errors[i] = err or "unreadable video"
+    xb = np.concatenate(xs) if xs else np.zeros((0, model.cfg.embed_dim), np.float32)
+    return xb, errors
 
 
 def encode_catalog(

@@ -35,6 +35,7 @@ SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'
 _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
 _MAX_ERRORS = 3  # validation problems named in one error line
+MAX_FILTERS = 50  # conditions in one request's filters object
 _MAX_ERROR_CHARS = 400
 
 Scope = MutableMapping[str, Any]
@@ -107,6 +108,7 @@ def _problem(err: dict[str, Any]) -> str:
         "string_type": "must be a string",
         "list_type": "must be a list",
         "dict_type": "must be a JSON object",
+        "bool_type": "must be true or false",
         "model_type": "must be a JSON object",
         "model_attributes_type": "must be a JSON object",
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
@@ -224,15 +226,29 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
         # strict: "10" is not an int, 3 is not a string; forbid: a misspelt field is an error, not ignored.
         model_config = ConfigDict(strict=True, extra="forbid")
 
+    Filters = Annotated[
+        dict[str, Any] | None,
+        Field(
+            max_length=MAX_FILTERS,
+            description='catalog column -> value (equal), [values] (any of) or {"min": lo, "max": hi} (inclusive)',
+            examples=[{"color": ["red", "blue"], "duration_s": {"max": 60}}],
+        ),
+    ]
+
     class SearchRequest(Strict):
         query: Text = Field(examples=["a red circle moving left"])
         k: K = 10
+        filters: Filters = None
 
     class RecommendRequest(Strict):
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
         k: K = 10
         exclude: list[Annotated[str, Field(max_length=max_query_chars)]] = Field(
             default_factory=list, max_length=max_history, description="video ids never to return"
+        )
+        filters: Filters = None
+        exclude_seen: bool = Field(
+            True, description="skip videos the history names (an item equal to a video id or title)"
         )
 
     class ExplainRequest(Strict):
@@ -305,12 +321,15 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     @app.post("/search", response_model=HitsResponse, responses=errors)
     def search(req: SearchRequest) -> dict[str, Any]:
         """Videos that match a text query, best first."""
-        return {"hits": [_json_value(h.to_dict()) for h in rec.search(req.query, req.k)]}
+        hits = rec.search(req.query, req.k, filters=req.filters)
+        return {"hits": [_json_value(h.to_dict()) for h in hits]}
 
     @app.post("/recommend", response_model=HitsResponse, responses=errors)
     def recommend(req: RecommendRequest) -> dict[str, Any]:
         """Videos a user will want next, from the texts they engaged with (oldest first)."""
-        hits = rec.recommend(req.history, req.k, exclude=req.exclude)
+        hits = rec.recommend(
+            req.history, req.k, exclude=req.exclude, filters=req.filters, exclude_seen=req.exclude_seen
+        )
         return {"hits": [_json_value(h.to_dict()) for h in hits]}
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors)

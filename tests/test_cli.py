@@ -48,6 +48,10 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
             "catalog file not found",
         ),
         (["synth", "--out", "{tmp}/w", "--videos", "5", "--users", "-1"], "users"),
+        (["search", "--bundle", "{bundle}", "red", "--filter", "colour=red"], "unknown filter column 'colour'"),
+        (["search", "--bundle", "{bundle}", "red", "--filter", "duration_s<=long"], "expected a number"),
+        (["search", "--bundle", "{bundle}", "red", "--filter", "color"], "--filter expects COLUMN=VALUE"),
+        (["recommend", "--bundle", "{bundle}", "--history", "red", "--filter", "color>=a"], "a range needs"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(
@@ -86,3 +90,20 @@ def test_entry_point_and_help() -> None:
 def test_presets_listed(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "presets", "--json")
     assert code == 0 and {"tiny", "small", "base"} <= set(json.loads(out)["presets"])
+
+
+def test_filters_and_seen_items_on_the_command_line(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["search", "--bundle", str(bundle), "a red circle", "-k", "4", "--json"]
+    code, out, _ = _run(capsys, *argv, "--filter", "color=red,blue", "--filter", "duration_s<=2", "--filter", "fps>=1")
+    hits = json.loads(out)["hits"]
+    assert code == 0 and len(hits) == 4
+    assert all(h["color"] in ("red", "blue") and h["duration_s"] <= 2 and h["fps"] >= 1 for h in hits)
+    history = ["--history", "v0000", "a green ball moving up"]
+    code, out, _ = _run(capsys, "recommend", "--bundle", str(bundle), *history, "-k", "1000", "--json")
+    assert code == 0 and "v0000" not in {h["video_id"] for h in json.loads(out)["hits"]}
+    code, out, _ = _run(
+        capsys, "recommend", "--bundle", str(bundle), *history, "-k", "1000", "--include-seen", "--json"
+    )
+    assert code == 0 and "v0000" in {h["video_id"] for h in json.loads(out)["hits"]}
+    code, out, _ = _run(capsys, "recommend", "--bundle", str(bundle), *history, "--filter", "shape=circle", "--json")
+    assert code == 0 and {h["shape"] for h in json.loads(out)["hits"]} == {"circle"}

@@ -56,7 +56,7 @@ class StubRec:
     def __len__(self) -> int:
         return 2
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
+    def search(self, text: str, k: int = 10, filters: dict[str, Any] | None = None) -> list[Hit]:
         if text == "crash":
             raise RuntimeError(f"internal failure while handling {SECRET}")
         return [Hit("a", 0.5, 1, {"title": "A red ball", "duration_s": float("nan")})]
@@ -95,6 +95,27 @@ def test_recommend_and_exclude(client: TestClient) -> None:
     again = client.post("/recommend", json={"history": history, "k": 4, "exclude": [top, "no-such-id"]}).json()
     ids = [h["video_id"] for h in again["hits"]]
     assert top not in ids and len(ids) == 4 and ids[:3] == [h["video_id"] for h in hits[1:4]]
+
+
+def test_search_and_recommend_with_filters(client: TestClient, rec: Recommender) -> None:
+    filters = {"color": ["red", "blue"], "duration_s": {"max": 2.0}}
+    r = client.post("/search", json={"query": "a red circle", "k": 4, "filters": filters})
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert len(hits) == 4 and all(h["color"] in ("red", "blue") and h["duration_s"] <= 2.0 for h in hits)
+    expected = rec.search("a red circle", 4, filters={"color": ["red", "blue"], "duration_s": (None, 2.0)})
+    assert [h["video_id"] for h in hits] == [h.video_id for h in expected]
+    body = {"history": ["a green ball moving up"], "k": 3, "filters": {"shape": "circle"}}
+    hits = client.post("/recommend", json=body).json()["hits"]
+    assert len(hits) == 3 and {h["shape"] for h in hits} == {"circle"}
+
+
+def test_recommend_skips_seen_videos_unless_asked(client: TestClient, rec: Recommender) -> None:
+    seen = rec.video_ids[0]
+    body = {"history": [seen, "a green ball moving up"], "k": 1000}
+    assert seen not in {h["video_id"] for h in client.post("/recommend", json=body).json()["hits"]}
+    again = client.post("/recommend", json={**body, "exclude_seen": False}).json()["hits"]
+    assert seen in {h["video_id"] for h in again}
 
 
 def test_explain(client: TestClient) -> None:
@@ -189,6 +210,8 @@ def test_concurrent_requests_match_sequential(client: TestClient, rec: Recommend
         ("/recommend", {"history": ["red"], "k": 0}, 422, "k: must be >= 1"),
         ("/recommend", {"history": ["red"], "exclude": "v1"}, 422, "exclude: must be a list"),
         ("/recommend", {"history": ["red"], "exclude": ["v"] * 501}, 422, "exclude: must have at most 500 items"),
+        ("/search", {"query": "red", "filters": ["color"]}, 422, "filters: must be a JSON object"),
+        ("/recommend", {"history": ["red"], "exclude_seen": "no"}, 422, "exclude_seen: must be true or false"),
         ("/explain", {"history": []}, 422, "history: must not be empty"),
         ("/explain", {"history": ["red"] * 501}, 422, "history: must have at most 500 items"),
         ("/explain", {}, 422, "history: is required"),
@@ -196,6 +219,25 @@ def test_concurrent_requests_match_sequential(client: TestClient, rec: Recommend
 )
 def test_bad_json_fields(client: TestClient, path: str, body: Any, status: int, message: str) -> None:
     assert _error(client.post(path, json=body), status) == message
+
+
+@pytest.mark.parametrize(
+    ("filters", "status", "message"),
+    [
+        ({"colour": "red"}, 400, "unknown filter column 'colour' (known: video_id, path, title,"),
+        ({"color": {"min": 1}}, 400, "filter 'color': a range needs a numeric or date column, 'color' holds text"),
+        ({"duration_s": "long"}, 400, "filter 'duration_s': expected a number, got str 'long'"),
+        ({"duration_s": {"max": [1]}}, 400, "filter 'duration_s': expected a number, got list"),
+        ({"duration_s": {"lo": 1}}, 400, "filter 'duration_s': a range object has keys min and/or max"),
+        ({"duration_s": {"min": 9, "max": 1}}, 400, "filter 'duration_s': empty range"),
+        ({"color": [[1]]}, 400, "filter 'color': expected a string, got list"),
+        ({"color": None}, 400, "filter 'color': null is not a value to filter on"),
+        ({f"c{i}": 1 for i in range(51)}, 422, "filters: must have at most 50 items"),
+    ],
+)
+def test_bad_filters_are_4xx(client: TestClient, filters: dict[str, Any], status: int, message: str) -> None:
+    for path, body in (("/search", {"query": "red"}), ("/recommend", {"history": ["red"]})):
+        assert _error(client.post(path, json={**body, "filters": filters}), status).startswith(message)
 
 
 def test_several_problems_in_one_line(client: TestClient) -> None:

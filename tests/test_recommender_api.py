@@ -1,0 +1,254 @@
+"""The Python API on a real (tiny) bundle: filters, exclusions, seen items, add / remove / save / load, threads."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multimodal_rec import Recommender, UserError
+from multimodal_rec.bundle import read_manifest
+from multimodal_rec.index import build_index, exact_search
+
+QUERIES = ["a red circle moving left", "blue squares", "a green ball moving up", "white triangles", "yellow"]
+HISTORY = ["a red ball moving left", "red dots going left"]
+
+
+@pytest.fixture(scope="module")
+def rec(bundle: Path) -> Recommender:
+    return Recommender.load(bundle)
+
+
+@pytest.fixture
+def fresh(bundle: Path) -> Recommender:
+    """A Recommender of its own, for tests that change the catalog."""
+    return Recommender.load(bundle)
+
+
+def _ids(hits: list) -> list[str]:
+    return [h.video_id for h in hits]
+
+
+def _all_results(r: Recommender) -> list[tuple[list[str], np.ndarray]]:
+    """(ids, scores) of every query over the whole catalog, and of one recommendation."""
+    out = [r.search(q, k=len(r)) for q in QUERIES] + [r.recommend(HISTORY, k=10)]
+    return [(_ids(hits), np.array([h.score for h in hits])) for hits in out]
+
+
+def _same(a: list[tuple[list[str], np.ndarray]], b: list[tuple[list[str], np.ndarray]]) -> bool:
+    """Same ids in the same order; scores equal up to float noise (an exact scan vs FAISS Flat)."""
+    return all(ia == ib and np.allclose(sa, sb, atol=1e-5) for (ia, sa), (ib, sb) in zip(a, b, strict=True))
+
+
+# --- filters and exclusions ---------------------------------------------------------------------------------------
+def test_search_filters_equal_exact_search_over_passing_rows(rec: Recommender) -> None:
+    filters = {"color": ["red", "blue"], "duration_s": (None, 2.0)}
+    cat = rec.catalog
+    passing = np.flatnonzero(cat["color"].isin(["red", "blue"]) & (cat["duration_s"] <= 2.0))
+    assert 3 <= len(passing) < len(cat)
+    hits = rec.search("a red circle moving left", k=len(passing) + 5, filters=filters)
+    assert len(hits) == len(passing) and [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert all(h.metadata["color"] in ("red", "blue") and h.metadata["duration_s"] <= 2.0 for h in hits)
+    xq = rec.encode_queries(["a red circle moving left"])
+    D, I = exact_search(rec.embeddings[passing], xq, 3)  # noqa: E741
+    top = rec.search("a red circle moving left", k=3, filters=filters)
+    assert _ids(top) == [rec.video_ids[passing[i]] for i in I[0]]
+    np.testing.assert_allclose([h.score for h in top], D[0], atol=1e-4)
+    batch = rec.search_batch(QUERIES[:2], k=3, filters={"shape": "circle"})
+    assert all(h.metadata["shape"] == "circle" for hits in batch for h in hits) and all(len(b) == 3 for b in batch)
+
+
+def test_bad_filters_are_user_errors(rec: Recommender) -> None:
+    with pytest.raises(UserError, match="unknown filter column 'colour'"):
+        rec.search("red", filters={"colour": "red"})
+    with pytest.raises(UserError, match="a range needs a numeric or date column"):
+        rec.recommend(HISTORY, filters={"color": ("a", "b")})
+    with pytest.raises(UserError, match="expected a number"):
+        rec.search_batch(["red"], filters={"duration_s": (None, "60")})
+
+
+def test_exclude_keeps_k_hits(rec: Recommender) -> None:
+    first = rec.recommend(HISTORY, k=5, exclude_seen=False)
+    banned = _ids(first[:3])
+    again = rec.recommend(HISTORY, k=5, exclude=banned, exclude_seen=False)
+    assert len(again) == 5 and not set(_ids(again)) & set(banned)
+    assert _ids(again)[:2] == _ids(first)[3:]
+    with pytest.raises(UserError, match="exclude"):
+        rec.recommend(HISTORY, exclude="v0001")
+    for bad in (np.ones((1, rec.xb.shape[1] + 1)), np.ones(rec.xb.shape[1]), np.full((1, rec.xb.shape[1]), np.nan)):
+        with pytest.raises(UserError, match="query vectors"):
+            rec.search_vectors(bad, k=3)
+
+
+def test_seen_items_are_excluded_by_default(rec: Recommender) -> None:
+    """A history item equal to a video id or to a title marks those videos as seen."""
+    by_id, titled = rec.video_ids[0], rec.catalog["title"].iloc[5]
+    same_title = {v for v, t in zip(rec.video_ids, rec.catalog["title"], strict=True) if t == titled}
+    history = [by_id, f"  {titled} ", "red dots going left"]
+    everything = _ids(rec.recommend(history, k=len(rec), exclude_seen=False))
+    assert {by_id} | same_title <= set(everything)
+    unseen = _ids(rec.recommend(history, k=len(rec)))
+    assert set(unseen) == set(everything) - {by_id} - same_title
+    assert len(rec.recommend(history, k=5)) == 5
+
+
+# --- add / remove / save / load -----------------------------------------------------------------------------------
+def test_load_memory_maps_and_first_change_copies(fresh: Recommender) -> None:
+    assert fresh._mapped, "Recommender.load shares the index through mmap"
+    before = _all_results(fresh)
+    fresh.add_videos(pd.DataFrame({"video_id": ["x1"]}), embeddings=fresh.embeddings[:1] * 3)  # no abort
+    assert not fresh._mapped and fresh.index.ntotal == len(fresh) == len(before[0][0]) + 1
+    assert [h.video_id for h in fresh.search(QUERIES[0], k=len(fresh))].count("x1") == 1
+    after = _all_results(fresh)[:-1]
+    assert [[v for v in ids if v != "x1"] for ids, _ in after] == [ids for ids, _ in before[:-1]]
+
+
+def test_add_encodes_with_the_bundle_video_tower(fresh: Recommender, world: Path) -> None:
+    cat = pd.read_csv(world / "catalog.csv", dtype={"video_id": str})
+    src = cat.iloc[[2, 7]].copy()
+    src["video_id"] = ["new-a", "new-b"]
+    src["path"] = [str(world / p) for p in src["path"]]
+    bad = src.iloc[:1].assign(video_id="broken", path=str(world / "no-such.mp4"))
+    res = fresh.add_videos(pd.concat([src, bad], ignore_index=True))
+    assert res.added == ["new-a", "new-b"] and [s["video_id"] for s in res.skipped] == ["broken"]
+    for new, old in (("new-a", cat["video_id"][2]), ("new-b", cat["video_id"][7])):
+        np.testing.assert_allclose(
+            fresh.embeddings[fresh._row[new]], fresh.embeddings[fresh._row[old]], atol=1e-4
+        )  # same clip, same vector as `mmrec encode` gave
+    row = fresh._row["new-a"]
+    assert fresh.catalog["train_interactions"].iloc[row] == 0 and fresh.xb[row, -1] == 0.0  # no popularity yet
+    hit = fresh.search_vectors(fresh.xb[row : row + 1], k=2)[0]
+    assert {hit[0].video_id, hit[1].video_id} == {"new-a", cat["video_id"][2]}
+    assert hit[0].metadata["title"] == cat["title"][2]
+    with pytest.raises(UserError, match="already in the catalog"):
+        fresh.add_videos(src.iloc[:1])
+    with pytest.raises(UserError, match="lacks"):
+        fresh.add_videos(src.assign(video_id=["z1", "z2"], colour="red"))
+
+
+def test_add_checks_embeddings(fresh: Recommender) -> None:
+    D = fresh.embeddings.shape[1]
+    ids = pd.DataFrame({"video_id": ["e1", "e2"]})
+    for bad, message in (
+        (np.ones((2, D + 1)), "shape"),
+        (np.ones((3, D)), "shape"),
+        (np.zeros((2, D)), "non-zero"),
+        (np.full((2, D), np.nan), "finite"),
+    ):
+        with pytest.raises(UserError, match=message):
+            fresh.add_videos(ids, embeddings=bad)
+    with pytest.raises(UserError, match="repeat video_id"):
+        fresh.add_videos(pd.DataFrame({"video_id": ["e1", "e1"]}), embeddings=np.ones((2, D)))
+    with pytest.raises(UserError, match="video_id and path"):
+        fresh.add_videos(ids)
+    assert len(fresh) == fresh.index.ntotal, "a refused add changes nothing"
+
+
+def test_removed_videos_vanish_at_once_and_k_hits_remain(fresh: Recommender) -> None:
+    top = fresh.search(QUERIES[0], k=5)
+    gone = _ids(top[:2])
+    assert fresh.remove_videos(gone) == 2 and len(fresh) == fresh.index.ntotal - 2
+    after = fresh.search(QUERIES[0], k=5)
+    assert len(after) == 5 and _ids(after)[:3] == _ids(top)[2:]
+    assert not set(gone) & set(_ids(fresh.search(QUERIES[0], k=1000)))
+    assert not set(gone) & set(_ids(fresh.recommend(HISTORY, k=1000, exclude_seen=False)))
+    assert not set(gone) & {h.video_id for hits in fresh.search_batch(QUERIES, k=1000) for h in hits}
+    with pytest.raises(UserError, match="no such video id"):
+        fresh.remove_videos([gone[0]])
+    with pytest.raises(UserError, match="no such video id"):
+        fresh.remove_videos(["v0000", "nope"])
+    assert "v0000" in fresh._row, "a refused removal removes nothing"
+    fresh.add_videos(pd.DataFrame({"video_id": [gone[0]]}), embeddings=fresh.embeddings[fresh._row["v0000"]][None])
+    assert gone[0] in _ids(fresh.search(QUERIES[0], k=1000)), "a removed id can be added again"
+
+
+def test_add_remove_save_load_round_trip(fresh: Recommender, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    extra = fresh.embeddings[:3] + 0.1 * rng.normal(size=(3, fresh.embeddings.shape[1])).astype(np.float32)
+    fresh.add_videos(pd.DataFrame({"video_id": ["n1", "n2", "n3"], "title": ["N1", "N2", "N3"]}), embeddings=extra)
+    fresh.remove_videos(["n2", fresh.video_ids[4], fresh.video_ids[10]])
+    served = len(fresh)
+    before = _all_results(fresh)
+    out = fresh.save(tmp_path / "saved")
+    assert _same(_all_results(fresh), before), "compacting changed the answers"
+    manifest = read_manifest(out)  # checksums verified
+    assert manifest["count"] == served and manifest["embed_dim"] == fresh.embeddings.shape[1]
+    loaded = Recommender.load(out)
+    assert len(loaded) == served == loaded.index.ntotal and loaded.video_ids == fresh.video_ids
+    assert _same(_all_results(loaded), before)
+    assert {"n1", "n3"} <= set(loaded._row) and "n2" not in loaded._row
+    src = pd.read_parquet(out / "sources.parquet")
+    assert list(src["video_id"]) == loaded.video_ids and src.set_index("video_id")["size"]["n1"] == -1
+    # and the saved bundle is protected like any other
+    cat = pd.read_parquet(out / "catalog.parquet")
+    cat.loc[0, "title"] = "tampered"
+    cat.to_parquet(out / "catalog.parquet", index=False)
+    with pytest.raises(UserError, match=r"checksum mismatch for catalog\.parquet"):
+        Recommender.load(out)
+
+
+def test_save_over_the_loaded_bundle(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    r = Recommender.load(copy)
+    r.remove_videos([r.video_ids[0]])
+    r.save(copy)  # replaces the directory the index is mapped from
+    before = _all_results(r)
+    assert _same(_all_results(Recommender.load(copy)), before)
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat"])
+def test_add_remove_save_on_approximate_indexes(fresh: Recommender, tmp_path: Path, factory: str) -> None:
+    fresh.index, fresh._mapped = build_index(fresh.xb, factory, nprobe=4), False
+    fresh.manifest = {**fresh.manifest, "index": factory}
+    extra = fresh.embeddings[5:7][:, ::-1].copy()
+    fresh.add_videos(pd.DataFrame({"video_id": ["a1", "a2"]}), embeddings=extra)
+    fresh.remove_videos(["a1", fresh.video_ids[0]])
+    before = _all_results(fresh)
+    assert "a1" not in {v for ids, _ in before for v in ids} and "a2" in before[0][0]
+    loaded = Recommender.load(fresh.save(tmp_path / factory.replace(",", "_")))
+    assert _same(_all_results(loaded), _all_results(fresh))
+    assert loaded.index.ntotal == len(loaded) == len(before[0][0])
+
+
+# --- threads ------------------------------------------------------------------------------------------------------
+def test_concurrent_reads_equal_sequential(rec: Recommender) -> None:
+    calls = [(q, f) for q in QUERIES for f in (None, {"shape": "circle"}, {"duration_s": (1.0, None)})] * 14
+    expected = {(q, str(f)): _ids(rec.search(q, k=7, filters=f)) for q, f in calls}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda c: _ids(rec.search(c[0], k=7, filters=c[1])), calls))
+    assert len(calls) >= 200
+    assert got == [expected[(q, str(f))] for q, f in calls]
+
+
+def test_searches_during_changes_see_whole_states(fresh: Recommender) -> None:
+    """A writer adds and removes a video over and over; readers see it fully there or fully gone."""
+    xq = fresh.text_queries([QUERIES[0]])
+    base = _ids(fresh.search_vectors(xq, k=5)[0])
+    vec = fresh.embeddings[fresh._row[base[0]]][None] * 1.0  # scores like the current top hit
+    stop, errors = threading.Event(), []
+
+    def writer() -> None:
+        for _ in range(15):
+            fresh.add_videos(pd.DataFrame({"video_id": ["flip"]}), embeddings=vec)
+            fresh.remove_videos(["flip"])
+        stop.set()
+
+    def reader() -> None:
+        while not stop.is_set():
+            ids = _ids(fresh.search_vectors(xq, k=5)[0])
+            if ids != base and (ids.count("flip") != 1 or [v for v in ids if v != "flip"] != base[:4]):
+                errors.append(ids)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    assert _ids(fresh.search_vectors(xq, k=5)[0]) == base
