@@ -209,9 +209,16 @@ def evaluate_ml100k(
             for m, scores in cheap.items():
                 if m in methods:
                     ranks.setdefault(m, []).append(_ranks(scores, sp))
-                if "user_tower_unseen_items" in methods and m != "random":
-                    sel = np.isin(sp.targets, unseen[s])
-                    r = _ranks(scores[sel], sp, sp.users[sel], sp.targets[sel])
+            if "user_tower_unseen_items" in methods:  # the same baselines when those movies have no history
+                sel = np.isin(sp.targets, unseen[s])
+                held = np.isin(np.arange(n_items), unseen[s])
+                cold = np.bincount(np.concatenate([q[~held[q]] for q in sp.seqs]), minlength=n_items)
+                cold_scores = {
+                    "popularity": np.tile(cold + 1e-6 * rng.random(n_items), (int(sel.sum()), 1)),
+                    "mean_history": cheap["mean_history"][sel],
+                }
+                for m, sc in cold_scores.items():
+                    r = _ranks(sc, sp, sp.users[sel], sp.targets[sel])
                     ranks.setdefault(f"{m}_unseen_items", []).append(r)
         for (m, s), fut in futures.items():
             sp = splits[s]

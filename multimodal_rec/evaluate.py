@@ -200,7 +200,7 @@ def format_report(res: dict[str, Any]) -> str:
         lines.append(f"semantic precision@5, {kind} queries ({sp['queries']}, {where}): {sp['p@5']:.3f}")
     uv = res.get("user_to_video") or {}
     if uv:
-        users = next(iter(uv.values()))["users"]
+        users = int(next(iter(uv.values()))["users"])
         sd = res.get("user_to_video_std") or {}
         seeds = res.get("seeds", 1)
         lines.append(

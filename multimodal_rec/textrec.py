@@ -49,6 +49,10 @@ class TextRecConfig:
     popularity_prior: bool = True  # logits add w * log(1 + training count), w learned
     init_temperature: float = 0.07  # initial softmax temperature (learnable)
     negatives: str = "all"  # "all": softmax over every training item; "batch": in-batch targets (+ mined negatives)
+    id_dropout: float = 0.0  # training: each item's ID embedding is dropped with this probability, so text alone
+    # must also place items well (what a cold-start item has)
+    cold_prior: str = "median"  # popularity prior of items never seen in training: "median" of the seen items'
+    # log-popularity (neutral: ranked by content) or "zero" (buried under every popular item)
 
 
 @torch.no_grad()
@@ -92,8 +96,17 @@ class TextItemRecModel(nn.Module):
         """All items ``[N, D]``, L2-normalised: text head (+ ID embedding where the item was seen in training)."""
         x = self.item_head(self.feats, normalize=False)
         if self.id_out is not None and use_ids:
-            x = x + self.id_out.weight * self.known[:, None]
+            keep = self.known[:, None].to(x.dtype)
+            if self.training and self.cfg.id_dropout > 0:
+                keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout)
+            x = x + self.id_out.weight * keep
         return F.normalize(x, dim=-1)
+
+    def prior(self) -> torch.Tensor:
+        """Per-item log-popularity the prior multiplies; items never seen in training get ``cold_prior``'s value."""
+        if self.cfg.cold_prior == "zero" or not self.known.any():
+            return self.log_pop
+        return torch.where(self.known, self.log_pop, self.log_pop[self.known].median())
 
     def user_vectors(self, hist: torch.Tensor, use_ids: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """History item rows ``[B, S]`` (right-padded with -1) -> users ``[B, D]`` and attention ``[B, S]``."""
@@ -109,7 +122,7 @@ class TextItemRecModel(nn.Module):
         """Scaled cosine + popularity prior of users ``[B, D]`` against item vectors (``rows`` of them, or all)."""
         s = self.loss.scale() * u @ items.t()
         if self.cfg.popularity_prior:
-            lp = self.log_pop if rows is None else self.log_pop[rows]
+            lp = self.prior() if rows is None else self.prior()[rows]
             s = s + self.pop_weight * lp[None, :]
         return s
 
@@ -239,7 +252,7 @@ def score_users(
         u, _ = model.user_vectors(torch.as_tensor(hist), use_ids)
         s = u @ items.t()
         if prior and model.cfg.popularity_prior:
-            s = s + (model.pop_weight / model.loss.scale()) * model.log_pop[None, :]
+            s = s + (model.pop_weight / model.loss.scale()) * model.prior()[None, :]
         out.append(s.numpy())
     model.train(was)
     return np.concatenate(out).astype(np.float64)
@@ -262,6 +275,8 @@ def train_textrec(
 
     if cfg.negatives not in ("all", "batch"):
         raise UserError(f"textrec.negatives must be 'all' or 'batch', got {cfg.negatives!r}")
+    if cfg.cold_prior not in ("median", "zero"):
+        raise UserError(f"textrec.cold_prior must be 'median' or 'zero', got {cfg.cold_prior!r}")
     seed_everything(tc.seed)
     N = len(feats)
     counts = np.bincount(
