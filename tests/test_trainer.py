@@ -154,6 +154,20 @@ def test_unseen_items_are_scored_by_text_alone() -> None:
     assert not torch.allclose(v[5:], text_only[5:])
 
 
+def test_cold_items_get_a_neutral_popularity_prior() -> None:
+    _, feats = tiny_problem()
+    known = np.ones(len(feats), bool)
+    known[:5] = False
+    counts = np.arange(len(feats), dtype=float)
+    counts[:5] = 0
+    lp = np.log1p(counts)
+    model = TextItemRecModel(tiny_cfg(), feats, known, counts)
+    prior = model.prior().numpy()
+    assert np.allclose(prior[:5], np.median(lp[5:]), atol=1e-6) and np.allclose(prior[5:], lp[5:])
+    zero = TextItemRecModel(tiny_cfg(cold_prior="zero"), feats, known, counts).prior().numpy()
+    assert np.allclose(zero[:5], 0.0)
+
+
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
