@@ -9,14 +9,16 @@ fixed concurrency and stops it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +222,37 @@ async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency:
     return {"lat": lat, "errors": errors, "seconds": seconds}
 
 
+@contextlib.contextmanager
+def running_server(bundle: str | Path, startup_timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``mmrec serve`` in a subprocess on a free 127.0.0.1 port, ready when yielded as (url, process); stopped
+    (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz answered."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "multimodal_rec.cli", "serve", "--bundle", str(bundle), "--port", str(port), "-q"]
+    here = str(Path(__file__).resolve().parents[1])  # the server imports this same package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    LOG.info("starting %s", " ".join(cmd))
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty server can never block on a full pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            t = time.perf_counter()
+            try:
+                asyncio.run(_wait_ready(url, proc, startup_timeout))
+            except UserError as e:
+                log.seek(0)
+                tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-1:]
+                raise UserError(f"{e}{': ' + tail[0] if tail else ''}") from None
+            proc.startup_s = time.perf_counter() - t  # type: ignore[attr-defined]
+            yield url, proc
+        finally:
+            proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def bench_serve(
     bundle: str | Path,
     requests: int = 2000,
@@ -249,34 +282,17 @@ def bench_serve(
         else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
         for i in range(requests)
     ]
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "multimodal_rec.cli", "serve", "--bundle", str(bundle), "--port", str(port), "-q"]
-    here = str(Path(__file__).resolve().parents[1])  # the server imports this same package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
-    LOG.info("starting %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        t = time.perf_counter()
-        asyncio.run(_wait_ready(url, proc, startup_timeout))
-        startup_s = time.perf_counter() - t
-        LOG.info("server ready on %s after %.1f s; %d requests, %d in flight", url, startup_s, requests, concurrency)
+    with running_server(bundle, startup_timeout) as (url, proc):
+        LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
         asyncio.run(_fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
         res = asyncio.run(_fire(url, bodies, concurrency, request_timeout))
-    finally:
-        proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
     all_lat = [x for v in res["lat"].values() for x in v]
     out: dict[str, Any] = {
         "bundle": str(bundle),
         "requests": requests,
         "concurrency": concurrency,
         "k": k,
-        "startup_s": round(startup_s, 2),
+        "startup_s": round(proc.startup_s, 2),
         "seconds": round(res["seconds"], 3),
         "throughput_rps": round(requests / res["seconds"], 2),
         **_ms(all_lat),
@@ -286,7 +302,7 @@ def bench_serve(
         "server_exit_code": proc.returncode,
     }
     if proc.returncode not in (0, -signal.SIGINT):
-        LOG.warning("server exited with %s: %s", proc.returncode, err.decode(errors="replace")[-500:])
+        LOG.warning("the server exited with code %s", proc.returncode)
     return out
 
 
