@@ -212,7 +212,7 @@ def format_bench_index(result: dict[str, Any]) -> str:
     """Fixed-width table of :func:`bench_index` rows; ``*`` marks the default choice, ``!`` a default below target."""
     k, target = result["k"], result["recall_target"]
     head = (
-        f"{'':2}{'nb':>9}  {'factory':<26}{'params':<30}{'build s':>8}{'MiB':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'':2}{'nb':>9}  {'factory':<26}{'params':<30}{'build s':>8}{'MiB':>9}{'p50 ms':>10}{'p99 ms':>10}"
         f"{'q/s@64':>10}{f'R@{k}':>7}"
     )
     lines = [
@@ -225,7 +225,7 @@ def format_bench_index(result: dict[str, Any]) -> str:
         params = ",".join(f"{key}={v:g}" for key, v in r["params"].items()) or "-"
         lines.append(
             f"{mark:<2}{r['nb']:>9}  {r['factory']:<26}{params:<30}{r['build_s']:>8.2f}{r['bytes'] / 2**20:>9.1f}"
-            f"{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}{r['qps']:>10.0f}{r['recall']:>7.3f}"
+            f"{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['qps']:>10.0f}{r['recall']:>7.3f}"
         )
     for c in result["checks"]:
         verdict = "PASS" if c["pass"] else "FAIL"

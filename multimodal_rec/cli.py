@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=_positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
     s.add_argument("--device", default="auto")
+    s.add_argument("-k", type=_positive_int, default=10, help="index, search, serve: recall@k / hits (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="index, search, serve: seed of the vectors or queries")
     g = s.add_argument_group("bench index")
     g.add_argument(
         "--sizes", type=_positive_int, nargs="+", default=[100_000, 1_000_000], help="catalog sizes (default 100k 1M)"
@@ -379,8 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dim", type=_positive_int, default=257, help="vector dim (default 257: embed_dim 256 + the prior column)"
     )
     g.add_argument("--nq", type=_positive_int, default=1000, help="queries (recall and batch throughput)")
-    g.add_argument("-k", type=_positive_int, default=10, help="recall@k / hits per query (default 10)")
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument(
         "--candidates",
         nargs="+",
