@@ -172,8 +172,17 @@ def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
 
 
 def cmd_search(a: argparse.Namespace) -> None:
+    if a.contact_sheet and len(a.query) != 1:
+        raise UserError("--contact-sheet draws the hits of one query: give exactly one")
     rec = _load(a.bundle)
     results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter))
+    if a.contact_sheet:
+        from multimodal_rec.contact_sheet import rows_for_hits, write_contact_sheet
+
+        rows = rows_for_hits(rec, results[0])
+        title = f"query: {a.query[0]!r}"
+        sheet = write_contact_sheet(rows, a.contact_sheet, frames=a.sheet_frames, size=a.sheet_px, title=title)
+        LOG.info("contact sheet of %d hits written to %s", len(results[0]), sheet)
     if a.json:
         if len(a.query) == 1:
             _print_json({"hits": [h.to_dict() for h in results[0]]})
@@ -276,6 +285,29 @@ def cmd_bench(a: argparse.Namespace) -> None:
             repeat=a.repeat,
         )
         print(json.dumps(res) if a.json else bench.format_encode(res))
+    elif a.what == "index":
+        from multimodal_rec.bench_index import bench_index, format_bench_index
+
+        res = bench_index(sizes=a.sizes, d=a.dim, nq=a.nq, k=a.k, seed=a.seed, candidates=a.candidates)
+        if a.json:
+            _print_json(res)
+        else:
+            print(format_bench_index(res))
+    elif a.what in ("search", "serve"):
+        from multimodal_rec import bench_serve
+
+        if not a.bundle:
+            raise UserError(f"bench {a.what} needs --bundle BUNDLE")
+        if a.what == "search":
+            res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed)
+            text = bench_serve.format_search
+        else:
+            res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
+            text = bench_serve.format_serve
+        if a.json:
+            _print_json(res)
+        else:
+            print(text(res))
 
 
 def cmd_presets(a: argparse.Namespace) -> None:
@@ -354,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query", nargs="+", help="one or more text queries")
     s.add_argument("-k", type=int, default=10, help="hits per query (1..1000)")
     s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
+    s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
+    s.add_argument("--sheet-frames", type=_positive_int, default=6, help="frames per contact-sheet row (default 6)")
+    s.add_argument("--sheet-px", type=_positive_int, default=96, help="contact-sheet frame size in px (default 96)")
 
     s = add("recommend", "user history -> videos", cmd_recommend)
     s.add_argument("--bundle", required=True)
@@ -395,7 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes")
 
     s = add("bench", "benchmarks: measured throughput ratios (not tests)", cmd_bench)
-    s.add_argument("what", choices=["encode"], help="encode: decode-only vs model-only vs end-to-end, and memory")
+    s.add_argument(
+        "what",
+        choices=["encode", "index", "search", "serve"],
+        help="encode: decode-only vs model-only vs end-to-end, and memory; "
+        "index: FAISS candidates on synthetic vectors (build, memory, latency, recall vs exact); "
+        "search: Recommender.search/recommend latency and overhead over model + FAISS; "
+        "serve: HTTP load test of mmrec serve",
+    )
     s.add_argument("--model", help="trained run directory")
     s.add_argument("--catalog", help="catalog to encode")
     s.add_argument("--batch-size", type=_positive_int, default=32)
@@ -405,6 +447,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=_positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
     s.add_argument("--device", default="auto")
+    s.add_argument("-k", type=_positive_int, default=10, help="index, search, serve: recall@k / hits (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="index, search, serve: seed of the vectors or queries")
+    g = s.add_argument_group("bench index")
+    g.add_argument(
+        "--sizes", type=_positive_int, nargs="+", default=[100_000, 1_000_000], help="catalog sizes (default 100k 1M)"
+    )
+    g.add_argument(
+        "--dim", type=_positive_int, default=257, help="vector dim (default 257: embed_dim 256 + the prior column)"
+    )
+    g.add_argument("--nq", type=_positive_int, default=1000, help="queries (recall and batch throughput)")
+    g.add_argument(
+        "--candidates",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="what to build: flat hnsw ivf ivfpq or FAISS factory strings (default: all; the size's default is "
+        "always added)",
+    )
+    g = s.add_argument_group("bench search / bench serve")
+    g.add_argument("--bundle", help="bundle directory (mmrec encode --out)")
+    g.add_argument("--queries", type=_positive_int, default=500, help="bench search: queries and histories timed")
+    g.add_argument("--requests", type=_positive_int, default=2000, help="bench serve: requests sent in all")
+    g.add_argument("--concurrency", type=_positive_int, default=16, help="bench serve: requests in flight")
 
     add("presets", "list the named config presets", cmd_presets)
     return p
@@ -421,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request: noise in bench serve
     try:
         from transformers.utils import logging as hf_logging
 

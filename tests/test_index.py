@@ -182,3 +182,40 @@ def test_bench_index_small() -> None:
     assert result["defaults_reach_target"] is True
     table = format_bench_index(result)
     assert "Flat" in table and "\n* " in table
+
+
+def test_bench_index_recall_is_measured_against_exact_search() -> None:
+    """Every row's recall equals recall@10 recomputed here against numpy brute force; weak settings score lower."""
+    result = bench_index(sizes=(2_000,), d=16, nq=40, candidates=["flat", "ivf", "ivfpq"])
+    rows = result["rows"]
+    assert {r["factory"] for r in rows} == {"Flat", "IVF32,Flat", "IVF32,PQ8x4fs,RFlat"}
+    xb, xq = clustered_vectors(2_000, 16), clustered_vectors(40, 16, stream=1)
+    _, I_ref = exact_search(xb, xq, 10)
+    for factory in ("IVF32,Flat", "IVF32,PQ8x4fs,RFlat"):
+        index = build_index(xb, factory)
+        for r in (r for r in rows if r["factory"] == factory):
+            set_search_params(index, **r["params"])
+            assert r["recall"] == pytest.approx(recall_at_k(search(index, xq, 10)[1], I_ref, 10))
+    ivf = {r["params"]["nprobe"]: r["recall"] for r in rows if r["factory"] == "IVF32,Flat"}
+    assert sorted(ivf) == [1, 4, 16] and ivf[1] < 1.0 and ivf[1] <= ivf[16]  # one list of 32 misses neighbours
+    pq = [r for r in rows if r["factory"].endswith("RFlat")]
+    assert {r["params"]["k_factor"] for r in pq} >= {1, 4, 16, 64}  # the re-rank depth is swept too
+    assert [r["factory"] for r in rows if r["default"]] == ["Flat"]
+    assert result["checks"] == [{"nb": 2_000, "factory": "Flat", "recall": 1.0, "pass": True}]
+
+
+def test_bench_index_cli_prints_the_check(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from multimodal_rec.cli import main
+
+    argv = ["bench", "index", "--sizes", "2000", "--dim", "16", "--nq", "20", "--candidates", "flat", "hnsw"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PASS: default Flat at nb=2000: recall@10 1.000" in out and "HNSW32" in out and "IVF" not in out
+    assert main([*argv, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["d"] == 16 and res["defaults_reach_target"] is True
+    assert {r["factory"] for r in res["rows"]} == {"Flat", "HNSW32"}
+    assert main(["bench", "index", "--sizes", "10"]) == 2  # too small: a one-line error
+    assert "at least 1000" in capsys.readouterr().err

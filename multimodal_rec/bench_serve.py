@@ -1,0 +1,319 @@
+"""Serving benchmarks (not tests): the cost of our layer over the raw model + FAISS, and an HTTP load test.
+
+``bench_search`` times ``Recommender.search`` / ``recommend`` end to end against the same work done directly
+(tower forward + ``index.search``), alternating the two ways over one query set, so machine noise hits both
+alike. ``bench_serve`` starts ``mmrec serve`` on a free loopback port, fires a fixed number of requests at a
+fixed concurrency and stops it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multimodal_rec.errors import UserError
+
+LOG = logging.getLogger(__name__)
+
+FALLBACK_QUERIES = (
+    "a red ball bouncing",
+    "a dog surfing at sunset",
+    "green dots rising",
+    "a blue square moving left",
+    "cooking pasta",
+    "a white circle growing",
+)
+OVERHEAD_GOAL = 1.10
+WARMUP = 20
+HISTORY_LEN = 5
+
+
+def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
+    """``n`` query texts: the catalog's titles (shuffled, repeated when short), else a fixed list."""
+    titles: list[str] = []
+    if "title" in catalog.columns:
+        titles = [t for t in catalog["title"].astype(str) if t.strip() and t != "None"]
+    pool = titles or list(FALLBACK_QUERIES)
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.permutation(max(n, len(pool)))[:n] % len(pool)]
+
+
+def _ms(x: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(x) * 1e3
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
+
+
+def _compare(
+    ours: Callable[[int], Any], raw: Callable[[int], tuple[float, float]], n: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Time ``ours(i)`` and ``raw(i)`` (which returns its own (encode, search) split) for i < n, alternating
+    which goes first, after ``WARMUP`` untimed rounds. Returns (ours, raw encode, raw search) seconds."""
+    for i in range(min(WARMUP, n)):
+        ours(i)
+        raw(i)
+    t_ours, t_enc, t_search = [], [], []
+    for i in range(n):
+        for first in (True, False) if i % 2 == 0 else (False, True):
+            if first:
+                t = time.perf_counter()
+                ours(i)
+                t_ours.append(time.perf_counter() - t)
+            else:
+                enc, srch = raw(i)
+                t_enc.append(enc)
+                t_search.append(srch)
+    return t_ours, t_enc, t_search
+
+
+def bench_search(bundle: str | Path, queries: int = 500, k: int = 10, seed: int = 0) -> dict[str, Any]:
+    """p50/p99 latency of ``search`` and ``recommend`` end to end and of their two parts (text or history
+    encoding, FAISS search) done directly; ``overhead_ratio`` = median ours / median (encoding + FAISS).
+
+    The same query (or history) goes through both ways in each round, in alternating order.
+    """
+    import torch
+
+    from multimodal_rec.model import to_numpy
+    from multimodal_rec.recommender import Recommender
+
+    if queries < 1:
+        raise UserError(f"queries must be >= 1, got {queries}")
+    rec = Recommender.load(bundle)
+    model, index = rec.model, rec.index
+    texts = sample_texts(rec.catalog, queries + HISTORY_LEN, seed)
+    histories = [texts[i : i + HISTORY_LEN] for i in range(queries)]
+    texts = texts[:queries]
+    pad = index.d - rec.embeddings.shape[1]  # 1 with the popularity-prior column, else 0
+
+    def raw_text(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            xq = to_numpy(model.encode_text([texts[i]]))
+        if pad:
+            xq = np.hstack([xq, np.zeros((1, 1), np.float32)])
+        t1 = time.perf_counter()
+        index.search(xq, k)
+        return t1 - t0, time.perf_counter() - t1
+
+    def raw_user(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            u, _ = model.encode_user([histories[i]])
+            xq = to_numpy(u)
+        if pad:
+            xq = np.hstack([xq, np.full((1, 1), rec._prior_query, np.float32)])
+        t1 = time.perf_counter()
+        index.search(xq, k)
+        return t1 - t0, time.perf_counter() - t1
+
+    out: dict[str, Any] = {
+        "bundle": str(bundle),
+        "videos": len(rec),
+        "index": rec.manifest.get("index"),
+        "queries": queries,
+        "k": k,
+        "torch_threads": torch.get_num_threads(),
+    }
+    ratios = {}
+    for name, ours, raw in (
+        ("search", lambda i: rec.search(texts[i], k), raw_text),
+        ("recommend", lambda i: rec.recommend(histories[i], k), raw_user),
+    ):
+        t_ours, t_enc, t_search = _compare(ours, raw, queries)
+        base = np.median(np.add(t_enc, t_search))
+        ratios[name] = float(np.median(t_ours) / base)
+        out[name] = {
+            "end_to_end": _ms(t_ours),
+            "encode": _ms(t_enc),
+            "index_search": _ms(t_search),
+            "raw_total": _ms(np.add(t_enc, t_search)),
+            "overhead_ratio": round(ratios[name], 4),
+        }
+        LOG.info("bench search %s: %s", name, out[name])
+    out["overhead_ratio"] = round(ratios["search"], 4)
+    out["overhead_goal"] = OVERHEAD_GOAL
+    out["pass"] = all(r <= OVERHEAD_GOAL for r in ratios.values())
+    return out
+
+
+def format_search(r: dict[str, Any]) -> str:
+    """Human-readable table of :func:`bench_search`."""
+    lines = [
+        f"bundle {r['bundle']}: {r['videos']} videos, index {r['index']}, {r['queries']} queries, k={r['k']}, "
+        f"torch threads {r['torch_threads']}",
+        f"  {'call':<10}{'part':<22}{'p50 ms':>9}{'p99 ms':>9}",
+    ]
+    for name, part in (("search", "text encoding"), ("recommend", "history encoding")):
+        m = r[name]
+        for label, key in (("ours, end to end", "end_to_end"), (part, "encode"), ("FAISS search", "index_search")):
+            lines.append(f"  {name:<10}{label:<22}{m[key]['p50_ms']:>9.3f}{m[key]['p99_ms']:>9.3f}")
+        lines.append(f"  {name:<10}overhead ratio {m['overhead_ratio']:.3f} (median ours / median encoding + FAISS)")
+    verdict = "PASS" if r["pass"] else "FAIL"
+    lines.append(f"{verdict}: overhead ratios <= {r['overhead_goal']}")
+    return "\n".join(lines)
+
+
+# --- HTTP load test ----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise UserError(f"the server exited with code {proc.returncode} before it was ready")
+            try:
+                if (await client.get(f"{url}/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise UserError(f"the server was not ready after {timeout:.0f} s")
+
+
+async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency: int, timeout: float) -> dict[str, Any]:
+    """Send every (path, body) with ``concurrency`` requests in flight; latency and status per request."""
+    import httpx
+
+    lat: dict[str, list[float]] = {}
+    errors: list[str] = []
+    nxt = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal nxt
+        while nxt < len(bodies):
+            path, body = bodies[nxt]
+            nxt += 1
+            t = time.perf_counter()
+            try:
+                r = await client.post(f"{url}{path}", json=body)
+                ok = r.status_code == 200 and bool(r.json().get("hits"))
+                why = f"{path}: HTTP {r.status_code}"
+            except (httpx.HTTPError, ValueError) as e:
+                ok, why = False, f"{path}: {type(e).__name__}"
+            lat.setdefault(path, []).append(time.perf_counter() - t)
+            if not ok:
+                errors.append(why)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - t
+    return {"lat": lat, "errors": errors, "seconds": seconds}
+
+
+@contextlib.contextmanager
+def running_server(bundle: str | Path, startup_timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``mmrec serve`` in a subprocess on a free 127.0.0.1 port, ready when yielded as (url, process); stopped
+    (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz answered."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "multimodal_rec.cli", "serve", "--bundle", str(bundle), "--port", str(port), "-q"]
+    here = str(Path(__file__).resolve().parents[1])  # the server imports this same package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    LOG.info("starting %s", " ".join(cmd))
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty server can never block on a full pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            t = time.perf_counter()
+            try:
+                asyncio.run(_wait_ready(url, proc, startup_timeout))
+            except UserError as e:
+                log.seek(0)
+                tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-1:]
+                raise UserError(f"{e}{': ' + tail[0] if tail else ''}") from None
+            proc.startup_s = time.perf_counter() - t  # type: ignore[attr-defined]
+            yield url, proc
+        finally:
+            proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def bench_serve(
+    bundle: str | Path,
+    requests: int = 2000,
+    concurrency: int = 16,
+    k: int = 10,
+    seed: int = 0,
+    startup_timeout: float = 180.0,
+    request_timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Start ``mmrec serve`` on a free 127.0.0.1 port, send ``requests`` (half /search, half /recommend) with
+    ``concurrency`` in flight, stop the server; throughput, p50/p99 latency and errors (non-200 or no hits)."""
+    import pandas as pd
+
+    if requests < 1 or concurrency < 1:
+        raise UserError(f"requests and concurrency must be >= 1, got {requests} and {concurrency}")
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        raise UserError("bench serve needs httpx (pip install httpx)") from None
+    bundle = Path(bundle)
+    if not (bundle / "catalog.parquet").is_file():
+        raise UserError(f"not a bundle (no catalog.parquet): {bundle}")
+    texts = sample_texts(pd.read_parquet(bundle / "catalog.parquet"), requests + HISTORY_LEN, seed)
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        ("/search", {"query": texts[i], "k": k})
+        if i % 2 == 0
+        else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
+        for i in range(requests)
+    ]
+    with running_server(bundle, startup_timeout) as (url, proc):
+        LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
+        asyncio.run(_fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
+        res = asyncio.run(_fire(url, bodies, concurrency, request_timeout))
+    all_lat = [x for v in res["lat"].values() for x in v]
+    out: dict[str, Any] = {
+        "bundle": str(bundle),
+        "requests": requests,
+        "concurrency": concurrency,
+        "k": k,
+        "startup_s": round(proc.startup_s, 2),
+        "seconds": round(res["seconds"], 3),
+        "throughput_rps": round(requests / res["seconds"], 2),
+        **_ms(all_lat),
+        "endpoints": {path: {"requests": len(v), **_ms(v)} for path, v in sorted(res["lat"].items())},
+        "errors": len(res["errors"]),
+        "error_examples": sorted(set(res["errors"]))[:5],
+        "server_exit_code": proc.returncode,
+    }
+    if proc.returncode not in (0, -signal.SIGINT):
+        LOG.warning("the server exited with code %s", proc.returncode)
+    return out
+
+
+def format_serve(r: dict[str, Any]) -> str:
+    """Human-readable summary of :func:`bench_serve`."""
+    lines = [
+        f"{r['requests']} requests at concurrency {r['concurrency']} in {r['seconds']:.2f} s: "
+        f"{r['throughput_rps']:.1f} requests/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+        f"{r['errors']} errors (server ready after {r['startup_s']:.1f} s)",
+    ]
+    for path, m in r["endpoints"].items():
+        lines.append(f"  {path:<11}{m['requests']:>6} requests  p50 {m['p50_ms']:>8.1f} ms  p99 {m['p99_ms']:>8.1f} ms")
+    lines.extend(f"  error: {e}" for e in r["error_examples"])
+    return "\n".join(lines)

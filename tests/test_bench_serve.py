@@ -1,0 +1,69 @@
+"""Serving benchmarks and the contact sheet on the tiny bundle: they run, stop by themselves and report sanely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from multimodal_rec.cli import main
+from multimodal_rec.contact_sheet import LABEL_W, PAD, PLACEHOLDER, SheetRow, rows_for_hits, write_contact_sheet
+from multimodal_rec.recommender import Recommender
+
+
+def test_bench_search_json_has_the_overhead_ratio(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "6", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0.2 < res["overhead_ratio"] < 5.0 and res["queries"] == 6
+    for name in ("search", "recommend"):
+        m = res[name]
+        assert m["end_to_end"]["p50_ms"] > 0 and m["encode"]["p50_ms"] > 0 and m["index_search"]["p50_ms"] > 0
+        assert m["end_to_end"]["p50_ms"] <= m["end_to_end"]["p99_ms"]
+
+
+def test_bench_needs_a_bundle(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "search"]) == 2
+    assert "needs --bundle" in capsys.readouterr().err
+
+
+def test_bench_serve_small_load_has_no_errors(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    argv = ["bench", "serve", "--bundle", str(bundle), "--requests", "12", "--concurrency", "3", "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["errors"] == 0 and res["requests"] == 12 and res["throughput_rps"] > 0
+    assert {p: m["requests"] for p, m in res["endpoints"].items()} == {"/search": 6, "/recommend": 6}
+    assert res["server_exit_code"] is not None  # the server was stopped, not left running
+
+
+def test_contact_sheet_rows_and_placeholder(bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    rec = Recommender.load(bundle)
+    hits = rec.search("a red circle moving left", k=3)
+    rows = rows_for_hits(rec, hits)
+    assert all(r.path is not None and r.path.is_file() for r in rows)
+    assert rows[0].label[0] == f"1. {hits[0].video_id}"
+    rows.append(SheetRow(["4. gone", "score +0.000"], tmp_path / "missing.mp4"))
+    out = write_contact_sheet(rows, tmp_path / "sheet.png", frames=4, size=32)
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (LABEL_W + 4 * (32 + PAD) + PAD, 4 * (32 + 2 * PAD))
+    px = np.asarray(img.convert("RGB"))
+    top = 3 * (32 + 2 * PAD) + PAD
+    assert tuple(px[top + 30, LABEL_W + 100]) == PLACEHOLDER  # the missing clip: a placeholder, not a crash
+    assert px[PAD : PAD + 32, LABEL_W : LABEL_W + 32].std() > 0  # a real frame: not a flat fill
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheet.png"]  # no temp file left behind
+
+
+def test_search_cli_contact_sheet(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.png"
+    argv = ["search", "--bundle", str(bundle), "red circle", "-k", "2", "--contact-sheet", str(out)]
+    assert main([*argv, "--sheet-frames", "3", "--sheet-px", "32", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2 and out.stat().st_size > 0
+    assert main([*argv[:4], "blue", "--contact-sheet", str(tmp_path / "two.png")]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "s.jpg")]) == 2
+    assert "PNG" in capsys.readouterr().err
