@@ -223,6 +223,8 @@ def evaluate_ml100k(
         for (m, s), fut in futures.items():
             sp = splits[s]
             scores = fut.result()
+            if len(scores) == len(sp.seqs) != len(sp.users):  # ID baselines score every user; keep those with a target
+                scores = scores[sp.users]
             if m == "user_tower_unseen_items":
                 sel = np.isin(sp.targets, unseen[s])
                 ranks.setdefault(m, []).append(_ranks(scores[sel], sp, sp.users[sel], sp.targets[sel]))

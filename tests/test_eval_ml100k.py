@@ -90,3 +90,14 @@ def test_bad_requests_are_one_line_errors(capsys) -> None:
     assert "--dataset ml-100k" in capsys.readouterr().err
     assert main(["eval", "--dataset", "ml-100k", "--set", "foo=1", "--methods", "random"]) == 2
     assert "--set keys" in capsys.readouterr().err
+
+
+def test_time_split_with_id_baselines_scores_only_users_with_a_target(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    items, inter = fake_ml100k()
+    monkeypatch.setattr("multimodal_rec.movielens.load_ml100k", lambda: (items, inter))
+    monkeypatch.setattr("multimodal_rec.textrec.text_features", lambda texts: np.ones((len(texts), 4), np.float32))
+    res = eval_ml100k.evaluate_ml100k(seeds=1, methods=["popularity", "bpr_mf"], split="time", jobs=1)
+    n = make_split(inter, items, 0, "time").users.size
+    assert 0 < n < 20 and all(r["users"]["mean"] == n for r in res["results"].values())
