@@ -78,8 +78,9 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True) -> Recommender:
         """Load a bundle written by ``mmrec encode``; checksums are verified unless ``verify=False``."""
-        import faiss
         from transformers import AutoTokenizer
+
+        from multimodal_rec.index import read_bundle_index
 
         path = Path(path)
         manifest = read_manifest(path, verify=verify)
@@ -88,7 +89,7 @@ class Recommender:
         model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         catalog = pd.read_parquet(path / "catalog.parquet")
         embeddings = np.load(path / "embeddings.npy")
-        index = faiss.read_index(str(path / "index.faiss"))
+        index = read_bundle_index(path, manifest)  # index.faiss, or the shards merged (faiss.IndexShards)
         if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]) or index.d not in (
             embeddings.shape[1],
             embeddings.shape[1] + 1,
