@@ -327,7 +327,7 @@ def run_local(job: EncodeJob, workers: int = 1, progress: ProgressFn = no_progre
         n = len(job.shard_rows(k))
         bounds.append((k, begin, begin + n))
         begin += n
-    pos, cur = 0, 0
+    pos, cur, t0 = 0, 0, time.perf_counter()
     buf_x: list[np.ndarray] = []
     buf_err: list[str] = []
     threads = torch.get_num_threads()
@@ -351,6 +351,9 @@ def run_local(job: EncodeJob, workers: int = 1, progress: ProgressFn = no_progre
     finally:
         bar.close()
         torch.set_num_threads(threads)
+    if rows:
+        dt = time.perf_counter() - t0
+        LOG.info("local engine: %d videos decoded and encoded in %.1f s (%.1f videos/s)", pos, dt, pos / dt)
 
 
 def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,7 @@ def run_ray(
     a local Ray with ``num_cpus`` CPUs (default: all) and stops it at the end.
     """
     ray = require_ray()
-    started = False
+    started, t0 = False, time.perf_counter()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
@@ -111,6 +112,7 @@ def run_ray(
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
         started = True
+        LOG.info("ray: started in %.1f s, resources %s", time.perf_counter() - t0, ray.cluster_resources())
     try:
         _run(ray, job, progress)
     finally:
@@ -161,6 +163,7 @@ def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
         },
     )
     pending: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {k: {} for k in n_batches}
+    n, t0 = 0, time.perf_counter()
     try:
         for row in ds.iter_rows():
             k, j = int(row["shard"]), int(row["batch"])
@@ -170,11 +173,14 @@ def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
                 if err:
                     LOG.warning("skipped %s: %s", cat["video_id"][r], err)
             bar.update(len(errors))
+            n += len(errors)
             if len(pending[k]) == n_batches[k]:  # the shard is complete: save it now (resumable by shard)
                 parts = [pending[k][b] for b in range(n_batches[k])]
                 job.complete(k, np.concatenate([x for x, _ in parts]), [e for _, es in parts for e in es])
                 del pending[k]
     finally:
         bar.close()
+    dt = time.perf_counter() - t0
+    LOG.info("ray engine: %d videos decoded and encoded in %.1f s (%.1f videos/s)", n, dt, n / dt)
     if pending:
         raise UserError(f"the Ray pipeline ended with {len(pending)} shard(s) incomplete; run the command again")
