@@ -28,6 +28,7 @@ from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
 EXTRA = "pip install -e '.[distributed]'"
+MAX_BLOCKS = 10_000
 
 
 def require_ray() -> Any:
@@ -137,21 +138,23 @@ def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
     LOG.info("ray: %d model batches, %d encode actor(s) with %g CPU / %g GPU each", len(items), actors, cpus, gpus)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts videos; Ray's would print per operator
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # a block per model batch lets decoding start everywhere at once; capped so a huge catalog does not make
+    # hundreds of thousands of tiny blocks
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
     ds = ds.map(
         _decode,
         fn_kwargs={"num_frames": vcfg.num_frames, "size": vcfg.image_size, "backend": job.backend},
         num_cpus=1,
-        # A decoder that crashes its worker process (a segfault on a hostile file) costs a retry, not the job.
-        # These arguments also differ from the actors', which keeps Ray Data from fusing decoding into the
-        # encode actors: decoding stays in CPU tasks running beside the model.
-        max_retries=2,
+        # Memory a decode task holds (a batch of frames and the decoders' buffers, 4x as a margin) so Ray does
+        # not start more of them than a node holds. Resources unlike the actors' also keep Ray Data from
+        # fusing decoding into the encode actors: decoding stays in CPU tasks running beside the model.
+        memory=float(max(64 << 20, 4 * job.batch_size * vcfg.num_frames * vcfg.image_size**2 * 3)),
     )
     ds = ds.map_batches(
         _Encoder,
         batch_size=1,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=gpus,
         fn_constructor_kwargs={
