@@ -268,6 +268,8 @@ def plan_encode(
     _check_factory(cfg.index.factory, model.cfg.embed_dim + (1 if cfg.model.popularity_prior else 0))
     fingerprint = model_fingerprint(model_dir)
     cat = read_catalog(catalog)
+    if index_shards > len(cat):
+        raise UserError(f"{index_shards} index shards for {len(cat)} videos: use at most one shard per video")
     cat["size"], cat["mtime_ns"] = _file_stats(list(cat["abs_path"]))
     out = Path(out).resolve()
 
@@ -287,22 +289,22 @@ def plan_encode(
     }
     shards = ShardWriter(out.parent / f".{out.name}.work", job_key)
     job = EncodeJob(
-        Path(model_dir),
-        Path(catalog),
-        out,
-        model,
-        cfg,
-        fingerprint,
-        cat,
-        reuse,
-        prev_ids,
-        todo,
-        batch_size,
-        shard_size,
-        backend,
-        shards,
-        {},
-        index_shards,
+        model_dir=Path(model_dir),
+        catalog=Path(catalog),
+        out=out,
+        model=model,
+        cfg=cfg,
+        fingerprint=fingerprint,
+        cat=cat,
+        reuse=reuse,
+        prev_ids=prev_ids,
+        todo=todo,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        backend=backend,
+        shards=shards,
+        done={},
+        index_shards=index_shards,
     )
     job.done = {k: s for k in range(job.n_shards) if (s := shards.load(k)) is not None}
     job.resumed_shards = frozenset(job.done)

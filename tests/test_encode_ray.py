@@ -51,6 +51,18 @@ def test_ray_engine_gives_the_local_bundle(ray_session, trained: Path, mixed_cat
     assert not (tmp_path / ".ray.work").exists()
 
 
+def test_cli_ray_engine_with_index_shards(ray_session, trained: Path, mixed_catalog: Path, tmp_path: Path) -> None:
+    from multimodal_rec.bundle import read_manifest
+    from multimodal_rec.cli import main
+
+    out = tmp_path / "b"
+    argv = ["encode", "--model", str(trained), "--catalog", str(mixed_catalog), "--out", str(out), "--json"]
+    assert main([*argv, "--engine", "ray", "--index-shards", "2", "--batch-size", "4"]) == 0
+    local = encode_catalog(trained, mixed_catalog, tmp_path / "local", batch_size=4, workers=0)
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), np.load(local.bundle / "embeddings.npy"))
+    assert read_manifest(out)["index_shards"] == 2
+
+
 class _StopAfter:
     """A progress bar that interrupts the job after ``n`` videos (a kill between shards)."""
 
