@@ -471,7 +471,8 @@ def encode_catalog(
     ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``. ``index_factory``
     overrides the config's FAISS index (``auto`` chooses by catalog size, or a FAISS factory string).
     ``engine="ray"`` runs decoding and the model as a Ray Data pipeline (``ray_address`` or ``RAY_ADDRESS``;
-    neither: a local Ray with ``ray_cpus`` CPUs; ``workers`` is then unused); the bundle is the same.
+    neither: a local Ray with ``ray_cpus`` CPUs; ``workers`` is then unused; the model runs on the cluster's
+    GPUs unless ``device="cpu"``); the bundle is the same.
     ``index_shards`` > 1 splits the index by a stable hash of the video id (search merges the shards).
     """
     t0 = time.time()
@@ -481,14 +482,14 @@ def encode_catalog(
         from multimodal_rec.encode_ray import require_ray
 
         require_ray()  # before loading anything: a missing extra is a one-line error
-        device = "cpu"  # the driver only assembles the bundle; the Ray actors run the model (on GPUs if any)
+        use_gpus, device = device != "cpu", "cpu"  # the driver only assembles the bundle; Ray actors run the model
     job = plan_encode(
         model_dir, catalog, out, batch_size, device, shard_size, rebuild, backend, index_factory, index_shards
     )
     if engine == "ray":
         from multimodal_rec.encode_ray import run_ray
 
-        run_ray(job, address=ray_address, num_cpus=ray_cpus, progress=progress)
+        run_ray(job, address=ray_address, num_cpus=ray_cpus, use_gpus=use_gpus, progress=progress)
     else:
         run_local(job, workers, progress)
     return finish_encode(job, t0)

@@ -85,11 +85,11 @@ class _Encoder:
         }
 
 
-def _pool(ray: Any) -> tuple[int, float, float]:
+def _pool(ray: Any, use_gpus: bool = True) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor): one actor per GPU; without GPUs one actor per 8 CPUs holding half
     of the CPUs for the model and leaving the rest to decoding (the split ``mmrec bench encode`` measured best)."""
     res = ray.cluster_resources()
-    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    gpus, cpus = int(res.get("GPU", 0)) if use_gpus else 0, int(res.get("CPU", 1))
     if gpus > 0:
         return gpus, 1.0, 1.0
     actors = max(1, cpus // 8)
@@ -97,12 +97,17 @@ def _pool(ray: Any) -> tuple[int, float, float]:
 
 
 def run_ray(
-    job: EncodeJob, address: str | None = None, num_cpus: int | None = None, progress: ProgressFn = no_progress
+    job: EncodeJob,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    use_gpus: bool = True,
+    progress: ProgressFn = no_progress,
 ) -> None:
     """Encode the job's missing shards with Ray Data; each complete shard is saved as soon as it is in.
 
     Uses the running Ray session if there is one; else connects to ``address`` (or ``RAY_ADDRESS``), else starts
-    a local Ray with ``num_cpus`` CPUs (default: all) and stops it at the end.
+    a local Ray with ``num_cpus`` CPUs (default: all) and stops it at the end. The model runs on the cluster's
+    GPUs when it has some, unless ``use_gpus`` is False.
     """
     ray = require_ray()
     started, t0 = False, time.perf_counter()
@@ -115,13 +120,13 @@ def run_ray(
         started = True
         LOG.info("ray: started in %.1f s, resources %s", time.perf_counter() - t0, ray.cluster_resources())
     try:
-        _run(ray, job, progress)
+        _run(ray, job, use_gpus, progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
+def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None:
     cat, vcfg, D = job.cat, job.model.cfg.video, job.model.cfg.embed_dim
     items, n_batches = [], {}
     for k in job.missing:
@@ -134,10 +139,10 @@ def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
     if not items:
         bar.close()
         return
-    actors, cpus, gpus = _pool(ray)
+    actors, cpus, gpus = _pool(ray, use_gpus)
     LOG.info("ray: %d model batches, %d encode actor(s) with %g CPU / %g GPU each", len(items), actors, cpus, gpus)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours counts videos; Ray's would print per operator
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts videos; Ray's print per operator
     # a block per model batch lets decoding start everywhere at once; capped so a huge catalog does not make
     # hundreds of thousands of tiny blocks
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
@@ -183,6 +188,7 @@ def _run(ray: Any, job: EncodeJob, progress: ProgressFn) -> None:
                 del pending[k]
     finally:
         bar.close()
+        ctx.enable_progress_bars = bars
     dt = time.perf_counter() - t0
     LOG.info("ray engine: %d videos decoded and encoded in %.1f s (%.1f videos/s)", n, dt, n / dt)
     if pending:

@@ -18,7 +18,12 @@ def ray_session():
     """One local Ray for the module (startup costs seconds); skipped when the [distributed] extra is missing."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    kw = {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 200 * 1024**2, "log_to_driver": False}
+    try:
+        ray.init(**kw)
+    except Exception:  # Ray gives its raylet 30 s to register: a machine saturated by other jobs can miss that
+        ray.shutdown()
+        ray.init(**kw)
     yield ray
     ray.shutdown()
 
