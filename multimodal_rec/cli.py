@@ -134,6 +134,10 @@ def cmd_encode(a: argparse.Namespace) -> None:
         backend=a.backend,
         index_factory=a.index,
         progress=tqdm_progress(a.quiet),
+        engine=a.engine,
+        ray_address=a.ray_address,
+        ray_cpus=a.ray_cpus,
+        index_shards=a.index_shards,
     )
     info = {
         "bundle": str(res.bundle),
@@ -157,6 +161,17 @@ def cmd_encode(a: argparse.Namespace) -> None:
         print(f"  skipped {s['video_id']}: {s['reason']}")
     if len(res.skipped) > 10:
         print(f"  ... and {len(res.skipped) - 10} more: see {res.bundle / 'skipped.csv'}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from multimodal_rec.export import export_bundle
+
+    res = export_bundle(a.bundle, a.to, out=a.out, url=a.url, collection=a.collection)
+    info = {"to": res.target, "where": res.where, "collection": res.collection, "count": res.count, "dim": res.dim}
+    if a.json:
+        _print_json(info)
+    else:
+        print(f"exported {res.count} vectors (dim {res.dim}) to {res.target} {res.where}, collection {res.collection}")
 
 
 def _load(bundle: str):
@@ -380,6 +395,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAISS index: auto (by catalog size: Flat, HNSW, IVF-PQ) or a factory string (default: config)",
     )
     s.add_argument("--rebuild", action="store_true", help="re-encode everything instead of updating an existing bundle")
+    s.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process + decode workers; ray: a Ray Data job (needs pip install -e '.[distributed]')",
+    )
+    s.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray started for the job)",
+    )
+    s.add_argument("--ray-cpus", type=_positive_int, default=None, help="CPUs of a local Ray (default: all cores)")
+    s.add_argument(
+        "--index-shards",
+        type=_positive_int,
+        default=1,
+        help="split the index into N shards by a hash of the video id (search merges them)",
+    )
+
+    s = add("export", "export a bundle's vectors + metadata to a vector database (needs '.[export]')", cmd_export)
+    s.add_argument("--to", choices=["qdrant"], required=True, help="target database")
+    s.add_argument("--bundle", required=True)
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="local database directory (Qdrant embedded mode, no server)")
+    where.add_argument("--url", help="database server URL, e.g. http://localhost:6333")
+    s.add_argument("--collection", default="videos", help="collection name (replaced if it exists)")
 
     s = add("search", "text -> videos", cmd_search)
     s.add_argument("--bundle", required=True)

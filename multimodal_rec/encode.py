@@ -30,7 +30,7 @@ from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, 
 from multimodal_rec.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data import read_catalog
 from multimodal_rec.errors import UserError
-from multimodal_rec.index import build_index
+from multimodal_rec.index import build_index, build_sharded_index, shard_file_names
 from multimodal_rec.model import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, to_numpy
 from multimodal_rec.progress import ProgressFn, no_progress
 from multimodal_rec.train import COUNTS_FILE, pick_device, read_counts
@@ -208,30 +208,89 @@ def encode_videos(
     return xb, errors
 
 
-def encode_catalog(
+@dataclass
+class EncodeJob:
+    """What one encode call must do, shared by the engines: the rows to encode, cut into resumable shards.
+
+    ``todo`` are the catalog rows not reused from a previous bundle; shard ``k`` is ``todo[k * shard_size :
+    (k + 1) * shard_size]`` and its model batches are consecutive ``batch_size`` slices of it, so every engine
+    puts each clip in the same batch (and gets the same embedding). ``done`` maps a complete shard to its
+    embeddings (encoded rows only) and one error per row ("" for encoded rows).
+    """
+
+    model_dir: Path
+    catalog: Path
+    out: Path
+    model: Any  # MultimodalModel on the driver: its config, tokenizer and weights go into the bundle
+    cfg: Any  # RunConfig
+    fingerprint: str
+    cat: pd.DataFrame
+    reuse: dict[int, np.ndarray]
+    prev_ids: set[str]
+    todo: list[int]
+    batch_size: int
+    shard_size: int
+    backend: str
+    shards: ShardWriter
+    done: dict[int, tuple[np.ndarray, list[str]]]
+    index_shards: int = 1
+    resumed_shards: frozenset[int] = frozenset()  # shards complete before this call (an interrupted run's)
+
+    @property
+    def n_shards(self) -> int:
+        return (len(self.todo) + self.shard_size - 1) // self.shard_size
+
+    @property
+    def missing(self) -> list[int]:
+        """Shards still to encode, in order."""
+        return [k for k in range(self.n_shards) if k not in self.done]
+
+    @property
+    def resumed(self) -> int:
+        """Rows taken from the shards of an interrupted run."""
+        return sum(len(self.shard_rows(k)) for k in self.resumed_shards)
+
+    def shard_rows(self, k: int) -> list[int]:
+        return self.todo[k * self.shard_size : (k + 1) * self.shard_size]
+
+    def shard_batches(self, k: int) -> list[list[int]]:
+        """Catalog rows of each model batch of shard ``k`` (a shard is whole batches, but the very last)."""
+        rows = self.shard_rows(k)
+        return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+    def complete(self, k: int, xb: np.ndarray, errors: list[str]) -> None:
+        """Record shard ``k`` as encoded: written to the work directory first, so a kill after this keeps it."""
+        self.shards.save(k, xb, errors)
+        self.done[k] = (xb, errors)
+
+
+def embed_clips(model: Any, clips: list[np.ndarray]) -> np.ndarray:
+    """Video-tower embeddings ``[n, D]`` of decoded clips (uint8 ``[T, H, W, 3]`` each), one model batch."""
+    x = frames_to_tensor(np.stack(clips))
+    cuda = model.device.type == "cuda"
+    if cuda:
+        x = x.pin_memory()  # page-locked: the copy to the GPU overlaps with compute
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cuda):
+        return to_numpy(model.encode_video(x))
+
+
+def plan_encode(
     model_dir: str | Path,
     catalog: str | Path,
     out: str | Path,
     batch_size: int = 32,
-    workers: int = 1,
     device: str = "auto",
     shard_size: int | None = None,
     rebuild: bool = False,
     backend: str = "auto",
     index_factory: str | None = None,
-    progress: ProgressFn = no_progress,
-) -> EncodeResult:
-    """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
-
-    Unreadable videos are skipped and listed in the bundle's ``skipped.csv``; the job fails only when
-    nothing could be encoded. ``shard_size`` (a multiple of ``batch_size``; default 8 batches) sets how
-    much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it. ``backend``:
-    ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``. ``index_factory``
-    overrides the config's FAISS index (``auto`` chooses by catalog size, or a FAISS factory string).
-    """
-    t0 = time.time()
+    index_shards: int = 1,
+) -> EncodeJob:
+    """Validate the arguments, load the model and catalog, find what a previous bundle or shards already hold."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
+    if index_shards < 1:
+        raise UserError(f"index shards must be >= 1, got {index_shards}")
     shard_size = shard_size or 8 * batch_size
     if shard_size % batch_size:
         raise UserError(f"shard size {shard_size} must be a multiple of the batch size {batch_size}")
@@ -241,6 +300,8 @@ def encode_catalog(
     _check_factory(cfg.index.factory, model.cfg.embed_dim + (1 if cfg.model.popularity_prior else 0))
     fingerprint = model_fingerprint(model_dir)
     cat = read_catalog(catalog)
+    if index_shards > len(cat):
+        raise UserError(f"{index_shards} index shards for {len(cat)} videos: use at most one shard per video")
     cat["size"], cat["mtime_ns"] = _file_stats(list(cat["abs_path"]))
     out = Path(out).resolve()
 
@@ -248,8 +309,7 @@ def encode_catalog(
     if rebuild:
         reuse = {}
     todo = [r for r in range(len(cat)) if r not in reuse]
-    n_shards = (len(todo) + shard_size - 1) // shard_size
-    job = {
+    job_key = {
         "model": fingerprint,
         "batch_size": batch_size,
         "shard_size": shard_size,
@@ -259,66 +319,89 @@ def encode_catalog(
             ).encode()
         ).hexdigest(),
     }
-    shards = ShardWriter(out.parent / f".{out.name}.work", job)
-    done = {k: s for k in range(n_shards) if (s := shards.load(k)) is not None}
-    missing = [k for k in range(n_shards) if k not in done]
-    resumed = sum(len(done[k][1]) for k in done)
-    if resumed:
-        LOG.info("resuming: %d of %d shards already complete", len(done), n_shards)
+    shards = ShardWriter(out.parent / f".{out.name}.work", job_key)
+    job = EncodeJob(
+        model_dir=Path(model_dir),
+        catalog=Path(catalog),
+        out=out,
+        model=model,
+        cfg=cfg,
+        fingerprint=fingerprint,
+        cat=cat,
+        reuse=reuse,
+        prev_ids=prev_ids,
+        todo=todo,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        backend=backend,
+        shards=shards,
+        done={},
+        index_shards=index_shards,
+    )
+    job.done = {k: s for k in range(job.n_shards) if (s := shards.load(k)) is not None}
+    job.resumed_shards = frozenset(job.done)
+    if job.done:
+        LOG.info("resuming: %d of %d shards already complete", len(job.done), job.n_shards)
+    return job
 
+
+def run_local(job: EncodeJob, workers: int = 1, progress: ProgressFn = no_progress) -> None:
+    """Encode the job's missing shards in this process: DataLoader workers decode, the model runs here."""
+    model, cat = job.model, job.cat
     # One loader over the rows of every missing shard; each shard but the last is whole batches, so the
     # batches of a resumed run are the batches of an uninterrupted one.
-    rows = [r for k in missing for r in todo[k * shard_size : (k + 1) * shard_size]]
-    bar = progress(total=len(todo), desc="encode videos", unit="video")
-    bar.update(resumed)
+    missing = job.missing
+    rows = [r for k in missing for r in job.shard_rows(k)]
+    bar = progress(total=len(job.todo), desc="encode videos", unit="video")
+    bar.update(job.resumed)
     vcfg = model.cfg.video
-    use_amp = pin = model.device.type == "cuda"
     paths = [cat["abs_path"][r] for r in rows]
     bounds, begin = [], 0  # (shard, first row, end row) in ``rows``
     for k in missing:
-        n = len(todo[k * shard_size : (k + 1) * shard_size])
+        n = len(job.shard_rows(k))
         bounds.append((k, begin, begin + n))
         begin += n
-    pos, cur = 0, 0
+    pos, cur, t0 = 0, 0, time.perf_counter()
     buf_x: list[np.ndarray] = []
     buf_err: list[str] = []
     threads = torch.get_num_threads()
     if model.device.type == "cpu" and workers > 0:  # decoding workers take cores: don't oversubscribe them
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     try:
-        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, batch_size, backend):
-                good = [f for _, f, _ in batch if f is not None]
-                if good:
-                    clips = frames_to_tensor(np.stack(good))
-                    if pin:
-                        clips = clips.pin_memory()  # page-locked: the copy to the GPU overlaps with compute
-                    buf_x.append(to_numpy(model.encode_video(clips)))
-                for i, f, err in batch:
-                    buf_err.append("" if f is not None else err)
-                    if f is None:
-                        LOG.warning("skipped %s: %s", cat["video_id"][rows[i]], err)
-                pos += len(batch)
-                bar.update(len(batch))
-                if pos == bounds[cur][2]:  # a batch never spans two shards: shards are whole batches
-                    xs = np.concatenate(buf_x) if buf_x else np.zeros((0, model.cfg.embed_dim), np.float32)
-                    shards.save(bounds[cur][0], xs, buf_err)
-                    done[bounds[cur][0]] = (xs, buf_err)
-                    buf_x, buf_err, cur = [], [], cur + 1
+        for batch in iter_clips(paths, vcfg.num_frames, vcfg.image_size, workers, job.batch_size, job.backend):
+            good = [f for _, f, _ in batch if f is not None]
+            if good:
+                buf_x.append(embed_clips(model, good))
+            for i, f, err in batch:
+                buf_err.append("" if f is not None else err)
+                if f is None:
+                    LOG.warning("skipped %s: %s", cat["video_id"][rows[i]], err)
+            pos += len(batch)
+            bar.update(len(batch))
+            if pos == bounds[cur][2]:  # a batch never spans two shards: shards are whole batches
+                xs = np.concatenate(buf_x) if buf_x else np.zeros((0, model.cfg.embed_dim), np.float32)
+                job.complete(bounds[cur][0], xs, buf_err)
+                buf_x, buf_err, cur = [], [], cur + 1
     finally:
         bar.close()
         torch.set_num_threads(threads)
+    if rows:
+        dt = time.perf_counter() - t0
+        LOG.info("local engine: %d videos decoded and encoded in %.1f s (%.1f videos/s)", pos, dt, pos / dt)
 
-    # Assemble: every catalog row gets its embedding from the previous bundle or from a shard.
+
+def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
+    """Assemble the embeddings (previous bundle + shards), write the bundle atomically, drop the work directory."""
+    cat, model, cfg = job.cat, job.model, job.cfg
     D = model.cfg.embed_dim
     emb = np.zeros((len(cat), D), np.float32)
     errors = [""] * len(cat)
-    for r, x in reuse.items():
+    for r, x in job.reuse.items():
         emb[r] = x
-    for k in range(n_shards):
-        xs, errs = done[k]
+    for k in range(job.n_shards):
+        xs, errs = job.done[k]
         j = 0
-        for r, err in zip(todo[k * shard_size : (k + 1) * shard_size], errs, strict=True):
+        for r, err in zip(job.shard_rows(k), errs, strict=True):
             errors[r] = err
             if not err:
                 emb[r] = xs[j]
@@ -331,12 +414,14 @@ def encode_catalog(
     ]
     if not ok.any():
         first = skipped[0]["reason"] if skipped else "empty catalog"
-        raise UserError(f"no video of {catalog} could be encoded ({len(skipped)} skipped; first: {first})")
+        raise UserError(f"no video of {job.catalog} could be encoded ({len(skipped)} skipped; first: {first})")
     xb = emb[ok]
     encoded = cat[ok].reset_index(drop=True)
-    counts = read_counts(Path(model_dir) / COUNTS_FILE)
+    counts = read_counts(job.model_dir / COUNTS_FILE)
     encoded[PRIOR_COLUMN] = [counts.get(v, 0) for v in encoded["video_id"]]
-    removed = len(prev_ids - set(cat["video_id"]))
+    removed = len(job.prev_ids - set(cat["video_id"]))
+    if job.index_shards > len(xb):
+        raise UserError(f"{job.index_shards} index shards for {len(xb)} videos: use at most one shard per video")
 
     def fill(tmp: Path) -> dict[str, Any]:
         import faiss
@@ -348,32 +433,95 @@ def encode_catalog(
         encoded[["video_id", "abs_path", "size", "mtime_ns"]].to_parquet(tmp / SOURCES_FILE, index=False)
         save_embeddings(xb, tmp / "embeddings.npy")
         vectors = index_vectors(xb, encoded, cfg.model.popularity_prior)
-        faiss.write_index(build_index(vectors, cfg.index.factory), str(tmp / "index.faiss"))
+        if job.index_shards == 1:
+            faiss.write_index(build_index(vectors, cfg.index.factory), str(tmp / "index.faiss"))
+        else:
+            names = shard_file_names(job.index_shards)
+            parts = build_sharded_index(vectors, list(encoded["video_id"]), job.index_shards, cfg.index.factory)
+            for name, part in zip(names, parts, strict=True):
+                faiss.write_index(part, str(tmp / name))
         with (tmp / "skipped.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["video_id", "path", "reason"])
             w.writeheader()
             w.writerows(skipped)
-        return {
+        fields = {
             "model": cfg.to_dict(),
-            "model_fingerprint": fingerprint,
+            "model_fingerprint": job.fingerprint,
             "embed_dim": int(xb.shape[1]),
             "count": int(xb.shape[0]),
             "skipped": len(skipped),
             "index": cfg.index.factory,
-            "catalog_source": str(Path(catalog).resolve()),
+            "catalog_source": str(job.catalog.resolve()),
         }
+        if job.index_shards > 1:  # each shard file's checksum is in "files" like every other file
+            fields["index_shards"] = job.index_shards
+            fields["index_files"] = shard_file_names(job.index_shards)
+        return fields
 
-    path = write_bundle(out, fill)
-    shutil.rmtree(shards.work, ignore_errors=True)  # the bundle holds everything now
-    n_new = len(rows) - sum(1 for r in rows if errors[r])
+    path = write_bundle(job.out, fill)
+    shutil.rmtree(job.shards.work, ignore_errors=True)  # the bundle holds everything now
+    new_rows = [r for k in range(job.n_shards) if k not in job.resumed_shards for r in job.shard_rows(k)]
+    n_new = sum(1 for r in new_rows if not errors[r])
     LOG.info(
         "bundle %s: %d videos (%d encoded, %d reused, %d from shards), %d skipped, %d removed",
         path,
         len(xb),
         n_new,
-        len(reuse),
-        resumed,
+        len(job.reuse),
+        job.resumed,
         len(skipped),
         removed,
     )
-    return EncodeResult(path, n_new, skipped, time.time() - t0, len(reuse), resumed, removed, len(xb))
+    return EncodeResult(path, n_new, skipped, time.time() - t0, len(job.reuse), job.resumed, removed, len(xb))
+
+
+ENGINES = ("local", "ray")
+
+
+def encode_catalog(
+    model_dir: str | Path,
+    catalog: str | Path,
+    out: str | Path,
+    batch_size: int = 32,
+    workers: int = 1,
+    device: str = "auto",
+    shard_size: int | None = None,
+    rebuild: bool = False,
+    backend: str = "auto",
+    index_factory: str | None = None,
+    progress: ProgressFn = no_progress,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_cpus: int | None = None,
+    index_shards: int = 1,
+) -> EncodeResult:
+    """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
+
+    Unreadable videos are skipped and listed in the bundle's ``skipped.csv``; the job fails only when
+    nothing could be encoded. ``shard_size`` (a multiple of ``batch_size``; default 8 batches) sets how
+    much work a kill can lose. ``rebuild`` ignores an existing bundle instead of updating it. ``backend``:
+    ``auto`` (decord, PyAV for clips decord cannot read), ``decord`` or ``pyav``. ``index_factory``
+    overrides the config's FAISS index (``auto`` chooses by catalog size, or a FAISS factory string).
+    ``engine="ray"`` runs decoding and the model as a Ray Data pipeline (``ray_address`` or ``RAY_ADDRESS``;
+    neither: a local Ray with ``ray_cpus`` CPUs; ``workers`` is then unused; the model runs on the cluster's
+    GPUs unless ``device="cpu"``); the bundle is the same.
+    ``index_shards`` > 1 splits the index by a stable hash of the video id (search merges the shards).
+    """
+    t0 = time.time()
+    if engine not in ENGINES:
+        raise UserError(f"unknown encode engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from multimodal_rec.encode_ray import require_ray
+
+        require_ray()  # before loading anything: a missing extra is a one-line error
+        use_gpus, device = device != "cpu", "cpu"  # the driver only assembles the bundle; Ray actors run the model
+    job = plan_encode(
+        model_dir, catalog, out, batch_size, device, shard_size, rebuild, backend, index_factory, index_shards
+    )
+    if engine == "ray":
+        from multimodal_rec.encode_ray import run_ray
+
+        run_ray(job, address=ray_address, num_cpus=ray_cpus, use_gpus=use_gpus, progress=progress)
+    else:
+        run_local(job, workers, progress)
+    return finish_encode(job, t0)

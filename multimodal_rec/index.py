@@ -154,8 +154,10 @@ def get_search_params(index: Any) -> dict[str, float]:
     return out
 
 
-def build_index(xb: np.ndarray, factory: str = "auto", *, seed: int = 0, **params: float) -> Any:
-    """Inner-product index over ``xb [nb, d]`` (ids = row numbers), ready to search.
+def build_index(
+    xb: np.ndarray, factory: str = "auto", *, seed: int = 0, ids: np.ndarray | None = None, **params: float
+) -> Any:
+    """Inner-product index over ``xb [nb, d]`` (ids = row numbers, or ``ids`` through an ``IndexIDMap``).
 
     ``factory="auto"`` picks by size (:func:`choose_factory`); any other string is a FAISS factory string used
     as is. IVF is trained on a seeded sample of at most 64 vectors per list (at least 16k). Search parameters default to
@@ -180,7 +182,11 @@ def build_index(xb: np.ndarray, factory: str = "auto", *, seed: int = 0, **param
         n_train = min(nb, max(TRAIN_MIN, TRAIN_PER_LIST * ivf.nlist)) if ivf is not None else nb
         sample = xb if n_train >= nb else xb[np.sort(np.random.default_rng(seed).choice(nb, n_train, replace=False))]
         index.train(sample)
-    index.add(xb)
+    if ids is None:
+        index.add(xb)
+    else:
+        index = faiss.IndexIDMap(index)  # wraps the trained, empty index; search returns ``ids``
+        index.add_with_ids(xb, np.ascontiguousarray(ids, dtype=np.int64))
     set_search_params(index, **{**default_search_params(index, nb), **params})
     LOG.info("built %s index: %d vectors of dim %d, search params %s", factory, nb, d, get_search_params(index))
     return index
@@ -252,6 +258,8 @@ def _nbytes(index: Any) -> int:
     import faiss
 
     index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexShards):
+        return sum(_nbytes(index.at(i)) for i in range(index.count()))
     if isinstance(index, faiss.IndexRefine):
         return _nbytes(index.base_index) + _nbytes(index.refine_index)
     if isinstance(index, faiss.IndexPreTransform):
@@ -351,3 +359,61 @@ def search_masked(
         De, Ie = exact_search(xb[rows], xq[short], k)
         D[short], I[short] = De, rows[Ie]
     return D, I
+
+
+# --- sharded index: one FAISS index per shard, ids = global row numbers, search merges the shards' top-k ---------
+def shard_of(video_ids: list[str], n_shards: int) -> np.ndarray:
+    """Shard of each video: a stable hash of its id (blake2b, not Python's salted ``hash``) modulo ``n_shards``.
+
+    Stable across processes, machines and catalog order, so a video stays in its shard when the catalog grows.
+    """
+    import hashlib
+
+    h = [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little") for v in video_ids]
+    return (np.array(h, dtype=np.uint64) % np.uint64(n_shards)).astype(np.int64)
+
+
+def shard_file_names(n_shards: int) -> list[str]:
+    """The bundle's index files for ``n_shards`` shards."""
+    return [f"index-{i:05d}-of-{n_shards:05d}.faiss" for i in range(n_shards)]
+
+
+def build_sharded_index(xb: np.ndarray, video_ids: list[str], n_shards: int, factory: str = "auto") -> list[Any]:
+    """One index per shard (:func:`shard_of`), each an ``IndexIDMap`` holding the global row ids of its vectors.
+
+    ``factory="auto"`` chooses by each shard's own size: a shard is what one machine serves.
+    """
+    import faiss
+
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    assign = shard_of(video_ids, n_shards)
+    parts = []
+    for s in range(n_shards):
+        rows = np.flatnonzero(assign == s)
+        if len(rows):
+            parts.append(build_index(xb[rows], factory, ids=rows))
+        else:  # an empty shard (tiny catalogs): nothing to train on
+            parts.append(faiss.IndexIDMap(faiss.IndexFlatIP(xb.shape[1])))
+    return parts
+
+
+def merge_shards(parts: list[Any]) -> Any:
+    """One searchable index over ``parts`` (each holding global ids): ``faiss.IndexShards`` queries every shard
+    in parallel and merges their top-k; results equal one index over all vectors for exact (Flat) shards."""
+    import faiss
+
+    shards = faiss.IndexShards(parts[0].d, True, False)  # threaded, successive_ids=False: keep each shard's ids
+    for p in parts:
+        shards.add_shard(p)
+    return shards
+
+
+def read_bundle_index(path: str | os.PathLike[str], manifest: dict[str, Any], mmap: bool = False) -> Any:
+    """The index of a bundle: ``index.faiss``, or the shards listed in the manifest merged by :func:`merge_shards`.
+
+    With ``mmap`` the files are memory-mapped (:func:`read_index`), so worker processes share one copy.
+    """
+    names = manifest.get("index_files")
+    if not names:
+        return read_index(os.path.join(path, "index.faiss"), mmap=mmap)
+    return merge_shards([read_index(os.path.join(path, n), mmap=mmap) for n in names])

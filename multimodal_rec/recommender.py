@@ -24,7 +24,7 @@ import torch
 from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, write_bundle
 from multimodal_rec.errors import UserError
 from multimodal_rec.filters import Filters, filter_mask
-from multimodal_rec.index import read_index, search_masked
+from multimodal_rec.index import search_masked
 from multimodal_rec.model import MultimodalModel, load_model, save_model, to_numpy
 
 if TYPE_CHECKING:
@@ -200,6 +200,7 @@ class Recommender:
         from transformers import AutoTokenizer
 
         from multimodal_rec.encode import SOURCES_FILE
+        from multimodal_rec.index import read_bundle_index
 
         path = Path(path)
         manifest = read_manifest(path, verify=verify)
@@ -208,7 +209,7 @@ class Recommender:
         model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         catalog = pd.read_parquet(path / "catalog.parquet")
         embeddings = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
-        index = read_index(path / "index.faiss", mmap=mmap)
+        index = read_bundle_index(path, manifest, mmap=mmap)  # index.faiss, or the shards merged (IndexShards)
         if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]) or index.d not in (
             embeddings.shape[1],
             embeddings.shape[1] + 1,
@@ -408,6 +409,7 @@ class Recommender:
         """
         from multimodal_rec.encode import PRIOR_COLUMN, encode_videos, index_vectors
 
+        self._require_unsharded("add_videos")
         df = self._new_rows(catalog, need_paths=embeddings is None)
         self._check_new_ids(list(df["video_id"]))
         D = int(self.embeddings.shape[1])
@@ -479,6 +481,14 @@ class Recommender:
         LOG.info("added %d videos (%d skipped): %d served", len(rows), len(skipped), len(self))
         return AddResult(list(rows["video_id"]), skipped)
 
+    def _require_unsharded(self, what: str) -> None:
+        n = len(self.manifest.get("index_files") or [])
+        if n:
+            raise UserError(
+                f"{what} is not supported on a sharded bundle ({n} index shards) yet: update the catalog and rerun "
+                f"mmrec encode --index-shards {n} (incremental: unchanged videos are not re-encoded)"
+            )
+
     def _writable_index(self) -> Any:
         """The index itself, or an in-memory copy of a memory-mapped one (``add`` on a mapped index aborts)."""
         if not self._mapped:
@@ -524,6 +534,7 @@ class Recommender:
 
         if self.cfg is None:
             raise UserError("this Recommender has no run config to save (load it with Recommender.load)")
+        self._require_unsharded("save")
         with self._mutating:
             keep = np.flatnonzero(self._alive)
             compact = len(keep) < len(self._alive)
