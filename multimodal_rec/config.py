@@ -61,7 +61,8 @@ class TrainConfig:
 
 @dataclass
 class IndexConfig:
-    factory: str = "Flat"  # FAISS index factory string; inner product metric on L2-normalised vectors
+    factory: str = "auto"  # "auto": by catalog size (Flat < 50k, HNSW32 < 1M, IVF-PQ + exact re-rank above), or a
+    # FAISS index factory string; inner product metric on L2-normalised vectors
 
 
 @dataclass

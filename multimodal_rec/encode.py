@@ -30,7 +30,7 @@ from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, 
 from multimodal_rec.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data import read_catalog
 from multimodal_rec.errors import UserError
-from multimodal_rec.index import build_index, build_sharded_index, shard_file_names
+from multimodal_rec.index import build_index, build_sharded_index, choose_factory, shard_file_names
 from multimodal_rec.model import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, to_numpy
 from multimodal_rec.progress import ProgressFn, no_progress
 from multimodal_rec.train import COUNTS_FILE, pick_device, read_counts
@@ -433,8 +433,11 @@ def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
         encoded[["video_id", "abs_path", "size", "mtime_ns"]].to_parquet(tmp / SOURCES_FILE, index=False)
         save_embeddings(xb, tmp / "embeddings.npy")
         vectors = index_vectors(xb, encoded, cfg.model.popularity_prior)
+        factory = cfg.index.factory
         if job.index_shards == 1:
-            faiss.write_index(build_index(vectors, cfg.index.factory), str(tmp / "index.faiss"))
+            if factory == "auto":  # recorded as what was chosen for this catalog size
+                factory = choose_factory(len(vectors), vectors.shape[1])
+            faiss.write_index(build_index(vectors, factory), str(tmp / "index.faiss"))
         else:
             names = shard_file_names(job.index_shards)
             parts = build_sharded_index(vectors, list(encoded["video_id"]), job.index_shards, cfg.index.factory)
@@ -450,7 +453,7 @@ def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
             "embed_dim": int(xb.shape[1]),
             "count": int(xb.shape[0]),
             "skipped": len(skipped),
-            "index": cfg.index.factory,
+            "index": factory,
             "catalog_source": str(job.catalog.resolve()),
         }
         if job.index_shards > 1:  # each shard file's checksum is in "files" like every other file
