@@ -46,3 +46,15 @@ def bundle(trained: Path, world: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     encode_catalog(trained, world / "catalog.csv", out, batch_size=16, workers=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one thread for a module: tiny indexes gain nothing from threads, and OpenMP spin-waits crawl
+    when other jobs hold the cores."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

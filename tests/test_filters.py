@@ -17,12 +17,7 @@ NB, D = 3000, 32
 FACTORIES = ["Flat", "HNSW32", "IVF32,Flat", "IVF32,PQ16x4fs,RFlat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ from multimodal_rec.index import (
     to_gpu,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """Tiny indexes gain nothing from threads, and OpenMP spin-waits crawl when other jobs hold the cores."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
