@@ -213,6 +213,8 @@ def fit(
 ) -> FitResult:
     """Train ``task`` for ``cfg.epochs`` (or ``cfg.max_steps``) and write checkpoints into ``out_dir``."""
     out = Path(out_dir)
+    if cfg.early_stop_metric and not task.validate():
+        raise UserError(f"early_stop_metric is {cfg.early_stop_metric!r} but this task has no validation metrics")
     d = init_distributed(device)
     model = task.model
     accum = max(1, cfg.grad_accum)

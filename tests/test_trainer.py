@@ -121,6 +121,8 @@ def test_early_stopping_triggers_and_keeps_the_best_epoch(tmp_path: Path) -> Non
     with pytest.raises(UserError, match="early_stop_metric"):
         tc2 = tiny_train(epochs=2, early_stop_metric="nope")
         fit(NextItemTask(model, train, tc2, val_targets=val), tc2, tmp_path / "bad", device=torch.device("cpu"))
+    with pytest.raises(UserError, match="no validation metrics"):  # nothing to validate on: said at once
+        fit(NextItemTask(model, train, tc), tc, tmp_path / "noval", device=torch.device("cpu"))
 
 
 def test_in_batch_negatives_with_hard_negatives_and_logq(tmp_path: Path) -> None:
