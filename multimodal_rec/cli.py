@@ -105,6 +105,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.epochs is not None:
         cfg.train.epochs = a.epochs
     res = train(cfg, a.data, a.out, resume=a.resume, progress=tqdm_progress(a.quiet))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (and writes)
+        return
     info = {
         "out": str(res.out_dir),
         "epochs": res.epochs,
