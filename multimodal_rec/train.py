@@ -295,6 +295,9 @@ def train(
     _barrier(d, not d.main)
     data = prepare_data(cfg, ds, Path(cache_dir) if cache_dir else Path(data_dir) / ".mmrec-cache", progress)
     _barrier(d, d.main)
+    # Decoding into the cache iterates a DataLoader, which draws from torch's global RNG: reseed, so training
+    # (dropout) is the same whether the cache was built by this run or read from an earlier one.
+    seed_everything(tc.seed)
     LOG.info("training on %d videos, %d history examples, device %s", len(data.video_ids), len(data.examples), device)
     if d.main:
         write_counts(data.counts, out / COUNTS_FILE)

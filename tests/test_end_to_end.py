@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
@@ -175,3 +176,17 @@ def test_loaded_recommender_keeps_no_query_features(bundle: Path) -> None:
     assert rec.model.cache_text_features is False
     rec.search("a query that is only seen once", k=3)
     assert rec.model._feature_cache == {}
+
+
+def test_training_is_the_same_whether_the_frame_cache_is_built_or_read(world: Path, tiny_cfg, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from multimodal_rec.train import train
+
+    train(tiny_cfg, world, tmp_path / "built", cache_dir=tmp_path / "cache")  # decodes into a new cache
+    train(tiny_cfg, world, tmp_path / "read", cache_dir=tmp_path / "cache")  # reads it
+    a, b = (
+        load_file(str(tmp_path / "built" / "model.safetensors")),
+        load_file(str(tmp_path / "read" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
