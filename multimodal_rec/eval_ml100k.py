@@ -232,7 +232,7 @@ def evaluate_ml100k(
                 ranks.setdefault(m, []).append(_ranks(scores, sp))
             bar.update(1)
     bar.close()
-    order = [m for m in ALL_METHODS for name in [m] if name in ranks] + [m for m in ranks if m not in ALL_METHODS]
+    order = [m for m in ALL_METHODS if m in ranks] + [m for m in ranks if m not in ALL_METHODS]  # *_unseen_items last
     results = {m: _aggregate([metrics_from_ranks(r, n_items) for r in ranks[m]]) for m in order}
     res = {
         "dataset": "ml-100k",
