@@ -192,11 +192,17 @@ class NextItemTask:
             return
         import faiss
 
-        xb = np.ascontiguousarray(self.model.eval().item_vectors().numpy())
-        index = faiss.IndexFlatIP(xb.shape[1])  # exact index of the current item vectors
-        index.add(xb)
-        _, I = index.search(xb, h + 1)  # noqa: E741
-        self.hard = torch.as_tensor(I[:, 1:], dtype=torch.int64)  # drop each item itself
+        items = np.ascontiguousarray(self.model.eval().item_vectors().numpy())
+        known = np.flatnonzero(self.model.known.numpy())  # items held out of training are never negatives either
+        h = min(h, len(known) - 1)
+        if h <= 0:
+            return
+        index = faiss.IndexFlatIP(items.shape[1])  # exact index of the current vectors of the training items
+        index.add(items[known])
+        _, I = index.search(items, h + 1)  # noqa: E741
+        I = known[I.clip(min=0)]  # noqa: E741
+        hard = np.array([[j for j in row if j != i][:h] for i, row in enumerate(I)])  # drop each item itself
+        self.hard = torch.as_tensor(hard, dtype=torch.int64)
 
     def validate(self) -> dict[str, float]:
         if self.val_targets is None:
