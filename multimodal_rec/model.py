@@ -151,10 +151,8 @@ def save_model(
     tmp_cfg.replace(out_dir / CONFIG_FILE)
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultimodalModel, RunConfig]:
-    """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle)."""
-    from safetensors.torch import load_file
-
+def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
+    """The run config a checkpoint carries (``config.json``), checked for its format version."""
     model_dir = Path(model_dir)
     cfg_path, w_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
@@ -167,13 +165,25 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
         raise UserError(
             f"{cfg_path}: unsupported checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT})"
         )
-    cfg = config_from_dict(meta["config"])
-    model = create_model(cfg.model)
-    state = load_file(str(w_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    return config_from_dict(meta["config"])
+
+
+def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
+    """Load ``model.safetensors`` into a model built from the same config (a frozen pretrained trunk is not saved)."""
+    from safetensors.torch import load_file
+
+    w_path = Path(model_dir) / WEIGHTS_FILE
+    missing, unexpected = model.load_state_dict(load_file(str(w_path), device=str(model.device)), strict=False)
     missing = [k for k in missing if not (k.startswith("text.trunk.") and model.text.trunk_frozen)]
     if missing or unexpected:
         raise UserError(f"{w_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultimodalModel, RunConfig]:
+    """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle)."""
+    cfg = read_checkpoint_config(model_dir)
+    model = create_model(cfg.model)
+    load_weights(model, model_dir)
     return model.to(device).eval(), cfg
 
 

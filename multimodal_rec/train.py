@@ -22,7 +22,7 @@ from multimodal_rec.cache import build_frame_cache, frames_to_tensor
 from multimodal_rec.config import RunConfig, TrainConfig
 from multimodal_rec.data import Dataset, HistoryExample, history_examples, item_counts, load_dataset
 from multimodal_rec.errors import UserError
-from multimodal_rec.model import MultimodalModel, create_model, load_model, save_model
+from multimodal_rec.model import MultimodalModel, create_model, load_weights, read_checkpoint_config, save_model
 from multimodal_rec.progress import ProgressFn, no_progress
 from multimodal_rec.trainer import STATE_META, Dist, fit, init_distributed
 
@@ -178,8 +178,7 @@ class ContrastiveTask:
         save_model(self.model, self.cfg, out, extra=extra)
 
     def load_weights(self, out: Path) -> None:
-        loaded, _ = load_model(out, self.model.device)
-        self.model.load_state_dict(loaded.state_dict())
+        load_weights(self.model, out)
 
     # --- the losses -----------------------------------------------------------------------------------------
     def losses(
@@ -277,17 +276,14 @@ def train(
     ds = load_dataset(data_dir)
     seed_everything(tc.seed)
     device = pick_device(tc.device)
-    if resume:
+    if resume:  # the weights, optimizer and position come back in fit(); here only the config is checked
         if not (out / STATE_META).is_file():
             raise UserError(f"nothing to resume in {out}: no {STATE_META} (train without --resume first)")
-        model, saved_cfg = load_model(out, device)
-        if saved_cfg.model != cfg.model:
+        if read_checkpoint_config(out).model != cfg.model:
             raise UserError(f"{out} was trained with a different model config; resume with the same config")
-        model.train()
-    else:
-        if (out / STATE_META).exists():
-            raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
-        model = create_model(cfg.model).to(device)
+    elif (out / STATE_META).exists():
+        raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
+    model = create_model(cfg.model).to(device)
     d = init_distributed(device)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
