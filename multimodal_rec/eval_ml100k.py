@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.metrics import target_ranks
+from multimodal_rec.metrics import CURVE_KS, metrics_from_ranks, recall_curve, target_ranks
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ DEFAULT_METHODS = (
     "user_tower_unseen_items",
 )
 UNSEEN_FRACTION = 0.1
-CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 75, 100)
 
 
 @dataclass
@@ -105,20 +104,6 @@ def _ranks(scores: np.ndarray, sp: Split, users: np.ndarray | None = None, targe
     targets = sp.targets if targets is None else targets
     scores = np.where(_seen_mask(sp.seqs, users, scores.shape[1]), -np.inf, scores.astype(np.float64))
     return target_ranks(scores, targets)
-
-
-def metrics_from_ranks(ranks: np.ndarray, n_items: int) -> dict[str, float]:
-    """Recall@10/20/50, NDCG@10/20, MRR, precision@10 (one relevant item), median rank and its percentile."""
-    out: dict[str, float] = {"users": float(len(ranks))}
-    for k in (10, 20, 50):
-        out[f"recall@{k}"] = float((ranks <= k).mean())
-    for k in (10, 20):
-        out[f"ndcg@{k}"] = float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0).mean())
-    out["mrr"] = float((1.0 / ranks).mean())
-    out["precision@10"] = out["recall@10"] / 10
-    out["median_rank"] = float(np.median(ranks))
-    out["median_percentile"] = float(np.median((ranks - 1) / max(1, n_items - 1)))
-    return out
 
 
 # --- one job of the pool: one seed x one trained method --------------------------------------------------
@@ -244,7 +229,7 @@ def evaluate_ml100k(
         "seconds": round(time.perf_counter() - t0, 1),
         "results": results,
         "recall_curve": {
-            m: {str(k): float(np.mean([(r <= k).mean() for r in ranks[m]])) for k in CURVE_KS} for m in order
+            m: {str(k): float(np.mean([recall_curve(r)[str(k)] for r in ranks[m]])) for k in CURVE_KS} for m in order
         },
     }
     if out_dir is not None:

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.data import history_examples, item_counts, load_dataset, training_events
-from multimodal_rec.metrics import ranking_metrics, target_ranks
+from multimodal_rec.metrics import metrics_from_ranks, ranking_metrics, recall_curve, target_ranks
 from multimodal_rec.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
-CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 75, 100)
 __all__ = ["evaluate", "format_report", "plot_user_recall", "ranking_metrics", "semantic_precision", "target_ranks"]
 
 
@@ -67,17 +66,20 @@ def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[in
     return [by_user.get(u, []) for u in users]
 
 
-def user_to_video(rec: Recommender, ds: Any, seed: int = 0, id_baselines: bool = True) -> dict[str, dict[str, float]]:
-    """Leave-last-out: each user's last event is the target, everything before it the history.
+def user_to_video(
+    rec: Recommender, ds: Any, seeds: int = 1, id_baselines: bool = True
+) -> list[dict[str, dict[str, float]]]:
+    """Leave-last-out: each user's last event is the target, everything before it the history; one result per seed.
 
     Every item the user saw before is excluded from the ranking, for every method alike. ``id_baselines``
-    adds BPR-MF, Mult-DAE and SASRec trained on the same events (ids only, no content).
+    adds BPR-MF, Mult-DAE and SASRec trained on the same events (ids only, no content). The bundle's own
+    towers are scored once; what depends on the seed (baselines' training, random tie-breaks) per seed.
     """
     max_hist = rec.model.cfg.user.max_history
     _train_ex, test_ex = history_examples(ds.interactions, max_hist, min_history=1, holdout_last=1)
     test_ex = [ex for ex in test_ex if ex.target in rec._row]
     if not test_ex:
-        return {}
+        return []
     N = len(rec)
     targets = np.array([rec._row[ex.target] for ex in test_ex])
     seqs = _user_sequences(rec, ds, [ex.user_id for ex in test_ex])
@@ -85,41 +87,38 @@ def user_to_video(rec: Recommender, ds: Any, seed: int = 0, id_baselines: bool =
     for vid, n in item_counts(ds.interactions).items():  # every event but each user's last
         if vid in rec._row:
             pop[rec._row[vid]] = n
+    seen = np.zeros((len(test_ex), N), dtype=bool)
+    for i, (ex, s) in enumerate(zip(test_ex, seqs, strict=True)):
+        seen[i, s] = True
+        seen[i, [rec._row[v] for v in ex.history_ids if v in rec._row]] = True
+
+    def metrics(scores: np.ndarray) -> dict[str, float]:
+        ranks = target_ranks(np.where(seen, -np.inf, scores.astype(np.float64)), targets)
+        curve = {f"curve@{k}": v for k, v in recall_curve(ranks).items()}
+        return {**metrics_from_ranks(ranks, N), **curve}
 
     histories = [ex.history for ex in test_ex]
     flat = rec.encode_queries([t for h in histories for t in h])  # one pass over every history text
     ends = np.cumsum([len(h) for h in histories])
     mean_hist = np.stack([flat[e - len(h) : e].mean(0) for h, e in zip(histories, ends, strict=True)])
     mean_hist /= np.linalg.norm(mean_hist, axis=1, keepdims=True).clip(1e-12)
-    rng = np.random.default_rng(seed)
-    methods = {"user_tower": rec.user_queries(histories) @ rec.xb.T}
+    fixed = {"user_tower": metrics(rec.user_queries(histories) @ rec.xb.T)}
     if rec.prior_coef != 0.0:
-        methods["user_tower_content_only"] = rec.user_queries(histories, prior=False) @ rec.xb.T
-    methods |= {
-        "mean_history": mean_hist @ rec.embeddings.T,
-        "popularity": np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)),
-        "random": rng.random((len(test_ex), N)),
-    }
-    if id_baselines:
-        from multimodal_rec import baselines
+        fixed["user_tower_content_only"] = metrics(rec.user_queries(histories, prior=False) @ rec.xb.T)
+    fixed["mean_history"] = metrics(mean_hist @ rec.embeddings.T)
+    runs = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        res = dict(fixed)
+        res["popularity"] = metrics(np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)))
+        res["random"] = metrics(rng.random((len(test_ex), N)))
+        if id_baselines:
+            from multimodal_rec import baselines
 
-        for name in ("bpr_mf", "mult_dae", "sasrec"):
-            methods[name] = getattr(baselines, name)(seqs, N, seed=seed)
-    seen = np.zeros((len(test_ex), N), dtype=bool)
-    for i, (ex, s) in enumerate(zip(test_ex, seqs, strict=True)):
-        seen[i, s] = True
-        seen[i, [rec._row[v] for v in ex.history_ids if v in rec._row]] = True
-    results: dict[str, dict[str, float]] = {}
-    for name, scores in methods.items():
-        ranks = target_ranks(np.where(seen, -np.inf, scores.astype(np.float64)), targets)
-        curve = {f"curve@{k}": float((ranks <= k).mean()) for k in CURVE_KS}
-        results[name] = {
-            "users": len(test_ex),
-            **ranking_metrics(ranks),
-            "precision@10": float((ranks <= 10).mean() / 10),
-            **curve,
-        }
-    return results
+            for name in ("bpr_mf", "mult_dae", "sasrec"):
+                res[name] = metrics(getattr(baselines, name)(seqs, N, seed=seed))
+        runs.append(res)
+    return runs
 
 
 def _mean_std(
@@ -164,8 +163,8 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
             "vocabulary_whole_catalog": semantic_precision(rec, vocab_queries(), everything),
             "paraphrase_whole_catalog": semantic_precision(rec, paraphrase_queries(), everything),
         }
-    runs = [user_to_video(rec, ds, seed, id_baselines) for seed in range(seeds)]
-    if runs[0]:
+    runs = user_to_video(rec, ds, seeds, id_baselines)
+    if runs:
         out["seeds"] = seeds
         out["user_to_video"], out["user_to_video_std"] = _mean_std(runs)
     else:

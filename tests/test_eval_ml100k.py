@@ -13,7 +13,8 @@ import pytest
 from multimodal_rec import eval_ml100k
 from multimodal_rec.cli import main
 from multimodal_rec.errors import UserError
-from multimodal_rec.eval_ml100k import make_split, metrics_from_ranks
+from multimodal_rec.eval_ml100k import make_split
+from multimodal_rec.metrics import metrics_from_ranks
 
 
 def fake_ml100k(users: int = 20, items: int = 40, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
