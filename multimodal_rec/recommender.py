@@ -256,9 +256,17 @@ class Recommender:
             return to_numpy(u), to_numpy(w)
 
     # --- ranking --------------------------------------------------------------------------------------------
-    def _mask(self, filters: Filters | None, excluded: Iterable[int]) -> np.ndarray | None:
-        """Rows a search may return (live, passing ``filters``, not ``excluded``); None when every row may."""
-        mask = filter_mask(self.catalog, filters)
+    def _mask(
+        self, filters: Filters | None, excluded: Iterable[int], passing: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Rows a search may return (live, passing ``filters``, not ``excluded``); None when every row may.
+
+        ``passing`` is ``filter_mask(catalog, filters)`` already computed by the caller; it is recomputed only
+        when the catalog grew in between (an ``add_videos`` from another thread).
+        """
+        if passing is None or len(passing) != len(self.catalog):
+            passing = filter_mask(self.catalog, filters)
+        mask = None if passing is None else passing.copy()
         if len(self._row) < len(self._alive):  # tombstones
             mask = self._alive.copy() if mask is None else mask & self._alive
         rows = list(excluded)
@@ -285,11 +293,18 @@ class Recommender:
         return hits
 
     def _search(
-        self, xq: np.ndarray, k: int, exclude: Iterable[str], filters: Filters | None, seen: Sequence[str] = ()
+        self,
+        xq: np.ndarray,
+        k: int,
+        exclude: Iterable[str],
+        filters: Filters | None,
+        seen: Sequence[str] = (),
+        passing: np.ndarray | None = None,
     ) -> list[list[Hit]]:
         with self._rw.read():
             excluded = [self._row[v] for v in exclude if v in self._row] + self._seen_rows(seen)
-            D, I = search_masked(self.index, self.xb, xq, k, self._mask(filters, excluded))  # noqa: E741
+            mask = self._mask(filters, excluded, passing)
+            D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
             return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
 
     def search_vectors(
@@ -319,8 +334,8 @@ class Recommender:
             raise UserError("no queries given")
         for t in texts:
             _check_text(t)
-        filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        return self._search(self.text_queries(texts), k, (), filters)
+        passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
+        return self._search(self.text_queries(texts), k, (), filters, passing=passing)
 
     def recommend(
         self,
@@ -340,8 +355,9 @@ class Recommender:
         k = _check_k(k)
         history = _check_history(history)
         exclude = _id_list(exclude, "exclude")
-        filter_mask(self.catalog, filters)
-        return self._search(self.user_queries([history]), k, exclude, filters, history if exclude_seen else ())[0]
+        passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
+        seen = history if exclude_seen else ()
+        return self._search(self.user_queries([history]), k, exclude, filters, seen, passing)[0]
 
     def explain(self, history: Sequence[str]) -> list[tuple[str, float]]:
         """The attention weight of each history item: which items drove the recommendation."""
