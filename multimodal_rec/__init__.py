@@ -15,12 +15,12 @@ __all__ = ["AddResult", "Hit", "Recommender", "UserError", "__version__"]
 
 if TYPE_CHECKING:
     from multimodal_rec.errors import UserError
-    from multimodal_rec.recommender import AddResult, Hit, Recommender
+    from multimodal_rec.serving.recommender import AddResult, Hit, Recommender
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing the package does not import torch
     if name in ("AddResult", "Hit", "Recommender"):
-        from multimodal_rec import recommender
+        from multimodal_rec.serving import recommender
 
         return getattr(recommender, name)
     if name == "UserError":

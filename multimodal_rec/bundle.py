@@ -1,18 +1,24 @@
-"""The bundle a backend loads: one directory written atomically (temporary directory + rename).
+"""The bundle a backend loads: one directory, its file names, one writer and one reader.
 
-``bundle.json`` (format version, model config, dims, counts, sha256 of every file), ``model.safetensors``,
-``config.json``, ``tokenizer/``, ``catalog.parquet``, ``embeddings.npy``, ``index.faiss``, ``skipped.csv``.
+``bundle.json`` (format version, model config, dims, counts, sha256 of every file), ``model.safetensors`` +
+``config.json``, ``tokenizer/``, ``catalog.parquet`` (ids + metadata), ``sources.parquet`` (file path, size, mtime:
+for incremental encoding), ``embeddings.npy``, ``index.faiss`` (or the shard files named in ``index_files``),
+``skipped.csv``. Written atomically (temporary directory + rename); every checksum is verified on load.
+
+Both writers of a bundle (``mmrec encode`` and ``Recommender.save``) go through :func:`save_bundle`, and
+``Recommender.load`` through :func:`load_bundle`, so the format lives here only.
 """
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +26,41 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.model.checkpoint import sha256_file
 
 LOG = logging.getLogger(__name__)
 BUNDLE_FORMAT = 2  # 2: the popularity-prior column is stored as log1p(count) / PRIOR_SCALE
 MANIFEST = "bundle.json"
+CATALOG_FILE = "catalog.parquet"
+SOURCES_FILE = "sources.parquet"
+EMBEDDINGS_FILE = "embeddings.npy"
+INDEX_FILE = "index.faiss"
+SKIPPED_FILE = "skipped.csv"
+TOKENIZER_DIR = "tokenizer"
+SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
+SKIPPED_COLUMNS = ("video_id", "path", "reason")  # skipped.csv
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class Bundle:
+    """A bundle's contents in memory: what :func:`save_bundle` writes and :func:`load_bundle` returns.
+
+    ``catalog`` rows, ``embeddings`` rows and index rows are the same videos. ``indexes`` maps each index file name
+    to its FAISS index (one ``index.faiss``, or the shards); after a load, ``index`` is the one index to search
+    (the shards merged). ``fields`` are the manifest's fields besides ``format`` and ``files``.
+    """
+
+    model: Any  # MultimodalModel, with its tokenizer
+    cfg: Any  # RunConfig
+    catalog: pd.DataFrame
+    embeddings: np.ndarray
+    sources: pd.DataFrame | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    indexes: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    index: Any = None
+    path: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)  # as read (after a load)
 
 
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
@@ -64,6 +93,35 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
     return out
 
 
+def save_bundle(out: str | Path, b: Bundle) -> Path:
+    """Write ``b`` as a complete bundle at ``out`` (atomically, with every file's checksum in the manifest)."""
+    import faiss
+
+    from multimodal_rec.model.checkpoint import save_model
+
+    if not b.indexes:
+        raise ValueError("a bundle needs its index")
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        save_model(b.model, b.cfg, tmp)
+        b.model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        b.catalog.drop(columns=[c for c in ("abs_path",) if c in b.catalog.columns]).to_parquet(
+            tmp / CATALOG_FILE, index=False
+        )
+        if b.sources is not None:
+            b.sources[list(SOURCE_COLUMNS)].to_parquet(tmp / SOURCES_FILE, index=False)
+        np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(b.embeddings, dtype=np.float32))
+        for name, index in b.indexes.items():
+            faiss.write_index(index, str(tmp / name))
+        with (tmp / SKIPPED_FILE).open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(SKIPPED_COLUMNS), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(b.skipped)
+        return {**b.fields, "count": len(b.catalog), "skipped": len(b.skipped)}
+
+    return write_bundle(out, fill)
+
+
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The bundle's manifest; with ``verify`` every file's checksum is checked (a tampered bundle is refused)."""
     path = Path(path)
@@ -86,9 +144,38 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
-def save_catalog(df: pd.DataFrame, path: Path) -> None:
-    df.drop(columns=[c for c in ("abs_path",) if c in df.columns]).to_parquet(path, index=False)
+def index_file_names(manifest: dict[str, Any]) -> list[str]:
+    """The bundle's index files: the shards it lists, or the one ``index.faiss``."""
+    return list(manifest.get("index_files") or [INDEX_FILE])
 
 
-def save_embeddings(xb: np.ndarray, path: Path) -> None:
-    np.save(path, np.ascontiguousarray(xb, dtype=np.float32))
+def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Bundle:
+    """Read a bundle (checksums verified unless ``verify=False``); with ``mmap`` the index and embeddings are
+    memory-mapped, so several worker processes serving one bundle share one copy in the page cache."""
+    from transformers import AutoTokenizer
+
+    from multimodal_rec.index.build import merge_shards, read_index
+    from multimodal_rec.model.checkpoint import load_model
+
+    path = Path(path)
+    manifest = read_manifest(path, verify=verify)
+    model, cfg = load_model(path, device)
+    model.tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR), local_files_only=True)
+    catalog = pd.read_parquet(path / CATALOG_FILE)
+    embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
+    names = index_file_names(manifest)
+    parts = [read_index(path / n, mmap=mmap) for n in names]
+    index = parts[0] if "index_files" not in manifest else merge_shards(parts)
+    if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]) or index.d not in (
+        embeddings.shape[1],
+        embeddings.shape[1] + 1,
+    ):
+        raise UserError(f"bundle {path} is inconsistent: catalog, embeddings and index sizes differ")
+    sources = pd.read_parquet(path / SOURCES_FILE) if (path / SOURCES_FILE).is_file() else None
+    skipped_csv = path / SKIPPED_FILE
+    skipped = (
+        pd.read_csv(skipped_csv, dtype=str, keep_default_na=False).to_dict("records") if skipped_csv.is_file() else []
+    )
+    fields = {k: v for k, v in manifest.items() if k not in ("format", "files")}
+    indexes = dict(zip(names, parts, strict=True))
+    return Bundle(model, cfg, catalog, embeddings, sources, skipped, indexes, fields, index, path, manifest)

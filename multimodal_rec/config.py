@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,7 +13,8 @@ import yaml
 from encoders import TextTowerConfig, UserTowerConfig, VideoTowerConfig
 from multimodal_rec.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the presets ship inside the package (package data), so a wheel install has them too; ./configs links here
+CONFIG_DIR = Path(str(resources.files("multimodal_rec") / "configs"))
 T = TypeVar("T")
 
 
@@ -112,7 +114,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped in ``configs/``."""
+    """Names of the presets shipped in the package (``multimodal_rec/configs/``)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 

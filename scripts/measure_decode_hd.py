@@ -2,7 +2,7 @@
 
 Usage: python scripts/measure_decode_hd.py [--width 1280 --height 720 --seconds 30 --fps 30 --gop 60]
 Writes an H.264 clip of moving noise blocks with PyAV (like a real upload: one keyframe per ``--gop`` frames),
-then times ``multimodal_rec.frames.read_frames`` (the encoder's decoder) sampling T frames at the model's size.
+then times ``multimodal_rec.data.frames.read_frames`` (the encoder's decoder) sampling T frames at the model's size.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal_rec.frames import read_frames
+from multimodal_rec.data.frames import read_frames
 
 
 def write_clip(path: Path, width: int, height: int, seconds: int, fps: int, gop: int) -> None:

@@ -2,7 +2,7 @@
 
 Usage: python scripts/measure_index_memory.py [--n 100000] [--d 129]
 Serialized size (what index.faiss takes on disk and, read without mmap, in RAM) and the resident estimate of
-``multimodal_rec.index.describe``, per vector; recall@10 against exact search at the default search parameters.
+``multimodal_rec.index.build.describe``, per vector; recall@10 against exact search at the default search parameters.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 
 import faiss
 
-from multimodal_rec.bench_index import clustered_vectors, exact_knn, recall_at_k
-from multimodal_rec.index import PQ_CODE, build_index, describe, ivf_nlist, pq_m, search
+from multimodal_rec.bench.index import clustered_vectors, exact_knn, recall_at_k
+from multimodal_rec.index.build import PQ_CODE, build_index, describe, ivf_nlist, pq_m, search
 
 
 def main() -> None:

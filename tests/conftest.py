@@ -15,7 +15,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests force the CPU
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic world: 48 clips, 12 users."""
-    from multimodal_rec.synth import make_world
+    from multimodal_rec.data.synth import make_world
 
     out = tmp_path_factory.mktemp("world")
     make_world(out, videos=48, users=12, seed=1, holdout=0.34)
@@ -32,7 +32,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def trained(world: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cfg) -> Path:
     """A tiny model trained for one epoch on ``world``."""
-    from multimodal_rec.train import train
+    from multimodal_rec.training.train import train
 
     out = tmp_path_factory.mktemp("run")
     train(tiny_cfg, world, out)
@@ -41,7 +41,7 @@ def trained(world: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cfg) -> 
 
 @pytest.fixture(scope="session")
 def bundle(trained: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from multimodal_rec.encode import encode_catalog
+    from multimodal_rec.encoding.job import encode_catalog
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     encode_catalog(trained, world / "catalog.csv", out, batch_size=16, workers=0)

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_trainer import tiny_cfg, tiny_problem, tiny_train
 
-from multimodal_rec.textrec import NextItemTask, TextItemRecModel
-from multimodal_rec.trainer import fit
+from multimodal_rec.evaluation.ml100k.textrec import NextItemTask, TextItemRecModel
+from multimodal_rec.training.trainer import fit
 
 
 def main() -> None:

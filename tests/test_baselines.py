@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from multimodal_rec.baselines import bpr_mf, mult_dae, sasrec
 from multimodal_rec.errors import UserError
+from multimodal_rec.evaluation.baselines import bpr_mf, mult_dae, sasrec
 
 
 @pytest.fixture(autouse=True, scope="module")

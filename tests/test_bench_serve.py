@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from multimodal_rec.cli import main
-from multimodal_rec.contact_sheet import LABEL_W, PAD, PLACEHOLDER, SheetRow, rows_for_hits, write_contact_sheet
-from multimodal_rec.recommender import Recommender
+from multimodal_rec.serving.contact_sheet import LABEL_W, PAD, PLACEHOLDER, SheetRow, rows_for_hits, write_contact_sheet
+from multimodal_rec.serving.recommender import Recommender
 
 
 def test_bench_search_json_has_the_overhead_ratio(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:

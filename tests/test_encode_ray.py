@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec import UserError
-from multimodal_rec.encode import encode_catalog, plan_encode, run_local
+from multimodal_rec.encoding.job import encode_catalog, plan_encode, run_local
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def test_bundle_layout_and_search(bundle: Path, world: Path) -> None:
 
 
 def test_embeddings_are_unit_norm_and_deterministic(bundle: Path, trained: Path, world: Path, tmp_path: Path) -> None:
-    from multimodal_rec.encode import encode_catalog
+    from multimodal_rec.encoding.job import encode_catalog
 
     xb = np.load(bundle / "embeddings.npy")
     np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-4)
@@ -106,7 +106,7 @@ def test_failed_bundle_write_keeps_previous_bundle(bundle: Path, tmp_path: Path)
 
 
 def test_evaluate_reports_every_metric(bundle: Path, world: Path, tmp_path: Path) -> None:
-    from multimodal_rec.evaluate import evaluate, format_report, plot_user_recall
+    from multimodal_rec.evaluation.bundle_eval import evaluate, format_report, plot_user_recall
 
     res = evaluate(Recommender.load(bundle), world, seeds=2)
     tv = res["text_to_video"]
@@ -124,7 +124,7 @@ def test_evaluate_reports_every_metric(bundle: Path, world: Path, tmp_path: Path
 def test_resume_continues_and_refuses_overwrite(world: Path, tiny_cfg, tmp_path: Path) -> None:
     import copy
 
-    from multimodal_rec.train import train
+    from multimodal_rec.training.train import train
 
     cfg = copy.deepcopy(tiny_cfg)
     cfg.train.epochs = 1
@@ -156,7 +156,7 @@ def test_frozen_text_features_cache_only_when_enabled(tiny_cfg) -> None:
 
     import torch
 
-    from multimodal_rec.model import create_model
+    from multimodal_rec.model.multimodal import create_model
 
     cfg = copy.deepcopy(tiny_cfg.model)
     cfg.text.trainable_layers = 0
@@ -181,7 +181,7 @@ def test_loaded_recommender_keeps_no_query_features(bundle: Path) -> None:
 def test_training_is_the_same_whether_the_frame_cache_is_built_or_read(world: Path, tiny_cfg, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from multimodal_rec.train import train
+    from multimodal_rec.training.train import train
 
     train(tiny_cfg, world, tmp_path / "built", cache_dir=tmp_path / "cache")  # decodes into a new cache
     train(tiny_cfg, world, tmp_path / "read", cache_dir=tmp_path / "cache")  # reads it

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multimodal_rec import eval_ml100k
 from multimodal_rec.cli import main
 from multimodal_rec.errors import UserError
-from multimodal_rec.eval_ml100k import make_split
-from multimodal_rec.metrics import metrics_from_ranks
+from multimodal_rec.evaluation.metrics import metrics_from_ranks
+from multimodal_rec.evaluation.ml100k import run as eval_ml100k
+from multimodal_rec.evaluation.ml100k.run import make_split
 
 
 def fake_ml100k(users: int = 20, items: int = 40, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -66,9 +66,9 @@ def test_time_split_trains_only_on_events_before_the_cut() -> None:
 
 def test_evaluate_end_to_end_on_a_tiny_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     items, inter = fake_ml100k()
-    monkeypatch.setattr("multimodal_rec.movielens.load_ml100k", lambda: (items, inter))
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.movielens.load_ml100k", lambda: (items, inter))
     feats = np.random.default_rng(0).normal(size=(len(items), 12)).astype(np.float32)
-    monkeypatch.setattr("multimodal_rec.textrec.text_features", lambda texts: feats[: len(texts)])
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.textrec.text_features", lambda texts: feats[: len(texts)])
     methods = ["user_tower", "popularity", "mean_history", "random", "bpr_mf", "user_tower_unseen_items"]
     args = ["eval", "--dataset", "ml-100k", "--seeds", "2", "--jobs", "1", "--json", "--out", str(tmp_path)]
     args += ["--methods", *methods, "--set", "train.epochs=1", "--set", "model.embed_dim=8", "--set", "recent=3"]
@@ -97,8 +97,10 @@ def test_time_split_with_id_baselines_scores_only_users_with_a_target(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     items, inter = fake_ml100k()
-    monkeypatch.setattr("multimodal_rec.movielens.load_ml100k", lambda: (items, inter))
-    monkeypatch.setattr("multimodal_rec.textrec.text_features", lambda texts: np.ones((len(texts), 4), np.float32))
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.movielens.load_ml100k", lambda: (items, inter))
+    monkeypatch.setattr(
+        "multimodal_rec.evaluation.ml100k.textrec.text_features", lambda texts: np.ones((len(texts), 4), np.float32)
+    )
     res = eval_ml100k.evaluate_ml100k(seeds=1, methods=["popularity", "bpr_mf"], split="time", jobs=1)
     n = make_split(inter, items, 0, "time").users.size
     assert 0 < n < 20 and all(r["users"]["mean"] == n for r in res["results"].values())

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multimodal_rec import index as index_mod
-from multimodal_rec.bench_index import clustered_vectors
+from multimodal_rec.bench.index import clustered_vectors
 from multimodal_rec.errors import UserError
-from multimodal_rec.filters import filter_mask, parse_filter_exprs
-from multimodal_rec.index import build_index, exact_search, get_search_params, search_masked
+from multimodal_rec.index import build as index_mod
+from multimodal_rec.index.build import build_index, exact_search, get_search_params, search_masked
+from multimodal_rec.serving.filters import filter_mask, parse_filter_exprs
 
 NB, D = 3000, 32
 FACTORIES = ["Flat", "HNSW32", "IVF32,Flat", "IVF32,PQ16x4fs,RFlat"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multimodal_rec.frames import VideoDecodeError, read_frames, sample_indices
+from multimodal_rec.data.frames import VideoDecodeError, read_frames, sample_indices
 
 
 def test_sample_indices_long_clip_is_uniform_and_ordered() -> None:

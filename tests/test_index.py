@@ -8,9 +8,9 @@ import faiss
 import numpy as np
 import pytest
 
-from multimodal_rec import index as index_mod
-from multimodal_rec.bench_index import bench_index, clustered_vectors, format_bench_index, recall_at_k
-from multimodal_rec.index import (
+from multimodal_rec.bench.index import bench_index, clustered_vectors, format_bench_index, recall_at_k
+from multimodal_rec.index import build as index_mod
+from multimodal_rec.index.build import (
     build_index,
     choose_factory,
     default_search_params,

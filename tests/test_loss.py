@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from multimodal_rec.loss import InfoNCELoss
+from multimodal_rec.model.loss import InfoNCELoss
 
 
 def test_aligned_pairs_score_lower_than_shuffled() -> None:

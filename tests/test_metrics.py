@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.evaluate import ranking_metrics, semantic_precision, target_ranks
+from multimodal_rec.evaluation.bundle_eval import ranking_metrics, semantic_precision, target_ranks
 
 
 def test_target_ranks_are_one_based_and_pessimistic_on_ties() -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.movielens import find_ml100k, load_ml100k
+from multimodal_rec.evaluation.ml100k.movielens import find_ml100k, load_ml100k
 
 
 def _recbole_data() -> Path | None:

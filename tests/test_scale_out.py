@@ -9,7 +9,7 @@ import pytest
 
 from multimodal_rec import UserError
 from multimodal_rec.bundle import read_manifest
-from multimodal_rec.index import (
+from multimodal_rec.index.build import (
     build_index,
     build_sharded_index,
     describe,
@@ -53,7 +53,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
     world: Path, trained: Path, bundle: Path, tmp_path: Path
 ) -> None:
     from multimodal_rec import Recommender
-    from multimodal_rec.encode import encode_catalog
+    from multimodal_rec.encoding.job import encode_catalog
 
     res = encode_catalog(trained, world / "catalog.csv", tmp_path / "b", batch_size=16, workers=0, index_shards=3)
     manifest = read_manifest(res.bundle)
@@ -90,7 +90,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
 def test_more_shards_than_videos_is_refused(world: Path, trained: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from multimodal_rec.encode import encode_catalog
+    from multimodal_rec.encoding.job import encode_catalog
 
     cat = pd.read_csv(world / "catalog.csv").head(2)
     cat["path"] = [str(world / p) for p in cat["path"]]
@@ -126,7 +126,7 @@ def test_export_to_qdrant_finds_our_top_hit(bundle: Path, tmp_path: Path) -> Non
 def test_export_errors_are_one_line(bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import sys
 
-    from multimodal_rec.export import export_bundle
+    from multimodal_rec.serving.export import export_bundle
 
     with pytest.raises(UserError, match="exactly one of"):
         export_bundle(bundle, "qdrant")

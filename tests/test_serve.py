@@ -20,9 +20,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 from fastapi.testclient import TestClient
 
-from multimodal_rec import serve
 from multimodal_rec.errors import UserError
-from multimodal_rec.recommender import Hit, Recommender
+from multimodal_rec.serving import http as serve
+from multimodal_rec.serving.recommender import Hit, Recommender
 
 SECRET = "my very private search about zebras"  # must never reach a log line
 
@@ -324,7 +324,7 @@ def test_module_imports_without_fastapi() -> None:
     code = (
         "import sys\n"
         "for m in ('fastapi', 'uvicorn', 'prometheus_client', 'starlette', 'pydantic'): sys.modules[m] = None\n"
-        "import multimodal_rec.serve as s\n"
+        "import multimodal_rec.serving.http as s\n"
         "from multimodal_rec.errors import UserError\n"
         "try:\n    s.create_app(None)\nexcept UserError as e:\n    print(e)\n"
     )
@@ -353,7 +353,7 @@ def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     serve.run_server(str(bundle), host="0.0.0.0", port=9000, workers=2)
     ((target, kw),) = calls
-    assert target == "multimodal_rec.serve:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
+    assert target == "multimodal_rec.serving.http:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
     assert kw["host"] == "0.0.0.0" and kw["port"] == 9000 and kw["access_log"] is False
     assert Path(os.environ["MMREC_SERVE_BUNDLE"]) == bundle.resolve()
     app = serve._app_from_env()  # what each worker process runs
@@ -380,7 +380,7 @@ def test_real_server_answers(bundle: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = f"from multimodal_rec.serve import run_server; run_server({str(bundle)!r}, port={port})"
+    code = f"from multimodal_rec.serving.http import run_server; run_server({str(bundle)!r}, port={port})"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo world (multimodal_rec.synth)."""
+"""Tests for the synthetic demo world (multimodal_rec.data.synth)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multimodal_rec import synth
+from multimodal_rec.data import synth
 
 SEED = 2  # with 20 videos this seed covers every colour, shape and motion (asserted below)
 N_VIDEOS = 20

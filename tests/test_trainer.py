@@ -16,14 +16,14 @@ from safetensors.torch import load_file
 from encoders import UserTowerConfig
 from multimodal_rec.config import TrainConfig
 from multimodal_rec.errors import UserError
-from multimodal_rec.textrec import (
+from multimodal_rec.evaluation.ml100k.textrec import (
     NextItemTask,
     TextItemRecModel,
     TextRecConfig,
     score_users,
     train_textrec,
 )
-from multimodal_rec.trainer import PLOT_FILE, fit
+from multimodal_rec.training.trainer import PLOT_FILE, fit
 
 HERE = Path(__file__).parent
 

@@ -28,7 +28,7 @@ from multimodal_rec.errors import UserError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from multimodal_rec.recommender import Recommender
+    from multimodal_rec.serving.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
@@ -205,7 +205,7 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     from starlette.exceptions import HTTPException
 
     import multimodal_rec
-    from multimodal_rec.recommender import MAX_K
+    from multimodal_rec.serving.recommender import MAX_K
 
     for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
         _check_limit(name, value, top)
@@ -374,7 +374,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
     if workers == 1:
-        from multimodal_rec.recommender import Recommender
+        from multimodal_rec.serving.recommender import Recommender
 
         rec = Recommender.load(bundle)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
@@ -399,6 +399,6 @@ def _app_from_env() -> "FastAPI":
         import torch
 
         torch.set_num_threads(int(threads))
-    from multimodal_rec.recommender import Recommender
+    from multimodal_rec.serving.recommender import Recommender
 
     return create_app(Recommender.load(bundle))

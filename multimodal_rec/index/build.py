@@ -406,14 +406,3 @@ def merge_shards(parts: list[Any]) -> Any:
     for p in parts:
         shards.add_shard(p)
     return shards
-
-
-def read_bundle_index(path: str | os.PathLike[str], manifest: dict[str, Any], mmap: bool = False) -> Any:
-    """The index of a bundle: ``index.faiss``, or the shards listed in the manifest merged by :func:`merge_shards`.
-
-    With ``mmap`` the files are memory-mapped (:func:`read_index`), so worker processes share one copy.
-    """
-    names = manifest.get("index_files")
-    if not names:
-        return read_index(os.path.join(path, "index.faiss"), mmap=mmap)
-    return merge_shards([read_index(os.path.join(path, n), mmap=mmap) for n in names])

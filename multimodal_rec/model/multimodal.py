@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,14 +11,10 @@ from torch import nn
 
 from encoders import TextTower, UserTower, VideoTower
 from encoders.text import load_tokenizer
-from multimodal_rec.config import ModelConfig, RunConfig, config_from_dict
-from multimodal_rec.errors import UserError
-from multimodal_rec.loss import InfoNCELoss
+from multimodal_rec.config import ModelConfig
+from multimodal_rec.model.loss import InfoNCELoss
 
 LOG = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 class MultimodalModel(nn.Module):
@@ -124,67 +117,6 @@ class MultimodalModel(nn.Module):
 def create_model(cfg: ModelConfig) -> MultimodalModel:
     """The only way to build a model: every tower from its config dataclass."""
     return MultimodalModel(cfg)
-
-
-def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
-    """State dict without a frozen *pretrained* text trunk: it is rebuilt from its source on load."""
-    state = model.state_dict()
-    if model.text.trunk_frozen and model.cfg.text.random_init is None:
-        state = {k: v for k, v in state.items() if not k.startswith("text.trunk.")}
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def save_model(
-    model: MultimodalModel, cfg: RunConfig, out_dir: str | Path, extra: dict[str, Any] | None = None
-) -> None:
-    """``model.safetensors`` + ``config.json`` (format version, full run config) into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(_weights_to_save(model), str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
-    tmp.replace(out_dir / WEIGHTS_FILE)
-    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), **(extra or {})}
-    tmp_cfg = out_dir / f".{CONFIG_FILE}.tmp"
-    tmp_cfg.write_text(json.dumps(meta, indent=2))
-    tmp_cfg.replace(out_dir / CONFIG_FILE)
-
-
-def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
-    """The run config a checkpoint carries (``config.json``), checked for its format version."""
-    model_dir = Path(model_dir)
-    cfg_path, w_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise UserError(f"{model_dir} is not a trained model: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{cfg_path}: unsupported checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT})"
-        )
-    return config_from_dict(meta["config"])
-
-
-def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
-    """Load ``model.safetensors`` into a model built from the same config (a frozen pretrained trunk is not saved)."""
-    from safetensors.torch import load_file
-
-    w_path = Path(model_dir) / WEIGHTS_FILE
-    missing, unexpected = model.load_state_dict(load_file(str(w_path), device=str(model.device)), strict=False)
-    missing = [k for k in missing if not (k.startswith("text.trunk.") and model.text.trunk_frozen)]
-    if missing or unexpected:
-        raise UserError(f"{w_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultimodalModel, RunConfig]:
-    """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle)."""
-    cfg = read_checkpoint_config(model_dir)
-    model = create_model(cfg.model)
-    load_weights(model, model_dir)
-    return model.to(device).eval(), cfg
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:

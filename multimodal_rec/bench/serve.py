@@ -86,8 +86,8 @@ def bench_search(bundle: str | Path, queries: int = 500, k: int = 10, seed: int 
     """
     import torch
 
-    from multimodal_rec.model import to_numpy
-    from multimodal_rec.recommender import Recommender
+    from multimodal_rec.model.multimodal import to_numpy
+    from multimodal_rec.serving.recommender import Recommender
 
     if queries < 1:
         raise UserError(f"queries must be >= 1, got {queries}")
@@ -114,7 +114,7 @@ def bench_search(bundle: str | Path, queries: int = 500, k: int = 10, seed: int 
             u, _ = model.encode_user([histories[i]])
             xq = to_numpy(u)
         if pad:
-            xq = np.hstack([xq, np.full((1, 1), rec._prior_query, np.float32)])
+            xq = np.hstack([xq, np.full((1, 1), rec.prior_query, np.float32)])
         t1 = time.perf_counter()
         index.search(xq, k)
         return t1 - t0, time.perf_counter() - t1

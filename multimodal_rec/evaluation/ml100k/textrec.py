@@ -28,8 +28,8 @@ from encoders.heads import ProjectionHead
 from encoders.user import UserTower
 from multimodal_rec.config import TrainConfig, _from_dict
 from multimodal_rec.errors import UserError
-from multimodal_rec.loss import InfoNCELoss
-from multimodal_rec.metrics import target_ranks
+from multimodal_rec.evaluation.metrics import target_ranks
+from multimodal_rec.model.loss import InfoNCELoss
 
 LOG = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
@@ -276,8 +276,8 @@ def train_textrec(
     resume: bool = False,
 ) -> TextItemRecModel:
     """Train a text-item recommender on ``seqs`` (item rows, oldest first) with the generic trainer."""
-    from multimodal_rec.train import seed_everything
-    from multimodal_rec.trainer import fit
+    from multimodal_rec.runtime import seed_everything
+    from multimodal_rec.training.trainer import fit
 
     if cfg.negatives not in ("all", "batch"):
         raise UserError(f"textrec.negatives must be 'all' or 'batch', got {cfg.negatives!r}")

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.data import history_examples, item_counts, load_dataset, training_events
-from multimodal_rec.metrics import metrics_from_ranks, ranking_metrics, recall_curve, target_ranks
-from multimodal_rec.recommender import Recommender
+from multimodal_rec.data.tables import history_examples, item_counts, load_dataset, training_events
+from multimodal_rec.evaluation.metrics import metrics_from_ranks, ranking_metrics, recall_curve, target_ranks
+from multimodal_rec.serving.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
@@ -113,7 +113,7 @@ def user_to_video(
         res["popularity"] = metrics(np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)))
         res["random"] = metrics(rng.random((len(test_ex), N)))
         if id_baselines:
-            from multimodal_rec import baselines
+            from multimodal_rec.evaluation import baselines
 
             for name in ("bpr_mf", "mult_dae", "sasrec"):
                 res[name] = metrics(getattr(baselines, name)(seqs, N, seed=seed))
@@ -153,7 +153,7 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
     out: dict[str, Any] = {"videos": len(rec), "held_out_videos": len(test_ids & set(rec._row))}
     out["text_to_video"] = text_to_video(rec, caps)
     if all(a in rec.catalog.columns for a in ATTRS):
-        from multimodal_rec.synth import paraphrase_queries, vocab_queries
+        from multimodal_rec.data.synth import paraphrase_queries, vocab_queries
 
         rows = np.array([rec._row[v] for v in rec.video_ids if v in test_ids])
         everything = np.arange(len(rec))
@@ -174,7 +174,7 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
 
 def plot_user_recall(res: dict[str, Any], path: str | Path) -> bool:
     """Recall@K curves of the user->video methods as a PNG; False when there is nothing to plot."""
-    from multimodal_rec.eval_ml100k import plot_recall_curves
+    from multimodal_rec.evaluation.ml100k.run import plot_recall_curves
 
     uv = res.get("user_to_video") or {}
     if not uv:

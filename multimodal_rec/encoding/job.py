@@ -10,7 +10,6 @@ encoded, removed ones are dropped.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -26,21 +25,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, sha256_file, write_bundle
-from multimodal_rec.cache import frames_to_tensor, iter_clips
-from multimodal_rec.data import read_catalog
+from multimodal_rec.bundle import (
+    EMBEDDINGS_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    SOURCES_FILE,
+    Bundle,
+    read_manifest,
+    save_bundle,
+)
+from multimodal_rec.data.cache import frames_to_tensor, iter_clips
+from multimodal_rec.data.tables import read_catalog
 from multimodal_rec.errors import UserError
-from multimodal_rec.index import build_index, build_sharded_index, choose_factory, shard_file_names
-from multimodal_rec.model import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, to_numpy
+from multimodal_rec.index.build import build_index, build_sharded_index, choose_factory, shard_file_names
+from multimodal_rec.model.checkpoint import load_model, model_fingerprint
+from multimodal_rec.model.multimodal import to_numpy
+from multimodal_rec.model.prior import COUNTS_FILE, PRIOR_COLUMN, index_vectors, read_counts
 from multimodal_rec.progress import ProgressFn, no_progress
-from multimodal_rec.train import COUNTS_FILE, pick_device, read_counts
+from multimodal_rec.runtime import pick_device
 
 LOG = logging.getLogger(__name__)
-PRIOR_COLUMN = "train_interactions"  # catalog column: the video's interactions seen in training
-SOURCES_FILE = "sources.parquet"  # bundle file: video_id, abs_path, size, mtime_ns (for incremental updates)
 JOB_FILE = "job.json"
-PRIOR_SCALE = 100.0  # the index stores log1p(count) / PRIOR_SCALE so the column stays small next to unit
-# vectors (approximate indexes cluster on it otherwise); user queries carry coef * PRIOR_SCALE: same scores
 
 
 @dataclass
@@ -76,15 +81,6 @@ def _check_factory(factory: str, d: int) -> None:
         raise UserError(f"invalid FAISS index factory {factory!r}: {msg[:160]}") from None
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the weights and config: the embeddings of a video depend on nothing else."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256()
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        h.update(sha256_file(model_dir / name).encode())
-    return h.hexdigest()
-
-
 def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
     sizes, mtimes = [], []
     for p in paths:
@@ -98,22 +94,10 @@ def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
     return sizes, mtimes
 
 
-def index_vectors(xb: np.ndarray, catalog: Any, popularity_prior: bool) -> np.ndarray:
-    """What the index holds: ``xb`` plus, with the popularity prior, a last column ``log1p(count)``.
-
-    One index serves both calls: a text query carries 0 in that column (pure cosine), a user query carries
-    ``coef * PRIOR_SCALE`` (cosine + coef * log1p(count)).
-    """
-    if not popularity_prior:
-        return xb
-    prior = np.log1p(catalog[PRIOR_COLUMN].to_numpy(dtype=np.float32))[:, None] / PRIOR_SCALE
-    return np.hstack([xb, prior]).astype(np.float32)
-
-
 def _previous_bundle(out: Path, fingerprint: str, cat: pd.DataFrame) -> tuple[dict[int, np.ndarray], set[str]]:
     """(catalog row -> embedding kept from an existing bundle of the same model for unchanged files, the ids
     that bundle held). A missing, corrupt or other-model bundle reuses nothing."""
-    if not (out / "bundle.json").is_file():
+    if not (out / MANIFEST).is_file():
         return {}, set()
     try:
         manifest = read_manifest(out, verify=True)
@@ -125,7 +109,7 @@ def _previous_bundle(out: Path, fingerprint: str, cat: pd.DataFrame) -> tuple[di
     if manifest.get("model_fingerprint") != fingerprint:
         LOG.info("existing bundle %s was made by another model: encoding everything", out)
         return {}, prev_ids
-    xb = np.load(out / "embeddings.npy")
+    xb = np.load(out / EMBEDDINGS_FILE)
     key = {
         (v, p, int(s), int(m)): i
         for i, (v, p, s, m) in enumerate(
@@ -423,45 +407,26 @@ def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
     if job.index_shards > len(xb):
         raise UserError(f"{job.index_shards} index shards for {len(xb)} videos: use at most one shard per video")
 
-    def fill(tmp: Path) -> dict[str, Any]:
-        import faiss
-
-        save_model(model, cfg, tmp)
-        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        meta = encoded.drop(columns=["size", "mtime_ns"])
-        save_catalog(meta, tmp / "catalog.parquet")
-        encoded[["video_id", "abs_path", "size", "mtime_ns"]].to_parquet(tmp / SOURCES_FILE, index=False)
-        save_embeddings(xb, tmp / "embeddings.npy")
-        vectors = index_vectors(xb, encoded, cfg.model.popularity_prior)
-        factory = cfg.index.factory
-        if job.index_shards == 1:
-            if factory == "auto":  # recorded as what was chosen for this catalog size
-                factory = choose_factory(len(vectors), vectors.shape[1])
-            faiss.write_index(build_index(vectors, factory), str(tmp / "index.faiss"))
-        else:
-            names = shard_file_names(job.index_shards)
-            parts = build_sharded_index(vectors, list(encoded["video_id"]), job.index_shards, cfg.index.factory)
-            for name, part in zip(names, parts, strict=True):
-                faiss.write_index(part, str(tmp / name))
-        with (tmp / "skipped.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["video_id", "path", "reason"])
-            w.writeheader()
-            w.writerows(skipped)
-        fields = {
-            "model": cfg.to_dict(),
-            "model_fingerprint": job.fingerprint,
-            "embed_dim": int(xb.shape[1]),
-            "count": int(xb.shape[0]),
-            "skipped": len(skipped),
-            "index": factory,
-            "catalog_source": str(job.catalog.resolve()),
-        }
-        if job.index_shards > 1:  # each shard file's checksum is in "files" like every other file
-            fields["index_shards"] = job.index_shards
-            fields["index_files"] = shard_file_names(job.index_shards)
-        return fields
-
-    path = write_bundle(job.out, fill)
+    vectors = index_vectors(xb, encoded, cfg.model.popularity_prior)
+    fields: dict[str, Any] = {
+        "model": cfg.to_dict(),
+        "model_fingerprint": job.fingerprint,
+        "embed_dim": int(xb.shape[1]),
+        "index": cfg.index.factory,
+        "catalog_source": str(job.catalog.resolve()),
+    }
+    if job.index_shards == 1:
+        if fields["index"] == "auto":  # recorded as what was chosen for this catalog size
+            fields["index"] = choose_factory(len(vectors), vectors.shape[1])
+        indexes = {INDEX_FILE: build_index(vectors, fields["index"])}
+    else:  # each shard file's checksum is in "files" like every other file
+        names = shard_file_names(job.index_shards)
+        parts = build_sharded_index(vectors, list(encoded["video_id"]), job.index_shards, cfg.index.factory)
+        indexes = dict(zip(names, parts, strict=True))
+        fields.update(index_shards=job.index_shards, index_files=names)
+    meta = encoded.drop(columns=["size", "mtime_ns"])
+    bundle = Bundle(model, cfg, meta, xb, sources=encoded, skipped=skipped, indexes=indexes, fields=fields)
+    path = save_bundle(job.out, bundle)
     shutil.rmtree(job.shards.work, ignore_errors=True)  # the bundle holds everything now
     new_rows = [r for k in range(job.n_shards) if k not in job.resumed_shards for r in job.shard_rows(k)]
     n_new = sum(1 for r in new_rows if not errors[r])
@@ -514,7 +479,7 @@ def encode_catalog(
     if engine not in ENGINES:
         raise UserError(f"unknown encode engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "ray":
-        from multimodal_rec.encode_ray import require_ray
+        from multimodal_rec.encoding.ray_engine import require_ray
 
         require_ray()  # before loading anything: a missing extra is a one-line error
         use_gpus, device = device != "cpu", "cpu"  # the driver only assembles the bundle; Ray actors run the model
@@ -522,7 +487,7 @@ def encode_catalog(
         model_dir, catalog, out, batch_size, device, shard_size, rebuild, backend, index_factory, index_shards
     )
     if engine == "ray":
-        from multimodal_rec.encode_ray import run_ray
+        from multimodal_rec.encoding.ray_engine import run_ray
 
         run_ray(job, address=ray_address, num_cpus=ray_cpus, use_gpus=use_gpus, progress=progress)
     else:

@@ -1,6 +1,6 @@
 """Contact sheet: ranked hits drawn as rows of sampled frames, to see what a query returns at a glance.
 
-Frames come from :func:`multimodal_rec.frames.read_frames` (the one frame loader). A clip that is missing or
+Frames come from :func:`multimodal_rec.data.frames.read_frames` (the one frame loader). A clip that is missing or
 cannot be decoded gets a placeholder row naming the reason; the sheet is still written.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from multimodal_rec.data.frames import VideoDecodeError, read_frames
 from multimodal_rec.errors import UserError
-from multimodal_rec.frames import VideoDecodeError, read_frames
 
 LOG = logging.getLogger(__name__)
 

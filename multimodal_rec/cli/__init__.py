@@ -52,7 +52,7 @@ def _positive_int(s: str) -> int:
 
 # --- commands ------------------------------------------------------------------------------------------------
 def cmd_synth(a: argparse.Namespace) -> None:
-    from multimodal_rec.synth import make_world
+    from multimodal_rec.data.synth import make_world
 
     bar = None
     if not a.quiet:
@@ -99,7 +99,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from multimodal_rec.config import load_config
-    from multimodal_rec.train import train
+    from multimodal_rec.training.train import train
 
     cfg = load_config(a.config, _overrides(a.set))
     if a.epochs is not None:
@@ -121,7 +121,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_encode(a: argparse.Namespace) -> None:
-    from multimodal_rec.encode import default_workers, encode_catalog
+    from multimodal_rec.encoding.job import default_workers, encode_catalog
 
     workers = a.workers if a.workers is not None else default_workers(a.device)
     res = encode_catalog(
@@ -166,7 +166,7 @@ def cmd_encode(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from multimodal_rec.export import export_bundle
+    from multimodal_rec.serving.export import export_bundle
 
     res = export_bundle(a.bundle, a.to, out=a.out, url=a.url, collection=a.collection)
     info = {"to": res.target, "where": res.where, "collection": res.collection, "count": res.count, "dim": res.dim}
@@ -177,13 +177,13 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def _load(bundle: str):
-    from multimodal_rec.recommender import Recommender
+    from multimodal_rec.serving.recommender import Recommender
 
     return Recommender.load(bundle)
 
 
 def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
-    from multimodal_rec.filters import parse_filter_exprs
+    from multimodal_rec.serving.filters import parse_filter_exprs
 
     return parse_filter_exprs(exprs, rec.catalog) or None
 
@@ -194,7 +194,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     rec = _load(a.bundle)
     results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter))
     if a.contact_sheet:
-        from multimodal_rec.contact_sheet import rows_for_hits, write_contact_sheet
+        from multimodal_rec.serving.contact_sheet import rows_for_hits, write_contact_sheet
 
         rows = rows_for_hits(rec, results[0])
         title = f"query: {a.query[0]!r}"
@@ -231,7 +231,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from multimodal_rec.evaluate import evaluate, format_report
+    from multimodal_rec.evaluation.bundle_eval import evaluate, format_report
 
     if a.dataset is not None:
         return _eval_dataset(a)
@@ -239,7 +239,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         raise UserError("give --bundle and --data (a trained bundle and its data directory), or --dataset ml-100k")
     res = evaluate(_load(a.bundle), a.data, seeds=a.seeds or 1, id_baselines=not a.no_id_baselines)
     if a.plot:
-        from multimodal_rec.evaluate import plot_user_recall
+        from multimodal_rec.evaluation.bundle_eval import plot_user_recall
 
         plot_user_recall(res, a.plot)
     if a.json:
@@ -249,7 +249,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def _eval_dataset(a: argparse.Namespace) -> None:
-    from multimodal_rec.eval_ml100k import DEFAULT_METHODS, evaluate_ml100k, format_ml100k
+    from multimodal_rec.evaluation.ml100k.run import DEFAULT_METHODS, evaluate_ml100k, format_ml100k
 
     config: dict[str, Any] = {}
     for key, value in _overrides(a.set).items():
@@ -281,13 +281,13 @@ def _eval_dataset(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from multimodal_rec.serve import run_server
+    from multimodal_rec.serving.http import run_server
 
     run_server(a.bundle, host=a.host, port=a.port, workers=a.workers)
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from multimodal_rec import bench
+    from multimodal_rec.bench import encode as bench
 
     if a.what == "encode":
         if not a.model or not a.catalog:
@@ -303,7 +303,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         )
         print(json.dumps(res) if a.json else bench.format_encode(res))
     elif a.what == "index":
-        from multimodal_rec.bench_index import bench_index, format_bench_index
+        from multimodal_rec.bench.index import bench_index, format_bench_index
 
         res = bench_index(sizes=a.sizes, d=a.dim, nq=a.nq, k=a.k, seed=a.seed, candidates=a.candidates)
         if a.json:
@@ -311,7 +311,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         else:
             print(format_bench_index(res))
     elif a.what in ("search", "serve"):
-        from multimodal_rec import bench_serve
+        from multimodal_rec.bench import serve as bench_serve
 
         if not a.bundle:
             raise UserError(f"bench {a.what} needs --bundle BUNDLE")

@@ -1,7 +1,7 @@
 """Index benchmark on synthetic clustered vectors: build time, memory, latency, throughput, recall@k vs exact.
 
 Answers "which FAISS index for a catalog of this size" with numbers: every candidate (Flat, HNSW32, IVF-Flat,
-IVF-PQ + exact re-rank, and the :func:`~multimodal_rec.index.choose_factory` default) over a sweep of its
+IVF-PQ + exact re-rank, and the :func:`~multimodal_rec.index.build.choose_factory` default) over a sweep of its
 search parameters (efSearch, nprobe, k_factor), the default row marked and checked against recall@10 >= 0.95.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.index import (
+from multimodal_rec.index.build import (
     HNSW_M,
     PQ_CODE,
     build_index,
@@ -86,8 +86,8 @@ def recall_at_k(I: np.ndarray, I_ref: np.ndarray, k: int) -> float:  # noqa: E74
 def resolve_candidates(nb: int, d: int, names: Sequence[str] | None = None) -> list[str]:
     """Factory strings to benchmark at size ``nb``: aliases (flat, hnsw, ivf, ivfpq) or factory strings as given.
 
-    Default: all four aliases (ivfpq only where :func:`~multimodal_rec.index.pq_m` finds a PQ size for ``d``).
-    The :func:`~multimodal_rec.index.choose_factory` default is always added.
+    Default: all four aliases (ivfpq only where :func:`~multimodal_rec.index.build.pq_m` finds a PQ size for ``d``).
+    The :func:`~multimodal_rec.index.build.choose_factory` default is always added.
     """
     nlist, m = ivf_nlist(nb), pq_m(d)
     alias = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M}", "ivf": f"IVF{nlist},Flat"}

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multimodal_rec.cache import frames_to_tensor, iter_clips
-from multimodal_rec.data import read_catalog
-from multimodal_rec.encode import default_workers, encode_catalog
+from multimodal_rec.data.cache import frames_to_tensor, iter_clips
+from multimodal_rec.data.tables import read_catalog
+from multimodal_rec.encoding.job import default_workers, encode_catalog
 from multimodal_rec.errors import UserError
-from multimodal_rec.model import load_model
-from multimodal_rec.train import pick_device
+from multimodal_rec.model.checkpoint import load_model
+from multimodal_rec.runtime import pick_device
 
 LOG = logging.getLogger(__name__)
 

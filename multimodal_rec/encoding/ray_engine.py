@@ -1,9 +1,9 @@
-"""The Ray engine of ``mmrec encode``: the same job as :func:`multimodal_rec.encode.run_local`, as a Ray Data pipeline.
+"""The Ray engine of ``mmrec encode``: the job of :func:`multimodal_rec.encoding.job.run_local` as a Ray Data pipeline.
 
-model batches of catalog rows -> decode (CPU tasks, :class:`multimodal_rec.cache.ClipDataset`, the one frame
+model batches of catalog rows -> decode (CPU tasks, :class:`multimodal_rec.data.cache.ClipDataset`, the one frame
 loader) -> encode (an actor pool holding the model: one actor per GPU, else CPU actors) -> rows back to this
 process, which writes each shard as soon as its batches are in (resumable by shard, like the local engine) and
-then the bundle (:func:`multimodal_rec.encode.finish_encode`).
+then the bundle (:func:`multimodal_rec.encoding.job.finish_encode`).
 
 Each item of the dataset is one *model batch* (the same ``batch_size`` slices of a shard as the local engine),
 so every clip is embedded in the same batch as with the local engine: identical embeddings. Frames and
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.encode import EncodeJob, embed_clips
+from multimodal_rec.encoding.job import EncodeJob, embed_clips
 from multimodal_rec.errors import UserError
 from multimodal_rec.progress import ProgressFn, no_progress
 
@@ -43,7 +43,7 @@ def require_ray() -> Any:
 
 def _decode(item: dict[str, Any], num_frames: int, size: int, backend: str) -> dict[str, Any]:
     """One model batch of paths -> the decoded clips (raw uint8 bytes) and one error per row ("" if decoded)."""
-    from multimodal_rec.cache import ClipDataset
+    from multimodal_rec.data.cache import ClipDataset
 
     clips = ClipDataset(list(item["paths"]), num_frames, size, backend)
     got = [clips[i] for i in range(len(clips))]
@@ -64,7 +64,7 @@ class _Encoder:
     def __init__(self, model_dir: str, device: str, threads: int, num_frames: int, size: int) -> None:
         import torch
 
-        from multimodal_rec.model import load_model
+        from multimodal_rec.model.checkpoint import load_model
 
         if device == "cpu":
             torch.set_num_threads(threads)

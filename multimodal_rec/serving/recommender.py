@@ -7,7 +7,6 @@ index as tombstones (every search skips them through the same ID selector as met
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import threading
@@ -21,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multimodal_rec.bundle import read_manifest, save_catalog, save_embeddings, write_bundle
+from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
-from multimodal_rec.filters import Filters, filter_mask
-from multimodal_rec.index import search_masked
-from multimodal_rec.model import MultimodalModel, load_model, save_model, to_numpy
+from multimodal_rec.index.build import search_masked
+from multimodal_rec.model.multimodal import MultimodalModel, to_numpy
+from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors, query_prior, with_prior_column
+from multimodal_rec.serving.filters import Filters, filter_mask
 
 if TYPE_CHECKING:
     from multimodal_rec.config import RunConfig
@@ -148,8 +148,6 @@ class Recommender:
         sources: pd.DataFrame | None = None,
         skipped: list[dict[str, str]] | None = None,
     ) -> None:
-        from multimodal_rec.encode import PRIOR_SCALE
-
         self.path, self.model, self.manifest, self.cfg = path, model, manifest, cfg
         self._lock = threading.Lock()  # the model (torch modules are not safe to call from several threads)
         self._rw = _RWLock()  # the catalog / index state: searches read, add / remove / save write
@@ -157,15 +155,13 @@ class Recommender:
         self._mapped = mapped  # the index is memory-mapped (read-only): mutations copy it into memory first
         self._skipped = list(skipped or [])
         self.prior_coef = model.rec_prior_coef()
-        self._prior_query = self.prior_coef * PRIOR_SCALE  # the index column holds log1p(count) / PRIOR_SCALE
+        self.prior_query = query_prior(self.prior_coef)  # what a user query carries in the index's prior column
         self._set_state(catalog, embeddings, index, sources)
 
     def _set_state(
         self, catalog: pd.DataFrame, embeddings: np.ndarray, index: Any, sources: pd.DataFrame | None
     ) -> None:
         """Every row-aligned structure, rebuilt from the catalog (all rows live)."""
-        from multimodal_rec.encode import index_vectors
-
         self.catalog, self.embeddings, self.index = catalog, embeddings, index
         self.xb = index_vectors(embeddings, catalog, self.model.cfg.popularity_prior)  # what the index holds
         self.video_ids: list[str] = list(catalog["video_id"].astype(str))
@@ -197,51 +193,22 @@ class Recommender:
         With ``mmap`` (the default) the index and embeddings are memory-mapped, so several worker processes
         serving one bundle share a single copy in the page cache.
         """
-        from transformers import AutoTokenizer
-
-        from multimodal_rec.encode import SOURCES_FILE
-        from multimodal_rec.index import read_bundle_index
-
-        path = Path(path)
-        manifest = read_manifest(path, verify=verify)
-        model, cfg = load_model(path, device)
-        model.tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
-        model.cache_text_features = False  # a server sees endless distinct queries: never keep them
-        catalog = pd.read_parquet(path / "catalog.parquet")
-        embeddings = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
-        index = read_bundle_index(path, manifest, mmap=mmap)  # index.faiss, or the shards merged (IndexShards)
-        if not (len(catalog) == embeddings.shape[0] == index.ntotal == manifest["count"]) or index.d not in (
-            embeddings.shape[1],
-            embeddings.shape[1] + 1,
-        ):
-            raise UserError(f"bundle {path} is inconsistent: catalog, embeddings and index sizes differ")
-        sources = pd.read_parquet(path / SOURCES_FILE) if (path / SOURCES_FILE).is_file() else None
-        skipped_csv = path / "skipped.csv"
-        skipped = (
-            pd.read_csv(skipped_csv, dtype=str, keep_default_na=False).to_dict("records")
-            if skipped_csv.is_file()
-            else []
-        )
-        return cls(path, model, manifest, catalog, embeddings, index, cfg, mmap, sources, skipped)
+        b = load_bundle(path, device=device, verify=verify, mmap=mmap)
+        b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
+        return cls(b.path, b.model, b.manifest, b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
 
     def __len__(self) -> int:
         """Videos served now (added ones included, removed ones not)."""
         return len(self._row)
 
-    def _augment(self, xq: np.ndarray, prior: float) -> np.ndarray:
-        """Pad query vectors to the index's width (the popularity-prior column) with ``prior``."""
-        if self.xb.shape[1] == xq.shape[1]:
-            return xq
-        return np.hstack([xq, np.full((len(xq), 1), prior, dtype=np.float32)])
-
     def text_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Index-ready query vectors for texts (cosine similarity; no popularity prior)."""
-        return self._augment(self.encode_queries(texts), 0.0)
+        return with_prior_column(self.encode_queries(texts), self.xb.shape[1], 0.0)
 
     def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
         """Index-ready query vectors for histories: cosine + the learned popularity prior (unless ``prior=False``)."""
         u, _ = self.encode_histories(histories)
-        return self._augment(u, self._prior_query if prior else 0.0)
+        return with_prior_column(u, self.xb.shape[1], self.prior_query if prior else 0.0)
 
     # --- encoding -------------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -322,8 +289,8 @@ class Recommender:
 
         ``filters`` restricts the catalog rows, e.g. ``{"duration_s": (None, 60), "language": "en"}``: per column a
         value (equality), a list of values (any of them), or a ``(min, max)`` range with None for an open end (see
-        :mod:`multimodal_rec.filters`). The filter runs inside the FAISS search, so ``k`` hits come back whenever at
-        least ``k`` videos pass it.
+        :mod:`multimodal_rec.serving.filters`). The filter runs inside the FAISS search, so ``k`` hits come back
+        whenever at least ``k`` videos pass it.
         """
         return self.search_batch([text], k, filters)[0]
 
@@ -369,7 +336,7 @@ class Recommender:
     # --- updates --------------------------------------------------------------------------------------------
     def _new_rows(self, catalog: pd.DataFrame | str | Path, need_paths: bool) -> pd.DataFrame:
         """The videos to add, checked against the bundle's catalog (one-line UserErrors)."""
-        from multimodal_rec.data import read_catalog
+        from multimodal_rec.data.tables import read_catalog
 
         if isinstance(catalog, str | Path):
             df = read_catalog(catalog)  # paths relative to the catalog file
@@ -423,7 +390,7 @@ class Recommender:
         ``path`` is optional. A video id already served raises UserError and nothing is added. New videos have
         popularity count 0. Searches see the new videos as soon as this returns; :meth:`save` persists them.
         """
-        from multimodal_rec.encode import PRIOR_COLUMN, encode_videos, index_vectors
+        from multimodal_rec.encoding.job import encode_videos
 
         self._require_unsharded("add_videos")
         df = self._new_rows(catalog, need_paths=embeddings is None)
@@ -458,7 +425,7 @@ class Recommender:
         if "abs_path" not in df.columns:
             df["abs_path"] = ""
         if sizes_known:
-            from multimodal_rec.encode import _file_stats
+            from multimodal_rec.encoding.job import _file_stats
 
             sizes, mtimes = _file_stats(list(df["abs_path"]))
         else:
@@ -546,8 +513,6 @@ class Recommender:
         """
         import faiss
 
-        from multimodal_rec.encode import SOURCES_FILE
-
         if self.cfg is None:
             raise UserError("this Recommender has no run config to save (load it with Recommender.load)")
         self._require_unsharded("save")
@@ -564,21 +529,9 @@ class Recommender:
             sources = self._sources.iloc[keep].reset_index(drop=True)
             skipped = list(self._skipped)
 
-            def fill(tmp: Path) -> dict[str, Any]:
-                save_model(self.model, self.cfg, tmp)
-                self.model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-                save_catalog(catalog, tmp / "catalog.parquet")
-                sources.to_parquet(tmp / SOURCES_FILE, index=False)
-                save_embeddings(embeddings, tmp / "embeddings.npy")
-                faiss.write_index(index, str(tmp / "index.faiss"))
-                with (tmp / "skipped.csv").open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=["video_id", "path", "reason"], extrasaction="ignore")
-                    w.writeheader()
-                    w.writerows(skipped)
-                keep_fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
-                return {**keep_fields, "count": len(catalog), "skipped": len(skipped)}
-
-            out = write_bundle(path, fill)
+            fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
+            contents = Bundle(self.model, self.cfg, catalog, embeddings, sources, skipped, {INDEX_FILE: index}, fields)
+            out = save_bundle(path, contents)
             manifest = read_manifest(out, verify=False)
             with self._rw.write():
                 if compact:

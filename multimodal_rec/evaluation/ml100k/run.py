@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.metrics import CURVE_KS, metrics_from_ranks, recall_curve, target_ranks
+from multimodal_rec.evaluation.metrics import CURVE_KS, metrics_from_ranks, recall_curve, target_ranks
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
@@ -113,10 +113,15 @@ def _job(method: str, seed: int, sp: Split, feats: np.ndarray, unseen: np.ndarra
     torch.set_num_threads(1)
     n_items = len(feats)
     if method in ID_BASELINES:
-        from multimodal_rec import baselines
+        from multimodal_rec.evaluation import baselines
 
         return getattr(baselines, method)([list(s) for s in sp.seqs], n_items, seed=seed)
-    from multimodal_rec.textrec import default_train_config, score_users, textrec_config, train_textrec
+    from multimodal_rec.evaluation.ml100k.textrec import (
+        default_train_config,
+        score_users,
+        textrec_config,
+        train_textrec,
+    )
 
     tcfg = textrec_config(cfg.get("model"))
     if method == "user_tower_text_only":
@@ -155,8 +160,8 @@ def evaluate_ml100k(
     ``config`` overrides the text-rec defaults: ``{"model": {...TextRecConfig}, "train": {...TrainConfig},
     "recent": N}``. With ``out_dir``, ``results.json`` and ``recall_at_k.png`` are written there.
     """
-    from multimodal_rec.movielens import load_ml100k
-    from multimodal_rec.textrec import text_features, textrec_config
+    from multimodal_rec.evaluation.ml100k.movielens import load_ml100k
+    from multimodal_rec.evaluation.ml100k.textrec import text_features, textrec_config
 
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:

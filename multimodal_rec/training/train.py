@@ -15,33 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from multimodal_rec.cache import build_frame_cache, frames_to_tensor
 from multimodal_rec.config import RunConfig, TrainConfig
-from multimodal_rec.data import Dataset, HistoryExample, history_examples, item_counts, load_dataset
+from multimodal_rec.data.cache import build_frame_cache, frames_to_tensor
+from multimodal_rec.data.tables import Dataset, HistoryExample, history_examples, item_counts, load_dataset
 from multimodal_rec.errors import UserError
-from multimodal_rec.model import MultimodalModel, create_model, load_weights, read_checkpoint_config, save_model
+from multimodal_rec.model.checkpoint import load_weights, read_checkpoint_config, save_model
+from multimodal_rec.model.multimodal import MultimodalModel, create_model
+from multimodal_rec.model.prior import COUNTS_FILE, write_counts
 from multimodal_rec.progress import ProgressFn, no_progress
-from multimodal_rec.trainer import STATE_META, Dist, fit, init_distributed
+from multimodal_rec.runtime import pick_device, seed_everything
+from multimodal_rec.training.trainer import STATE_META, Dist, fit, init_distributed
 
 LOG = logging.getLogger(__name__)
-COUNTS_FILE = "item_counts.csv"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -87,19 +74,6 @@ def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: Progres
     counts = item_counts(ds.interactions)
     log_pop = np.log1p(np.array([counts.get(v, 0) for v in ids], dtype=np.float32))
     return TrainData(ids, frames, [caps[v] for v in ids], examples, counts, log_pop)
-
-
-def write_counts(counts: dict[str, int], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame({"video_id": list(counts), "count": list(counts.values())}).to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def read_counts(path: Path) -> dict[str, int]:
-    if not path.is_file():
-        return {}
-    df = pd.read_csv(path, dtype={"video_id": str})
-    return dict(zip(df["video_id"], df["count"].astype(int), strict=True))
 
 
 def make_optimizer_groups(model: MultimodalModel, cfg: RunConfig) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Benchmarks (``mmrec bench``): catalog encoding, index choice, search overhead and HTTP load."""

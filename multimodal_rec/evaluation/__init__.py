@@ -1,0 +1,1 @@
+"""Evaluation: metrics, simple and ID baselines, the bundle evaluation, MovieLens-100k (``ml100k/``)."""

@@ -1,0 +1,1 @@
+"""FAISS: index choice by catalog size, build, search (masked / filtered), shards."""

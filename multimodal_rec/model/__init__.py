@@ -1,0 +1,1 @@
+"""The combined model (three towers + losses) built by ``create_model``, its checkpoints, and the popularity prior."""

@@ -1,0 +1,56 @@
+"""The popularity prior, in one place: how training counts are stored, and how the index column encodes them.
+
+Training writes each video's training interactions to ``item_counts.csv`` in the run directory; encoding copies
+them into the catalog's ``train_interactions`` column; the index holds one extra column ``log1p(count) /
+PRIOR_SCALE`` beside the unit video vectors. A text query carries 0 there (pure cosine); a user query carries
+``coef * PRIOR_SCALE``, where ``coef`` is the model's learned weight in cosine units, so its score is
+``cosine + coef * log1p(count)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COUNTS_FILE = "item_counts.csv"  # run directory: video_id, count (training interactions)
+PRIOR_COLUMN = "train_interactions"  # catalog column: the video's interactions seen in training
+PRIOR_SCALE = 100.0  # the index stores log1p(count) / PRIOR_SCALE so the column stays small next to unit
+# vectors (approximate indexes cluster on it otherwise); user queries carry coef * PRIOR_SCALE: same scores
+
+
+def write_counts(counts: dict[str, int], path: Path) -> None:
+    """Training interactions per video id, written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame({"video_id": list(counts), "count": list(counts.values())}).to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    """What :func:`write_counts` wrote; no file (a model trained without interactions) is no counts."""
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path, dtype={"video_id": str})
+    return dict(zip(df["video_id"], df["count"].astype(int), strict=True))
+
+
+def index_vectors(xb: np.ndarray, catalog: Any, popularity_prior: bool) -> np.ndarray:
+    """What the index holds: ``xb`` plus, with the popularity prior, a last column ``log1p(count) / PRIOR_SCALE``."""
+    if not popularity_prior:
+        return xb
+    prior = np.log1p(catalog[PRIOR_COLUMN].to_numpy(dtype=np.float32))[:, None] / PRIOR_SCALE
+    return np.hstack([xb, prior]).astype(np.float32)
+
+
+def query_prior(coef: float) -> float:
+    """The value a user query carries in the prior column, for a learned coefficient ``coef`` (cosine units)."""
+    return coef * PRIOR_SCALE
+
+
+def with_prior_column(xq: np.ndarray, width: int, value: float) -> np.ndarray:
+    """Pad query vectors ``[n, D]`` to the index's ``width`` (D, or D + 1 with the prior column) with ``value``."""
+    if xq.shape[1] == width:
+        return xq
+    return np.hstack([xq, np.full((len(xq), 1), value, dtype=np.float32)])
