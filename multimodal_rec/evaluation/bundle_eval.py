@@ -24,7 +24,7 @@ __all__ = ["evaluate", "format_report", "plot_user_recall", "ranking_metrics", "
 
 def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
     """Each caption ranks the whole catalog; the caption's own video is the relevant one."""
-    rows = [(rec._row[v], c) for v, c in captions if v in rec._row]
+    rows = [(rec.row_of[v], c) for v, c in captions if v in rec.row_of]
     if not rows:
         return {}
     xq = rec.encode_queries([c for _, c in rows])
@@ -62,7 +62,7 @@ def semantic_precision(rec: Recommender, queries: list[dict], rows: np.ndarray, 
 def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[int]]:
     """Each user's training events (every event but the last) as catalog rows, oldest first."""
     ev = training_events(ds.interactions)
-    by_user = {str(u): [rec._row[v] for v in g["video_id"] if v in rec._row] for u, g in ev.groupby("user_id")}
+    by_user = {str(u): [rec.row_of[v] for v in g["video_id"] if v in rec.row_of] for u, g in ev.groupby("user_id")}
     return [by_user.get(u, []) for u in users]
 
 
@@ -77,20 +77,20 @@ def user_to_video(
     """
     max_hist = rec.model.cfg.user.max_history
     _train_ex, test_ex = history_examples(ds.interactions, max_hist, min_history=1, holdout_last=1)
-    test_ex = [ex for ex in test_ex if ex.target in rec._row]
+    test_ex = [ex for ex in test_ex if ex.target in rec.row_of]
     if not test_ex:
         return []
     N = len(rec)
-    targets = np.array([rec._row[ex.target] for ex in test_ex])
+    targets = np.array([rec.row_of[ex.target] for ex in test_ex])
     seqs = _user_sequences(rec, ds, [ex.user_id for ex in test_ex])
     pop = np.zeros(N)
     for vid, n in item_counts(ds.interactions).items():  # every event but each user's last
-        if vid in rec._row:
-            pop[rec._row[vid]] = n
+        if vid in rec.row_of:
+            pop[rec.row_of[vid]] = n
     seen = np.zeros((len(test_ex), N), dtype=bool)
     for i, (ex, s) in enumerate(zip(test_ex, seqs, strict=True)):
         seen[i, s] = True
-        seen[i, [rec._row[v] for v in ex.history_ids if v in rec._row]] = True
+        seen[i, [rec.row_of[v] for v in ex.history_ids if v in rec.row_of]] = True
 
     def metrics(scores: np.ndarray) -> dict[str, float]:
         ranks = target_ranks(np.where(seen, -np.inf, scores.astype(np.float64)), targets)
@@ -143,19 +143,19 @@ def evaluate(rec: Recommender, data_dir: str | Path, seeds: int = 1, id_baseline
         return _evaluate(rec, data_dir, seeds, id_baselines)
     finally:
         model.cache_text_features = cached
-        model._feature_cache.clear()
+        model.clear_text_cache()
 
 
 def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: bool) -> dict[str, Any]:
     ds = load_dataset(data_dir)
     test_ids = set(ds.split_ids("test")) or set(ds.catalog["video_id"])
     caps = [(v, c) for v, c in zip(ds.captions["video_id"], ds.captions["caption"], strict=True) if v in test_ids]
-    out: dict[str, Any] = {"videos": len(rec), "held_out_videos": len(test_ids & set(rec._row))}
+    out: dict[str, Any] = {"videos": len(rec), "held_out_videos": len(test_ids & set(rec.row_of))}
     out["text_to_video"] = text_to_video(rec, caps)
     if all(a in rec.catalog.columns for a in ATTRS):
         from multimodal_rec.data.synth import paraphrase_queries, vocab_queries
 
-        rows = np.array([rec._row[v] for v in rec.video_ids if v in test_ids])
+        rows = np.array([rec.row_of[v] for v in rec.video_ids if v in test_ids])
         everything = np.arange(len(rec))
         out["semantic_p@5"] = {
             "vocabulary": semantic_precision(rec, vocab_queries(), rows),

@@ -38,6 +38,10 @@ class MultimodalModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def clear_text_cache(self) -> None:
+        """Forget the cached frozen-trunk features (training keeps them per string; see :meth:`text_features`)."""
+        self._feature_cache.clear()
+
     # --- text -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(

@@ -340,7 +340,7 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     @app.get("/videos/{video_id}", responses={404: {"model": ErrorResponse}})
     def video(video_id: str) -> dict[str, Any]:
         """One catalog row: the video id and its metadata columns."""
-        row = rec._row.get(video_id)
+        row = rec.row_of.get(video_id)
         if row is None:
             raise HTTPException(404, f"unknown video id {video_id[:100]!r}")
         return _json_value(rec.catalog.iloc[row].to_dict())

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -200,6 +201,11 @@ class Recommender:
     def __len__(self) -> int:
         """Videos served now (added ones included, removed ones not)."""
         return len(self._row)
+
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        """Live video id -> its row in ``catalog``, ``embeddings`` and the index (removed videos are absent)."""
+        return MappingProxyType(self._row)
 
     def text_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Index-ready query vectors for texts (cosine similarity; no popularity prior)."""
