@@ -334,12 +334,12 @@ def format_ml100k(res: dict[str, Any]) -> str:
         )
     lines.append("the same rankings: P@10, F1@10, AUC; beyond accuracy (diversity: 1 - cosine of the text features)")
     lines.append(
-        f"{'method':<28}{'P@10':>14}{'F1@10':>14}{'AUC':>14}{'coverage@10':>14}{'diversity@10':>14}{'novelty@10':>14}"
+        f"{'method':<28}{'P@10':>15}{'F1@10':>15}{'AUC':>15}{'coverage@10':>15}{'diversity@10':>15}{'novelty@10':>15}"
     )
     for m, r in res["results"].items():
         lines.append(
-            f"{m:<28}{ms(r['precision@10'], 4):>14}{ms(r['f1@10'], 4):>14}{ms(r['auc'], 3):>14}"
-            f"{ms(r['coverage@10'], 3):>14}{ms(r['diversity@10'], 3):>14}{ms(r['novelty@10'], 2):>14}"
+            f"{m:<28}{ms(r['precision@10'], 4):>15}{ms(r['f1@10'], 4):>15}{ms(r['auc'], 3):>15}"
+            f"{ms(r['coverage@10'], 3):>15}{ms(r['diversity@10'], 3):>15}{ms(r['novelty@10'], 2):>15}"
         )
     lines.append(f"unseen items: {res['unseen_items']} movies ({UNSEEN_FRACTION:.0%}) held out of training entirely")
     return "\n".join(lines)
