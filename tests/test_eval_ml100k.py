@@ -30,13 +30,60 @@ def fake_ml100k(users: int = 20, items: int = 40, seed: int = 0) -> tuple[pd.Dat
 
 
 def test_metrics_from_ranks_hand_computed() -> None:
-    m = metrics_from_ranks(np.array([1, 4, 12, 60]), n_items=101)
+    m = metrics_from_ranks(np.array([1, 4, 12, 60]), n_candidates=101)
     assert m["recall@10"] == 0.5 and m["recall@20"] == 0.75 and m["recall@50"] == 0.75
     assert math.isclose(m["ndcg@10"], (1 + 1 / math.log2(5)) / 4)
     assert math.isclose(m["ndcg@20"], (1 + 1 / math.log2(5) + 1 / math.log2(13)) / 4)
     assert math.isclose(m["mrr"], (1 + 1 / 4 + 1 / 12 + 1 / 60) / 4)
     assert math.isclose(m["precision@10"], 0.05)  # one relevant item: 2 hits in 4 x 10 slots
     assert m["median_rank"] == 8.0 and math.isclose(m["median_percentile"], 0.07)
+    assert math.isclose(m["f1@10"], 2 / 11 / 2)  # a hit has P = 1/10, R = 1: F1 = 2/11; half the users hit
+    assert math.isclose(m["auc"], 1 - (0 + 3 + 11 + 59) / 100 / 4)  # share of the 100 others ranked below
+
+
+def _reference(scores: np.ndarray, seqs: list[np.ndarray], targets: np.ndarray) -> dict[str, float]:
+    """Brute force, user by user: drop the user's earlier items, rank the target (ties against it), and
+    take each figure from its textbook definition."""
+    ranks, cands, tops = [], [], []
+    for s, seq, t in zip(scores, seqs, targets, strict=True):
+        cand = [i for i in range(len(s)) if i not in set(seq.tolist())]
+        ranks.append(1 + sum(1 for i in cand if i != t and s[i] >= s[t]))
+        cands.append(len(cand))
+        tops.append(sorted(cand, key=lambda i: -s[i])[:10])
+    ranks = np.array(ranks)
+    return {
+        "recall@10": np.mean(ranks <= 10),
+        "ndcg@10": np.mean([1 / math.log2(r + 1) if r <= 10 else 0 for r in ranks]),
+        "mrr": np.mean(1 / ranks),
+        "auc": np.mean([(c - r) / (c - 1) for r, c in zip(ranks, cands, strict=True)]),
+        "median_rank": np.median(ranks),
+        "coverage@10": len(set(np.concatenate(tops).tolist())) / scores.shape[1],
+    }
+
+
+def test_cheap_methods_equal_a_brute_force_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mean of history and popularity on the fake data, against the ranking computed here from scratch: the
+    seen items must be masked (a history item is the mean of history's favourite) and nothing else."""
+    items, inter = fake_ml100k()
+    feats = np.random.default_rng(0).normal(size=(len(items), 12)).astype(np.float32)
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.movielens.load_ml100k", lambda: (items, inter))
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.textrec.text_features", lambda texts: feats[: len(texts)])
+    res = eval_ml100k.evaluate_ml100k(seeds=1, methods=["mean_history", "popularity"], jobs=1)["results"]
+    sp = make_split(inter, items, seed=0, split="loo")
+    seqs = [sp.seqs[u] for u in sp.users]
+    assert all(len(s) <= 20 for s in seqs)  # the history window holds every earlier movie
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    mean = np.stack([x[s].mean(0) for s in seqs])
+    counts = np.zeros(len(items))
+    for s in sp.seqs:
+        for i in s:
+            counts[i] += 1  # training interactions; the seed's first draw breaks popularity's ties
+    pop = counts + 1e-6 * np.random.default_rng(0).random(len(items))
+    for method, scores in (("mean_history", mean @ x.T), ("popularity", np.tile(pop, (len(seqs), 1)))):
+        ref = _reference(scores, seqs, sp.targets)
+        for k, v in ref.items():
+            assert math.isclose(res[method][k]["mean"], v, rel_tol=1e-9), (method, k)
+    assert res["popularity"]["users"]["mean"] == len(sp.users)
 
 
 def test_leave_last_out_split_holds_out_each_users_last_event() -> None:
@@ -77,9 +124,13 @@ def test_evaluate_end_to_end_on_a_tiny_dataset(monkeypatch: pytest.MonkeyPatch, 
     assert res["dataset"] == "ml-100k" and res["seeds"] == 2
     for m in [*methods, "popularity_unseen_items", "mean_history_unseen_items"]:
         r = res["results"][m]
-        for k in ("ndcg@10", "recall@10", "recall@50", "mrr", "median_rank"):
+        for k in ("ndcg@10", "recall@10", "recall@50", "mrr", "median_rank", "auc", "f1@10", "precision@10"):
             assert {"mean", "std"} <= r[k].keys() and 0 <= r[k]["mean"] <= max(1.0, r[k]["mean"])
+        assert 0 < r["coverage@10"]["mean"] <= 1 and 0 < r["diversity@10"]["mean"] <= 2 and r["novelty@10"]["mean"] > 0
     assert res["results"]["user_tower"]["users"]["mean"] == 20
+    assert res["users_target_seen"] == 0  # ml-100k's user-movie pairs are unique, and so are the fake data's
+    table = eval_ml100k.format_ml100k(res)
+    assert "NDCG@10" in table and "AUC" in table and "novelty@10" in table and "user_tower_unseen_items" in table
     assert (tmp_path / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "results.json").read_text())["results"].keys() == res["results"].keys()
 

@@ -1,8 +1,11 @@
 """Evaluation by full ranking over the whole catalog (never sampled negatives), with baselines.
 
-Text -> video: recall@1/5/10 and median/mean rank of each held-out caption's own video, and semantic
-precision@5 for vocabulary and word-disjoint paraphrase queries. User -> video: leave-last-out Recall@K,
-NDCG@K and MRR for the user tower and for popularity, mean-of-history and random baselines.
+Text -> video: R@1/5/10 and median/mean rank of each held-out caption's own video. Semantic retrieval:
+vocabulary and word-disjoint paraphrase queries, where every video whose color, shape and motion match the
+query is relevant (P@5, R@5, NDCG@5, MRR). User -> video: leave-last-out Recall@K, NDCG@K, P@10, F1@10, MRR,
+AUC and the beyond-accuracy figures (coverage, diversity in the bundle's embedding space, novelty) for the
+user tower and for popularity, mean-of-history, random and the ID baselines. The metric definitions, the tie
+rule (ties count against the target) and NaN handling are in :mod:`multimodal_rec.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.data.tables import history_examples, item_counts, load_dataset, training_events
-from multimodal_rec.evaluation.metrics import metrics_from_ranks, ranking_metrics, recall_curve, target_ranks
+from multimodal_rec.evaluation.metrics import leave_out_metrics, relevance_metrics, target_ranks
+from multimodal_rec.evaluation.simple import (
+    mean_history_scores,
+    popularity_scores,
+    random_scores,
+    seen_mask,
+    target_not_seen,
+)
 from multimodal_rec.serving.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
-__all__ = ["evaluate", "format_report", "plot_user_recall", "ranking_metrics", "semantic_precision", "target_ranks"]
+__all__ = ["evaluate", "format_report", "plot_user_recall", "semantic_retrieval", "text_to_video", "user_to_video"]
 
 
 def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
@@ -39,24 +49,24 @@ def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str
     }
 
 
-def semantic_precision(rec: Recommender, queries: list[dict], rows: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Precision@k where a hit counts when color, shape and motion all match the query's.
+def semantic_retrieval(rec: Recommender, queries: list[dict], rows: np.ndarray, k: int = 5) -> dict[str, float]:
+    """P@k, R@k, hit rate@k, NDCG@k and MRR where every video matching the query's color, shape and motion
+    is relevant, ranked among catalog ``rows``; queries without a matching video are skipped.
 
-    Ranked among catalog ``rows`` (the held-out videos); the denominator is ``min(k, #matching videos)``
-    so a query with only two matching videos scores 1.0 when both come first.
+    On the held-out videos a query has two relevant videos, so R@5 is the share of them found and P@5 is at
+    most 0.4; ``hit_rate@k`` divides by ``min(k, relevant)`` (kept for comparison with older reports).
     """
     cat = rec.catalog.iloc[rows]
     attrs = cat[list(ATTRS)].astype(str).to_numpy()
-    xq = rec.encode_queries([q["query"] for q in queries])
-    scores = xq @ rec.embeddings[rows].T  # [nq, n]
-    precisions = []
-    for q, s in zip(queries, scores, strict=True):
-        match = (attrs == np.array([q[a] for a in ATTRS])).all(1)
-        if not match.any():
-            continue
-        top = np.argsort(-s, kind="stable")[:k]
-        precisions.append(match[top].sum() / min(k, match.sum()))
-    return {"queries": len(precisions), f"p@{k}": float(np.mean(precisions)) if precisions else float("nan")}
+    want = np.array([[q[a] for a in ATTRS] for q in queries], dtype=object).astype(str)  # [nq, 3]
+    relevant = (attrs[None, :, :] == want[:, None, :]).all(2)  # [nq, n]
+    some = relevant.any(1)
+    if not some.any():
+        return {"queries": 0}
+    xq = rec.encode_queries([q["query"] for q, ok in zip(queries, some, strict=True) if ok])
+    per_query = relevance_metrics(xq @ rec.embeddings[rows].T, relevant[some], k)
+    out = {"queries": int(some.sum()), "relevant": float(relevant[some].sum(1).mean())}
+    return out | {("mrr" if m == "rr" else m): float(v.mean()) for m, v in per_query.items()}
 
 
 def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[int]]:
@@ -68,57 +78,59 @@ def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[in
 
 def user_to_video(
     rec: Recommender, ds: Any, seeds: int = 1, id_baselines: bool = True
-) -> list[dict[str, dict[str, float]]]:
-    """Leave-last-out: each user's last event is the target, everything before it the history; one result per seed.
+) -> tuple[list[dict[str, dict[str, float]]], int]:
+    """Leave-last-out: each user's last event is the target, everything before it the history; one result per
+    seed, and the number of users left out because their target was already among their earlier items.
 
-    Every item the user saw before is excluded from the ranking, for every method alike. ``id_baselines``
-    adds BPR-MF, Mult-DAE and SASRec trained on the same events (ids only, no content). The bundle's own
-    towers are scored once; what depends on the seed (baselines' training, random tie-breaks) per seed.
+    Every item the user saw before is excluded from the ranking, for every method alike; a user who saw the
+    target before could never hit it, so is left out (rather than unmasking just the target, which would
+    hand methods that score history items high a free hit). ``id_baselines`` adds BPR-MF, Mult-DAE and SASRec
+    trained on the same events (ids only, no content). The bundle's own towers are scored once; what depends
+    on the seed (baselines' training, random tie-breaks) per seed. Diversity uses the bundle's video
+    embeddings for every method, novelty the training interaction counts.
     """
     max_hist = rec.model.cfg.user.max_history
     _train_ex, test_ex = history_examples(ds.interactions, max_hist, min_history=1, holdout_last=1)
     test_ex = [ex for ex in test_ex if ex.target in rec.row_of]
     if not test_ex:
-        return []
-    N = len(rec)
+        return [], 0
+    n, N = len(test_ex), len(rec)
     targets = np.array([rec.row_of[ex.target] for ex in test_ex])
-    seqs = _user_sequences(rec, ds, [ex.user_id for ex in test_ex])
+    seqs = _user_sequences(rec, ds, [ex.user_id for ex in test_ex])  # the history's items are among them
     pop = np.zeros(N)
-    for vid, n in item_counts(ds.interactions).items():  # every event but each user's last
+    for vid, c in item_counts(ds.interactions).items():  # every event but each user's last
         if vid in rec.row_of:
-            pop[rec.row_of[vid]] = n
-    seen = np.zeros((len(test_ex), N), dtype=bool)
-    for i, (ex, s) in enumerate(zip(test_ex, seqs, strict=True)):
-        seen[i, s] = True
-        seen[i, [rec.row_of[v] for v in ex.history_ids if v in rec.row_of]] = True
+            pop[rec.row_of[vid]] = c
+    seen = seen_mask(seqs, N)
+    keep = target_not_seen(seen, targets)
+    if not keep.any():
+        return [], n
 
     def metrics(scores: np.ndarray) -> dict[str, float]:
-        ranks = target_ranks(np.where(seen, -np.inf, scores.astype(np.float64)), targets)
-        curve = {f"curve@{k}": v for k, v in recall_curve(ranks).items()}
-        return {**metrics_from_ranks(ranks, N), **curve}
+        return leave_out_metrics(scores[keep], targets[keep], seen[keep], rec.embeddings, pop)
 
     histories = [ex.history for ex in test_ex]
     flat = rec.encode_queries([t for h in histories for t in h])  # one pass over every history text
     ends = np.cumsum([len(h) for h in histories])
-    mean_hist = np.stack([flat[e - len(h) : e].mean(0) for h, e in zip(histories, ends, strict=True)])
-    mean_hist /= np.linalg.norm(mean_hist, axis=1, keepdims=True).clip(1e-12)
+    hist_vectors = [flat[e - len(h) : e] for h, e in zip(histories, ends, strict=True)]
+    mean_hist = mean_history_scores(hist_vectors, rec.embeddings)
     fixed = {"user_tower": metrics(rec.user_queries(histories) @ rec.xb.T)}
     if rec.prior_coef != 0.0:
         fixed["user_tower_content_only"] = metrics(rec.user_queries(histories, prior=False) @ rec.xb.T)
-    fixed["mean_history"] = metrics(mean_hist @ rec.embeddings.T)
+    fixed["mean_history"] = metrics(mean_hist)
     runs = []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         res = dict(fixed)
-        res["popularity"] = metrics(np.tile(pop + 1e-6 * rng.random(N), (len(test_ex), 1)))
-        res["random"] = metrics(rng.random((len(test_ex), N)))
+        res["popularity"] = metrics(popularity_scores(pop, n, rng))
+        res["random"] = metrics(random_scores(n, N, rng))
         if id_baselines:
             from multimodal_rec.evaluation import baselines
 
             for name in ("bpr_mf", "mult_dae", "sasrec"):
                 res[name] = metrics(getattr(baselines, name)(seqs, N, seed=seed))
         runs.append(res)
-    return runs
+    return runs, int((~keep).sum())
 
 
 def _mean_std(
@@ -157,13 +169,13 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
 
         rows = np.array([rec.row_of[v] for v in rec.video_ids if v in test_ids])
         everything = np.arange(len(rec))
-        out["semantic_p@5"] = {
-            "vocabulary": semantic_precision(rec, vocab_queries(), rows),
-            "paraphrase": semantic_precision(rec, paraphrase_queries(), rows),
-            "vocabulary_whole_catalog": semantic_precision(rec, vocab_queries(), everything),
-            "paraphrase_whole_catalog": semantic_precision(rec, paraphrase_queries(), everything),
+        out["semantic_retrieval"] = {
+            "vocabulary": semantic_retrieval(rec, vocab_queries(), rows),
+            "paraphrase": semantic_retrieval(rec, paraphrase_queries(), rows),
+            "vocabulary_whole_catalog": semantic_retrieval(rec, vocab_queries(), everything),
+            "paraphrase_whole_catalog": semantic_retrieval(rec, paraphrase_queries(), everything),
         }
-    runs = user_to_video(rec, ds, seeds, id_baselines)
+    runs, out["users_target_seen"] = user_to_video(rec, ds, seeds, id_baselines)
     if runs:
         out["seeds"] = seeds
         out["user_to_video"], out["user_to_video_std"] = _mean_std(runs)
@@ -184,8 +196,57 @@ def plot_user_recall(res: dict[str, Any], path: str | Path) -> bool:
     return True
 
 
+def _format_semantic(sem: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
+        "semantic retrieval (relevant: every video whose color, shape and motion match the query), full ranking:",
+        f"  {'queries':<44}{'relevant':>9}{'P@5':>8}{'R@5':>8}{'NDCG@5':>8}{'MRR':>8}",
+    ]
+    for name, r in sem.items():
+        kind, _, scope = name.partition("_")
+        where = "whole catalog" if scope else "held-out videos only"
+        if r.get("queries", 0):
+            label = f"{kind} ({r['queries']}), {where}"
+            lines.append(
+                f"  {label:<44}{r['relevant']:>9.1f}{r['p@5']:>8.3f}{r['r@5']:>8.3f}{r['ndcg@5']:>8.3f}{r['mrr']:>8.3f}"
+            )
+    return lines
+
+
+def _format_users(res: dict[str, Any]) -> list[str]:
+    uv, sd, seeds = res["user_to_video"], res.get("user_to_video_std") or {}, res.get("seeds", 1)
+    users = int(next(iter(uv.values()))["users"])
+    lines = [
+        f"user->video, leave-last-out, {users} users, full ranking, seen items excluded"
+        + (f", mean ± std over {seeds} seeds (baselines' training and ties):" if seeds > 1 else ":")
+    ]
+    if res.get("users_target_seen"):
+        lines.append(
+            f"  {res['users_target_seen']} users whose target was already in their history: left out "
+            "(a seen item is never recommended)"
+        )
+    lines.append(
+        f"  {'method':<24}{'Recall@10':>14}{'NDCG@10':>14}{'Recall@20':>10}{'NDCG@20':>10}{'P@10':>8}{'F1@10':>8}"
+        f"{'MRR':>8}{'AUC':>8}"
+    )
+
+    def cell(m: str, k: str) -> str:
+        s = sd.get(m, {}).get(k, 0.0)
+        return f"{uv[m][k]:.3f}" + (f"±{s:.3f}" if seeds > 1 else "")
+
+    for m, r in uv.items():
+        lines.append(
+            f"  {m:<24}{cell(m, 'recall@10'):>14}{cell(m, 'ndcg@10'):>14}{r['recall@20']:>10.3f}"
+            f"{r['ndcg@20']:>10.3f}{r['precision@10']:>8.4f}{r['f1@10']:>8.4f}{r['mrr']:>8.3f}{r['auc']:>8.3f}"
+        )
+    lines.append("beyond accuracy of the same top-10 lists (diversity: 1 - cosine of the bundle's video embeddings):")
+    lines.append(f"  {'method':<24}{'coverage@10':>14}{'diversity@10':>14}{'novelty@10':>14}")
+    for m, r in uv.items():
+        lines.append(f"  {m:<24}{r['coverage@10']:>14.3f}{r['diversity@10']:>14.3f}{r['novelty@10']:>14.2f}")
+    return lines
+
+
 def format_report(res: dict[str, Any]) -> str:
-    """The evaluation as a plain-text table."""
+    """The evaluation as plain-text tables."""
     lines = [f"catalog: {res['videos']} videos ({res['held_out_videos']} held out from training)"]
     tv = res.get("text_to_video") or {}
     if tv:
@@ -193,28 +254,10 @@ def format_report(res: dict[str, Any]) -> str:
             f"text->video ({tv['queries']} held-out captions, full ranking): R@1 {tv['r@1']:.3f}  R@5 {tv['r@5']:.3f}"
             f"  R@10 {tv['r@10']:.3f}  median rank {tv['median_rank']:.0f}  mean rank {tv['mean_rank']:.1f}"
         )
-    for name, sp in (res.get("semantic_p@5") or {}).items():
-        kind, _, scope = name.partition("_")
-        where = "whole catalog, training videos included" if scope else "held-out videos only"
-        lines.append(f"semantic precision@5, {kind} queries ({sp['queries']}, {where}): {sp['p@5']:.3f}")
-    uv = res.get("user_to_video") or {}
-    if uv:
-        users = int(next(iter(uv.values()))["users"])
-        sd = res.get("user_to_video_std") or {}
-        seeds = res.get("seeds", 1)
-        lines.append(
-            f"user->video, leave-last-out, {users} users, full ranking, seen items excluded"
-            + (f", mean ± std over {seeds} seeds (baselines' training and ties):" if seeds > 1 else ":")
-        )
-        lines.append(f"  {'method':<24}{'Recall@10':>14}{'NDCG@10':>14}{'Recall@20':>10}{'NDCG@20':>10}{'MRR':>8}")
-
-        def cell(m: str, k: str) -> str:
-            s = sd.get(m, {}).get(k, 0.0)
-            return f"{uv[m][k]:.3f}" + (f"±{s:.3f}" if seeds > 1 else "")
-
-        for m, r in uv.items():
-            lines.append(
-                f"  {m:<24}{cell(m, 'recall@10'):>14}{cell(m, 'ndcg@10'):>14}{r['recall@20']:>10.3f}"
-                f"{r['ndcg@20']:>10.3f}{r['mrr']:>8.3f}"
-            )
+    if res.get("semantic_retrieval"):
+        lines += _format_semantic(res["semantic_retrieval"])
+    if res.get("user_to_video"):
+        lines += _format_users(res)
+    elif res.get("users_target_seen"):
+        lines.append(f"user->video: every user's target was already in their history ({res['users_target_seen']})")
     return "\n".join(lines)

@@ -2,10 +2,12 @@
 
 Items are text (title + year + genres) encoded by the text tower, since there is no video. Every method ranks
 the whole catalog (full ranking, never sampled negatives) with the user's earlier items excluded, for every
-method alike. Splits: ``loo`` (leave-last-out: each user's last event is the target) or ``time`` (a global
-time cut at the 90th percentile of timestamps: each user's first event after it is the target, only events
-before it train). Events sharing a timestamp are ordered at random per seed (76% of ml-100k's events share
-one with another event of the same user; ordering them by id would bias targets toward rare films).
+method alike; a user whose target is among those earlier items (never in ml-100k, whose user-movie pairs are
+unique) would be left out and counted. Metrics: :mod:`multimodal_rec.evaluation.metrics`. Splits: ``loo``
+(leave-last-out: each user's last event is the target) or ``time`` (a global time cut at the 90th percentile
+of timestamps: each user's first event after it is the target, only events before it train). Events sharing
+a timestamp are ordered at random per seed (76% of ml-100k's events share one with another event of the same
+user; ordering them by id would bias targets toward rare films).
 
 Methods: ``user_tower`` (text + learned ID embedding for items seen in training, the hybrid),
 ``user_tower_text_only``, ``user_tower_no_attention`` (last hidden state), ``popularity``, ``mean_history``
@@ -32,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.evaluation.metrics import CURVE_KS, metrics_from_ranks, recall_curve, target_ranks
+from multimodal_rec.evaluation.metrics import CURVE_KS, leave_out_metrics
+from multimodal_rec.evaluation.simple import (
+    mean_history_scores,
+    popularity_scores,
+    random_scores,
+    seen_mask,
+    target_not_seen,
+)
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
@@ -91,19 +100,32 @@ def make_split(inter: Any, items: Any, seed: int, split: str = "loo") -> Split:
     return Split(seqs, np.array([u for u, _ in ok]), np.array([t for _, t in ok]))
 
 
-def _seen_mask(seqs: list[np.ndarray], users: np.ndarray, n_items: int) -> np.ndarray:
-    seen = np.zeros((len(users), n_items), dtype=bool)
-    for i, u in enumerate(users):
-        seen[i, seqs[u]] = True
-    return seen
+@dataclass
+class LeaveOut:
+    """The one seen-masked ranking of a split, shared by every method: which users count, what each saw.
 
+    ``seen[i]`` masks user ``users[i]``'s training items; a user whose target is among them can never hit it
+    and is left out (``keep``). Novelty uses the split's training counts, diversity the movies' text features.
+    """
 
-def _ranks(scores: np.ndarray, sp: Split, users: np.ndarray | None = None, targets: np.ndarray | None = None):
-    """1-based ranks of the targets of ``users`` (rows of ``scores`` are those users), seen items excluded."""
-    users = sp.users if users is None else users
-    targets = sp.targets if targets is None else targets
-    scores = np.where(_seen_mask(sp.seqs, users, scores.shape[1]), -np.inf, scores.astype(np.float64))
-    return target_ranks(scores, targets)
+    sp: Split
+    seen: np.ndarray  # [len(sp.users), n_items] bool
+    keep: np.ndarray  # [len(sp.users)] bool: the target is not among the user's training items
+    counts: np.ndarray  # [n_items] training interactions per movie
+    vectors: np.ndarray  # [n_items, D] unit-norm text features
+
+    @classmethod
+    def of(cls, sp: Split, vectors: np.ndarray) -> LeaveOut:
+        seen = seen_mask([sp.seqs[u] for u in sp.users], len(vectors))
+        counts = np.bincount(np.concatenate(sp.seqs), minlength=len(vectors)).astype(np.float64)
+        return cls(sp, seen, target_not_seen(seen, sp.targets), counts, vectors)
+
+    def metrics(self, scores: np.ndarray, sel: np.ndarray | None = None) -> dict[str, float]:
+        """Every metric of ``scores`` (rows: ``sp.users``, or ``sp.users[sel]`` for a bool ``sel``)."""
+        idx = np.arange(len(self.keep)) if sel is None else np.flatnonzero(sel)
+        ok = self.keep[idx]
+        rows = idx[ok]
+        return leave_out_metrics(scores[ok], self.sp.targets[rows], self.seen[rows], self.vectors, self.counts)
 
 
 # --- one job of the pool: one seed x one trained method --------------------------------------------------
@@ -138,12 +160,6 @@ def _job(method: str, seed: int, sp: Split, feats: np.ndarray, unseen: np.ndarra
         model = train_textrec(seqs, feats, tcfg, tc, tmp, recent=int(cfg.get("recent", 0)))
     # Scoring reads the full history (held-out movies included: by their text alone, as at serving time).
     return score_users(model, [sp.seqs[u] for u in sp.users])
-
-
-def _mean_history(sp: Split, feats: np.ndarray, max_history: int) -> np.ndarray:
-    x = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
-    u = np.stack([x[sp.seqs[u][-max_history:]].mean(0) for u in sp.users])
-    return (u / np.linalg.norm(u, axis=1, keepdims=True).clip(1e-12)) @ x.T
 
 
 def evaluate_ml100k(
@@ -183,69 +199,84 @@ def evaluate_ml100k(
         s: np.sort(np.random.default_rng(1000 + s).permutation(n_items)[: round(UNSEEN_FRACTION * n_items)])
         for s in range(seeds)
     }
-    ranks: dict[str, list[np.ndarray]] = {}
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+    evals = {s: LeaveOut.of(splits[s], x) for s in range(seeds)}
+    runs: dict[str, list[dict[str, float]]] = {}
     bar = progress(total=len(work), desc="ml-100k trainings", unit="run")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {(m, s): pool.submit(_job, m, s, splits[s], feats, unseen[s], cfg) for m, s in work}
         for s in range(seeds):  # the cheap methods, while the pool trains
-            sp = splits[s]
-            rng = np.random.default_rng(s)
-            counts = np.bincount(np.concatenate(sp.seqs), minlength=n_items).astype(np.float64)
-            cheap = {
-                "popularity": np.tile(counts + 1e-6 * rng.random(n_items), (len(sp.users), 1)),
-                "mean_history": _mean_history(sp, feats, max_history),
-                "random": rng.random((len(sp.users), n_items)),
-            }
-            for m, scores in cheap.items():
-                if m in methods:
-                    ranks.setdefault(m, []).append(_ranks(scores, sp))
-            if "user_tower_unseen_items" in methods:  # the same baselines when those movies have no history
-                sel = np.isin(sp.targets, unseen[s])
-                held = np.isin(np.arange(n_items), unseen[s])
-                cold = np.bincount(np.concatenate([q[~held[q]] for q in sp.seqs]), minlength=n_items)
-                cold_scores = {
-                    "popularity": np.tile(cold + 1e-6 * rng.random(n_items), (int(sel.sum()), 1)),
-                    "mean_history": cheap["mean_history"][sel],
-                }
-                for m, sc in cold_scores.items():
-                    r = _ranks(sc, sp, sp.users[sel], sp.targets[sel])
-                    ranks.setdefault(f"{m}_unseen_items", []).append(r)
+            _cheap_methods(evals[s], x, unseen[s], max_history, methods, np.random.default_rng(s), runs)
         for (m, s), fut in futures.items():
             sp = splits[s]
             scores = fut.result()
             if len(scores) == len(sp.seqs) != len(sp.users):  # ID baselines score every user; keep those with a target
                 scores = scores[sp.users]
-            if m == "user_tower_unseen_items":
-                sel = np.isin(sp.targets, unseen[s])
-                ranks.setdefault(m, []).append(_ranks(scores[sel], sp, sp.users[sel], sp.targets[sel]))
-            else:
-                ranks.setdefault(m, []).append(_ranks(scores, sp))
+            sel = np.isin(sp.targets, unseen[s]) if m == "user_tower_unseen_items" else None
+            runs.setdefault(m, []).append(evals[s].metrics(scores if sel is None else scores[sel], sel))
             bar.update(1)
     bar.close()
-    order = [m for m in ALL_METHODS if m in ranks] + [m for m in ranks if m not in ALL_METHODS]  # *_unseen_items last
-    results = {m: _aggregate([metrics_from_ranks(r, n_items) for r in ranks[m]]) for m in order}
+    order = [m for m in ALL_METHODS if m in runs] + [m for m in runs if m not in ALL_METHODS]  # *_unseen_items last
     res = {
         "dataset": "ml-100k",
         "split": split,
         "seeds": seeds,
-        "users": len(splits[0].users),
+        "users": int(evals[0].keep.sum()),
+        "users_target_seen": int((~evals[0].keep).sum()),
         "items": n_items,
         "unseen_items": len(unseen[0]),
         "seconds": round(time.perf_counter() - t0, 1),
-        "results": results,
-        "recall_curve": {
-            m: {str(k): float(np.mean([recall_curve(r)[str(k)] for r in ranks[m]])) for k in CURVE_KS} for m in order
-        },
+        "results": {m: _aggregate(runs[m]) for m in order},
+        "recall_curve": {m: _curve(runs[m]) for m in order},
     }
     if out_dir is not None:
         write_outputs(res, Path(out_dir))
     return res
 
 
-def _aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {
-        k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]
+def _cheap_methods(
+    ev: LeaveOut,
+    x: np.ndarray,
+    unseen: np.ndarray,
+    max_history: int,
+    methods: Sequence[str],
+    rng: np.random.Generator,
+    runs: dict[str, list[dict[str, float]]],
+) -> None:
+    """Popularity, mean of history and random on one split (and on the unseen-items users), into ``runs``.
+
+    All three are scored whatever ``methods`` asks, so the seed's random stream is the same in every run.
+    """
+    sp, n_items = ev.sp, len(x)
+    cheap = {
+        "popularity": popularity_scores(ev.counts, len(sp.users), rng),
+        "mean_history": mean_history_scores([x[sp.seqs[u][-max_history:]] for u in sp.users], x),
+        "random": random_scores(len(sp.users), n_items, rng),
     }
+    for m, scores in cheap.items():
+        if m in methods:
+            runs.setdefault(m, []).append(ev.metrics(scores))
+    if "user_tower_unseen_items" in methods:  # the same baselines when those movies have no history
+        sel = np.isin(sp.targets, unseen)
+        held = np.isin(np.arange(n_items), unseen)
+        cold = np.bincount(np.concatenate([q[~held[q]] for q in sp.seqs]), minlength=n_items).astype(np.float64)
+        cold_scores = {
+            "popularity": popularity_scores(cold, int(sel.sum()), rng),
+            "mean_history": cheap["mean_history"][sel],
+        }
+        for m, sc in cold_scores.items():
+            runs.setdefault(f"{m}_unseen_items", []).append(ev.metrics(sc, sel))
+
+
+def _curve(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Recall@K against K, mean over seeds (keys: the Ks as strings)."""
+    return {str(k): float(np.mean([r[f"curve@{k}"] for r in runs])) for k in CURVE_KS}
+
+
+def _aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and std over seeds of each metric (the Recall@K curve points aside: they go to ``recall_curve``)."""
+    keys = [k for k in runs[0] if not k.startswith("curve@")]
+    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in keys}
 
 
 def write_outputs(res: dict[str, Any], out: Path) -> None:
@@ -282,20 +313,33 @@ def plot_recall_curves(curves: dict[str, dict[str, float]], path: Path, title: s
 
 
 def format_ml100k(res: dict[str, Any]) -> str:
-    """The results as a terminal table: mean ± std over seeds."""
+    """The results as two terminal tables, accuracy then the rest: mean ± std over seeds."""
     lines = [
         f"ml-100k, {res['split']} split, {res['users']} users, {res['items']} movies, full ranking, seen items "
         f"excluded, {res['seeds']} seed(s), {res['seconds']:.0f} s",
-        f"{'method':<28}{'NDCG@10':>16}{'Recall@10':>16}{'Recall@50':>16}{'MRR':>16}{'median rank':>14}{'users':>7}",
     ]
+    if res.get("users_target_seen"):
+        lines.append(f"{res['users_target_seen']} users whose target was already in their history: left out")
+    lines.append(
+        f"{'method':<28}{'NDCG@10':>16}{'Recall@10':>16}{'Recall@50':>16}{'MRR':>16}{'median rank':>14}{'users':>7}"
+    )
 
-    def ms(r: dict[str, float]) -> str:
-        return f"{r['mean']:.4f}±{r['std']:.4f}"
+    def ms(r: dict[str, float], digits: int = 4) -> str:
+        return f"{r['mean']:.{digits}f}±{r['std']:.{digits}f}"
 
     for m, r in res["results"].items():
         lines.append(
             f"{m:<28}{ms(r['ndcg@10']):>16}{ms(r['recall@10']):>16}{ms(r['recall@50']):>16}{ms(r['mrr']):>16}"
             f"{r['median_rank']['mean']:>14.0f}{r['users']['mean']:>7.0f}"
+        )
+    lines.append("the same rankings: P@10, F1@10, AUC; beyond accuracy (diversity: 1 - cosine of the text features)")
+    lines.append(
+        f"{'method':<28}{'P@10':>15}{'F1@10':>15}{'AUC':>15}{'coverage@10':>15}{'diversity@10':>15}{'novelty@10':>15}"
+    )
+    for m, r in res["results"].items():
+        lines.append(
+            f"{m:<28}{ms(r['precision@10'], 4):>15}{ms(r['f1@10'], 4):>15}{ms(r['auc'], 3):>15}"
+            f"{ms(r['coverage@10'], 3):>15}{ms(r['diversity@10'], 3):>15}{ms(r['novelty@10'], 2):>15}"
         )
     lines.append(f"unseen items: {res['unseen_items']} movies ({UNSEEN_FRACTION:.0%}) held out of training entirely")
     return "\n".join(lines)
