@@ -100,6 +100,20 @@ def test_a_bug_reading_a_table_is_not_reported_as_bad_input(
         main(["train", "--config", "tiny", "--data", str(world), "--out", str(tmp_path / "r"), "-q"])
 
 
+def test_an_infrastructure_failure_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_rec.data import synth
+    from multimodal_rec.errors import InfrastructureError
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise InfrastructureError("the worker died (exit code -9): run the command again")
+
+    monkeypatch.setattr(synth, "make_world", failing)
+    code, _out, err = _run(capsys, "synth", "--out", str(tmp_path / "w"), "-q")
+    assert code == 2 and err.strip() == "mmrec synth: error: the worker died (exit code -9): run the command again"
+
+
 def test_entry_point_and_help() -> None:
     res = subprocess.run([sys.executable, "-m", "multimodal_rec.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0

@@ -2,7 +2,8 @@
 
 One module per command group registers its subcommands (``add_<command>``) and runs them (``cmd_<command>``);
 this module assembles the parser and runs a command with the shared error handling and exit codes:
-0 done, 2 a :class:`~multimodal_rec.errors.UserError` (one line on stderr, no traceback), 130 interrupted.
+0 done, 2 a :class:`~multimodal_rec.errors.UserError` or :class:`~multimodal_rec.errors.InfrastructureError` (one line
+on stderr, no traceback), 130 interrupted; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from multimodal_rec.cli import bench, data, encode, query, serve, train
 from multimodal_rec.cli import eval as evaluate
-from multimodal_rec.errors import UserError
+from multimodal_rec.errors import InfrastructureError, UserError
 
 # in `mmrec --help` order
 COMMANDS = (
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
         args.fn(args)
-    except UserError as e:
+    except (UserError, InfrastructureError) as e:
         print(f"mmrec {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
