@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -78,8 +79,11 @@ class RunConfig:
         return asdict(self)
 
 
-def _from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
-    """Build a (nested) dataclass from a dict, refusing unknown keys with the key's full name."""
+def build_config(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build config dataclass ``cls`` from a dict, nested sections included, refusing unknown keys by full name.
+
+    ``where`` is the section's dotted name in messages (``model.video``); any dataclass-typed field is a section.
+    """
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"config section {where or 'root'!r} must be a mapping, got {type(data).__name__}")
@@ -89,28 +93,26 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         raise UserError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(fields)})")
     kwargs = {}
     for name, value in data.items():
-        ftype = fields[name].type
-        sub = _dataclass_type(ftype)
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}" if where else name) if sub else value
+        sub = _nested_config_type(cls, name)
+        kwargs[name] = build_config(sub, value, f"{where}.{name}" if where else name) if sub else value
     return cls(**kwargs)
 
 
-_NESTED = {
-    "ModelConfig": ModelConfig,
-    "TextTowerConfig": TextTowerConfig,
-    "VideoTowerConfig": VideoTowerConfig,
-    "UserTowerConfig": UserTowerConfig,
-    "TrainConfig": TrainConfig,
-    "IndexConfig": IndexConfig,
-}
+_from_dict = build_config  # the old private name, still imported by evaluation/ml100k/textrec.py
 
 
-def _dataclass_type(ftype: Any) -> type | None:
-    return _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+def _nested_config_type(cls: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``cls`` (a nested config section), or None for a plain value.
+
+    Read from the class's own annotations (resolved in its module, as ``from __future__ import annotations``
+    leaves them strings), so a new config class nests without being registered anywhere.
+    """
+    hint = typing.get_type_hints(cls).get(name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    return _from_dict(RunConfig, data, "")
+    return build_config(RunConfig, data)
 
 
 def list_presets() -> list[str]:

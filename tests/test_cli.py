@@ -47,6 +47,8 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
             ["encode", "--model", "{trained}", "--catalog", "{missing}/c.csv", "--out", "{tmp}/b"],
             "catalog file not found",
         ),
+        (["encode", "--model", "{trained}", "--catalog", "{binary}", "--out", "{tmp}/b"], "cannot read catalog"),
+        (["encode", "--model", "{trained}", "--catalog", "{notparquet}", "--out", "{tmp}/b"], "cannot read catalog"),
         (["synth", "--out", "{tmp}/w", "--videos", "5", "--users", "-1"], "users"),
         (["search", "--bundle", "{bundle}", "red", "--filter", "colour=red"], "unknown filter column 'colour'"),
         (["search", "--bundle", "{bundle}", "red", "--filter", "duration_s<=long"], "expected a number"),
@@ -65,6 +67,8 @@ def test_bad_input_is_one_line_and_nonzero(
 ) -> None:
     badcat = tmp_path / "bad.csv"
     badcat.write_text("id,file\nv1,a.mp4\n")
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "catalog.parquet").write_bytes(b"not a parquet file")
     subs = {
         "bundle": bundle,
         "trained": trained,
@@ -72,12 +76,42 @@ def test_bad_input_is_one_line_and_nonzero(
         "tmp": tmp_path,
         "missing": tmp_path / "nope",
         "badcat": badcat,
+        "binary": tmp_path / "binary.csv",
+        "notparquet": tmp_path / "catalog.parquet",
     }
     code, _out, err = _run(capsys, *[a.format(**subs) for a in argv])
     assert code == 2
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_a_bug_reading_a_table_is_not_reported_as_bad_input(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only unreadable files become one-line errors: a programming error (a TypeError) propagates with its traceback."""
+    import pandas as pd
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("read_csv() got an unexpected keyword argument 'dtpye'")
+
+    monkeypatch.setattr(pd, "read_csv", broken)
+    with pytest.raises(TypeError, match="dtpye"):
+        main(["train", "--config", "tiny", "--data", str(world), "--out", str(tmp_path / "r"), "-q"])
+
+
+def test_an_infrastructure_failure_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multimodal_rec.data import synth
+    from multimodal_rec.errors import InfrastructureError
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise InfrastructureError("the worker died (exit code -9): run the command again")
+
+    monkeypatch.setattr(synth, "make_world", failing)
+    code, _out, err = _run(capsys, "synth", "--out", str(tmp_path / "w"), "-q")
+    assert code == 2 and err.strip() == "mmrec synth: error: the worker died (exit code -9): run the command again"
 
 
 def test_entry_point_and_help() -> None:

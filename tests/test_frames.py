@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from multimodal_rec.data.cache import iter_clips
 from multimodal_rec.data.frames import VideoDecodeError, read_frames, sample_indices
 
 
@@ -65,3 +66,43 @@ def test_bad_files_raise_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(VideoDecodeError) as e:
         read_frames(junk, 4, 64)
     assert "\n" not in str(e.value)
+
+
+def _clips(paths: list[Path], backend: str = "auto") -> list[tuple[int, np.ndarray | None, str]]:
+    return [item for batch in iter_clips([str(p) for p in paths], 4, 32, backend=backend) for item in batch]
+
+
+def test_unreadable_clips_are_skipped_with_a_reason(world: Path, tmp_path: Path) -> None:
+    good = world / pd.read_csv(world / "catalog.csv").iloc[0]["path"]
+    junk, empty = tmp_path / "junk.mp4", tmp_path / "empty.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.mp4"  # the container is intact, the coded frames are noise
+    data = bytearray(good.read_bytes())
+    for i in range(len(data) // 4, len(data) * 3 // 4, 7):
+        data[i] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    got = _clips([good, junk, tmp_path / "missing.mp4", empty, tmp_path, corrupt])
+    assert [i for i, _, _ in got] == [0, 1, 2, 3, 4, 5]
+    assert got[0][1] is not None and got[0][1].shape == (4, 32, 32, 3) and got[0][2] == ""
+    for i, frames, err in got[1:5]:
+        assert frames is None and err and "\n" not in err, (i, err)
+    assert got[5][1] is not None or got[5][2]  # FFmpeg may conceal the damage or refuse the clip: never a crash
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
+def test_a_bug_inside_decoding_is_not_a_skipped_clip(
+    world: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A programming error (here a TypeError from the decoder call) stops the job instead of skipping every clip."""
+    import av
+    import decord
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("unexpected keyword argument 'widht'")
+
+    monkeypatch.setattr(decord, "VideoReader", broken)
+    monkeypatch.setattr(av, "open", broken)
+    good = world / pd.read_csv(world / "catalog.csv").iloc[0]["path"]
+    with pytest.raises(TypeError, match="widht"):
+        _clips([good], backend=backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec.data import synth
+from multimodal_rec.data.synth import world as synth_world
 
 SEED = 2  # with 20 videos this seed covers every colour, shape and motion (asserted below)
 N_VIDEOS = 20
@@ -130,7 +132,7 @@ def test_other_seed_differs(world: tuple[Path, synth.WorldSummary], tmp_path: Pa
 def test_videos_decode_with_expected_shape_and_color(
     world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame
 ) -> None:
-    ref = {name: np.array(rgb, dtype=np.float32) for name, rgb in synth._RGB.items()}
+    ref = {name: np.array(rgb, dtype=np.float32) for name, rgb in synth.RGB.items()}
     for row in catalog.itertuples():
         frames = _decode(world[0] / row.path)
         assert 16 <= len(frames) <= 32, row.video_id
@@ -189,8 +191,8 @@ def test_captions_name_color_shape_and_motion(world: tuple[Path, synth.WorldSumm
         words = _words(row.caption)
         assert set(words) <= vocab, row.caption
         assert row.color in words, row.caption
-        assert _has_phrase(row.caption, synth._CAPTION_SHAPES[row.shape]), row.caption
-        assert _has_phrase(row.caption, synth._CAPTION_MOTIONS[row.motion]), row.caption
+        assert _has_phrase(row.caption, synth.CAPTION_SHAPES[row.shape]), row.caption
+        assert _has_phrase(row.caption, synth.CAPTION_MOTIONS[row.motion]), row.caption
         other_colors = set(synth.COLORS) - {row.color}
         assert not other_colors & set(words), row.caption
 
@@ -234,7 +236,7 @@ def test_paraphrases_are_word_disjoint_from_captions() -> None:
 
 
 def test_every_combination_has_test_video(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(synth, "_write_clip", lambda spec, video_dir: None)  # splits only; skip encoding
+    monkeypatch.setattr(synth_world, "write_clip", lambda spec, video_dir: None)  # splits only; skip encoding
     synth.make_world(tmp_path, videos=378, users=0, seed=0)
     cat = pd.read_csv(tmp_path / "catalog.csv")
     per_combo = cat.groupby(["color", "shape", "motion"])
@@ -245,7 +247,7 @@ def test_every_combination_has_test_video(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_sessions_make_recent_history_predictive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(synth, "_write_clip", lambda spec, video_dir: None)
+    monkeypatch.setattr(synth_world, "write_clip", lambda spec, video_dir: None)
     synth.make_world(tmp_path, videos=252, users=150, seed=0)
     cat = pd.read_csv(tmp_path / "catalog.csv").set_index("video_id")
     inter = pd.read_csv(tmp_path / "interactions.csv").join(cat[["color", "shape", "motion"]], on="video_id")
@@ -261,6 +263,22 @@ def test_sessions_make_recent_history_predictive(monkeypatch: pytest.MonkeyPatch
     counts = inter.video_id.value_counts()
     top_share = counts.head(len(cat) // 10).sum() / len(inter)
     assert 0.15 < top_share < 0.6  # popularity matters, but is not everything
+
+
+# sha256 of the CSVs of make_world(videos=300, users=100, seed=0) as the code before the synth/ split wrote them:
+# the world (and so every number in the README) is pinned; a change here means a change in the random streams.
+PINNED_CSV_SHA256 = {
+    "catalog.csv": "40cb01939094d8e872cc824d4a19db879a89ed57cb8c3b69dd97780dd20b7b9f",
+    "captions.csv": "9513e8d2aa32fbabaa207ff14878e76db78584369691afbca2593f67a6dd58e5",
+    "interactions.csv": "96b4a8eaf32b70d5f0427a208c2791b4b7a22a814fd8a581deacd3f071d82274",
+}
+
+
+def test_world_tables_are_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(synth_world, "write_clip", lambda spec, video_dir: None)
+    synth.make_world(tmp_path, videos=300, users=100, seed=0)
+    got = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in PINNED_CSV_SHA256}
+    assert got == PINNED_CSV_SHA256
 
 
 def test_progress_called_per_video(tmp_path: Path) -> None:

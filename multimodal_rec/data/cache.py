@@ -13,14 +13,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from multimodal_rec.data.frames import read_frames
+from multimodal_rec.data.frames import VideoDecodeError, read_frames
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
 
 
 class ClipDataset(Dataset):
-    """Decodes clip ``i`` in a DataLoader worker; a bad file yields an error string instead of frames."""
+    """Decodes clip ``i`` in a DataLoader worker; a bad file yields an error string instead of frames.
+
+    Only a file that cannot be read or decoded is a skipped clip (:class:`VideoDecodeError`, ``OSError``); any other
+    exception is a bug or a broken environment and propagates, so it stops the job instead of skipping every clip.
+    """
 
     def __init__(self, paths: Sequence[str], num_frames: int, size: int, backend: str = "auto") -> None:
         self.paths, self.num_frames, self.size, self.backend = list(paths), num_frames, size, backend
@@ -31,7 +35,7 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         try:
             return i, read_frames(self.paths[i], self.num_frames, self.size, self.backend), ""
-        except Exception as e:  # a bad file must never stop the job: report it and go on
+        except (VideoDecodeError, OSError) as e:  # a bad file must never stop the job: report it and go on
             return i, None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
 

@@ -68,9 +68,13 @@ def _first_line(e: BaseException) -> str:
 def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
     import decord
 
+    # what decord raises for a file it cannot read: RuntimeError ("Error reading ...") when opening, DECORDError (a
+    # failed C++ check: corrupt packets, an output size it cannot produce) or DECORDLimitReachedError (too many corrupt
+    # frames) when decoding; anything else propagates
+    bad_file = (RuntimeError, decord.DECORDError, decord.DECORDLimitReachedError)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=1)
-    except Exception as e:  # decord raises DECORDError / RuntimeError with multi-line C++ messages
+    except bad_file as e:  # multi-line C++ messages: keep the first line
         raise VideoDecodeError(f"cannot decode video {path}: {_first_line(e)}") from None
     try:
         n = len(reader)
@@ -78,7 +82,7 @@ def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
             raise VideoDecodeError(f"video has no frames: {path}")
         try:
             frames = reader.get_batch(sample_indices(n, num_frames).tolist()).asnumpy()  # [T, H, W, 3]
-        except Exception as e:
+        except bad_file as e:
             raise VideoDecodeError(f"cannot decode frames of {path}: {_first_line(e)}") from None
     finally:
         del reader  # release the demuxer/decoder now, not at some later GC
@@ -93,6 +97,7 @@ def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
     """
     import av
 
+    bad_file = (av.FFmpegError, OSError)  # what PyAV raises for a file it cannot read (InvalidDataError, ...)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -109,9 +114,7 @@ def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
                 n += 1
             if n == 0:
                 raise VideoDecodeError(f"video has no frames: {path}")
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # av.error.* (InvalidDataError, ...), OSError
+    except bad_file as e:
         raise VideoDecodeError(f"cannot decode video {path}: {_first_line(e)}") from None
     if wanted is None or n != declared:  # no or wrong frame count: sample what was actually decoded
         if wanted is not None:  # only the guessed indices were kept; take the nearest kept frame instead

@@ -22,14 +22,21 @@ def read_table(path: str | Path, required: tuple[str, ...], what: str) -> pd.Dat
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
+    # a file that cannot be read or parsed: OSError, or a ValueError (pandas' ParserError and EmptyDataError,
+    # UnicodeDecodeError, pyarrow's ArrowInvalid); pyarrow's other errors for a parquet file it cannot handle
+    unreadable: tuple[type[Exception], ...] = (OSError, ValueError)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+
+        unreadable += (pa.ArrowException,)
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:  # ids and texts stay strings ("007" is not 7); other columns keep their inferred types
             text_cols = {c: str for c in ("video_id", "user_id", "path", "caption", "text", "title")}
             df = pd.read_csv(path, dtype=text_cols, keep_default_na=False, na_values=[""])
-    except Exception as e:
-        raise UserError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+    except unreadable as e:
+        raise UserError(f"cannot read {what} {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise UserError(f"{what} {path} lacks required column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")

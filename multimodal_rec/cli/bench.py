@@ -1,0 +1,109 @@
+"""``mmrec bench``: measured throughput ratios of encoding, FAISS indexes, search and the HTTP service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from multimodal_rec.cli.common import Subparsers, add_command, positive_int, print_json
+from multimodal_rec.errors import UserError
+
+
+def _bench_encode(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench import encode as bench
+
+    if not a.model or not a.catalog:
+        raise UserError("bench encode needs --model RUN and --catalog CATALOG")
+    res = bench.bench_encode(
+        a.model,
+        a.catalog,
+        batch_size=a.batch_size,
+        workers=a.workers,
+        memory=not a.no_memory,
+        device=a.device,
+        repeat=a.repeat,
+    )
+    print(json.dumps(res) if a.json else bench.format_encode(res))
+
+
+def _bench_index(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench.index import bench_index, format_bench_index
+
+    res = bench_index(sizes=a.sizes, d=a.dim, nq=a.nq, k=a.k, seed=a.seed, candidates=a.candidates)
+    if a.json:
+        print_json(res)
+    else:
+        print(format_bench_index(res))
+
+
+def _bench_search_or_serve(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench import serve as bench_serve
+
+    if not a.bundle:
+        raise UserError(f"bench {a.what} needs --bundle BUNDLE")
+    if a.what == "search":
+        res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed)
+        text = bench_serve.format_search
+    else:
+        res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
+        text = bench_serve.format_serve
+    if a.json:
+        print_json(res)
+    else:
+        print(text(res))
+
+
+_BENCHES = {
+    "encode": _bench_encode,
+    "index": _bench_index,
+    "search": _bench_search_or_serve,
+    "serve": _bench_search_or_serve,
+}
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    _BENCHES[a.what](a)
+
+
+def add_bench(sub: Subparsers) -> None:
+    s = add_command(sub, "bench", "benchmarks: measured throughput ratios (not tests)", cmd_bench)
+    s.add_argument(
+        "what",
+        choices=["encode", "index", "search", "serve"],
+        help="encode: decode-only vs model-only vs end-to-end, and memory; "
+        "index: FAISS candidates on synthetic vectors (build, memory, latency, recall vs exact); "
+        "search: Recommender.search/recommend latency and overhead over model + FAISS; "
+        "serve: HTTP load test of mmrec serve",
+    )
+    s.add_argument("--model", help="trained run directory")
+    s.add_argument("--catalog", help="catalog to encode")
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument(
+        "--workers", type=int, default=None, help="decode workers for the end-to-end run (default: as mmrec encode)"
+    )
+    s.add_argument("--repeat", type=positive_int, default=1, help="benchmark the catalog N times over")
+    s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
+    s.add_argument("--device", default="auto")
+    s.add_argument("-k", type=positive_int, default=10, help="index, search, serve: recall@k / hits (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="index, search, serve: seed of the vectors or queries")
+    g = s.add_argument_group("bench index")
+    g.add_argument(
+        "--sizes", type=positive_int, nargs="+", default=[100_000, 1_000_000], help="catalog sizes (default 100k 1M)"
+    )
+    g.add_argument(
+        "--dim", type=positive_int, default=257, help="vector dim (default 257: embed_dim 256 + the prior column)"
+    )
+    g.add_argument("--nq", type=positive_int, default=1000, help="queries (recall and batch throughput)")
+    g.add_argument(
+        "--candidates",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="what to build: flat hnsw ivf ivfpq or FAISS factory strings (default: all; the size's default is "
+        "always added)",
+    )
+    g = s.add_argument_group("bench search / bench serve")
+    g.add_argument("--bundle", help="bundle directory (mmrec encode --out)")
+    g.add_argument("--queries", type=positive_int, default=500, help="bench search: queries and histories timed")
+    g.add_argument("--requests", type=positive_int, default=2000, help="bench serve: requests sent in all")
+    g.add_argument("--concurrency", type=positive_int, default=16, help="bench serve: requests in flight")

@@ -1,0 +1,98 @@
+"""``mmrec eval``: full-ranking evaluation of a bundle on its data directory, or of every method on ml-100k."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from multimodal_rec.cli.common import (
+    Subparsers,
+    add_command,
+    load_recommender,
+    overrides,
+    positive_int,
+    print_json,
+)
+from multimodal_rec.errors import UserError
+from multimodal_rec.progress import tqdm_progress
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from multimodal_rec.evaluation.bundle_eval import evaluate, format_report
+
+    if a.dataset is not None:
+        return _eval_dataset(a)
+    if not a.bundle or not a.data:
+        raise UserError("give --bundle and --data (a trained bundle and its data directory), or --dataset ml-100k")
+    res = evaluate(load_recommender(a.bundle), a.data, seeds=a.seeds or 1, id_baselines=not a.no_id_baselines)
+    if a.plot:
+        from multimodal_rec.evaluation.bundle_eval import plot_user_recall
+
+        plot_user_recall(res, a.plot)
+    if a.json:
+        print_json(res)
+    else:
+        print(format_report(res))
+
+
+def _dataset_config(pairs: list[str]) -> dict[str, Any]:
+    """``--set`` pairs of ``--dataset`` runs as the nested dict ``evaluate_ml100k`` takes (model.X, train.X, recent)."""
+    config: dict[str, Any] = {}
+    for key, value in overrides(pairs).items():
+        section, _, rest = key.partition(".")
+        if section not in ("model", "train", "recent") or (section != "recent" and not rest):
+            raise UserError(f"--set keys for --dataset are model.X, train.X or recent, got {key!r}")
+        if section == "recent":
+            config["recent"] = value
+        else:
+            node = config.setdefault(section, {})
+            *parents, leaf = rest.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return config
+
+
+def _eval_dataset(a: argparse.Namespace) -> None:
+    from multimodal_rec.evaluation.ml100k.run import DEFAULT_METHODS, evaluate_ml100k, format_ml100k
+
+    config = _dataset_config(a.set)
+    res = evaluate_ml100k(
+        seeds=a.seeds or 3,
+        methods=a.methods or DEFAULT_METHODS,
+        split=a.split,
+        jobs=a.jobs,
+        config=config,
+        out_dir=a.out,
+        progress=tqdm_progress(a.quiet or a.json),
+    )
+    if a.json:
+        print_json({k: v for k, v in res.items() if k != "recall_curve"})
+    else:
+        print(format_ml100k(res))
+        print(f"results.json and recall_at_k.png in {a.out}")
+
+
+def add_eval(sub: Subparsers) -> None:
+    s = add_command(
+        sub, "eval", "full-ranking evaluation: a bundle on its data directory, or --dataset ml-100k", cmd_eval
+    )
+    s.add_argument("--bundle", help="bundle to evaluate (with --data)")
+    s.add_argument("--data", help="data directory (held-out split + last events)")
+    s.add_argument(
+        "--dataset",
+        choices=["ml-100k"],
+        help="train and evaluate the user tower and every baseline on a public data set (needs recbole --no-deps)",
+    )
+    s.add_argument(
+        "--seeds", type=positive_int, default=None, help="seeds, mean ± std (default: 3 --dataset, 1 bundle)"
+    )
+    s.add_argument("--plot", metavar="PNG", help="bundle: write Recall@K curves of the user->video methods here")
+    s.add_argument("--no-id-baselines", action="store_true", help="bundle: skip BPR-MF, Mult-DAE and SASRec")
+    s.add_argument("--split", choices=["loo", "time"], default="loo", help="--dataset: leave-last-out or global time")
+    s.add_argument("--methods", nargs="+", metavar="METHOD", help="--dataset: subset of methods (default: all main)")
+    s.add_argument("--jobs", type=int, default=0, help="--dataset: parallel training processes (default: cores)")
+    s.add_argument("--out", default="eval_out/ml-100k", help="--dataset: where results.json + recall_at_k.png go")
+    s.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="--dataset: model.X / train.X / recent"
+    )

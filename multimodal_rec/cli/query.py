@@ -1,0 +1,92 @@
+"""``mmrec search`` (text -> videos, optionally as a contact sheet) and ``mmrec recommend`` (history -> videos)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from multimodal_rec.cli.common import (
+    FILTER_EXPR_HELP,
+    LOG,
+    Subparsers,
+    add_command,
+    load_recommender,
+    positive_int,
+    print_hits,
+    print_json,
+)
+from multimodal_rec.errors import UserError
+
+
+def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
+    from multimodal_rec.serving.filters import parse_filter_exprs
+
+    return parse_filter_exprs(exprs, rec.catalog) or None
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    if a.contact_sheet and len(a.query) != 1:
+        raise UserError("--contact-sheet draws the hits of one query: give exactly one")
+    rec = load_recommender(a.bundle)
+    results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter))
+    if a.contact_sheet:
+        from multimodal_rec.serving.contact_sheet import rows_for_hits, write_contact_sheet
+
+        rows = rows_for_hits(rec, results[0])
+        title = f"query: {a.query[0]!r}"
+        sheet = write_contact_sheet(rows, a.contact_sheet, frames=a.sheet_frames, size=a.sheet_px, title=title)
+        LOG.info("contact sheet of %d hits written to %s", len(results[0]), sheet)
+    if a.json:
+        if len(a.query) == 1:
+            print_json({"hits": [h.to_dict() for h in results[0]]})
+        else:
+            print_json(
+                {
+                    "results": [
+                        {"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(a.query, results, strict=True)
+                    ]
+                }
+            )
+        return
+    for q, hits in zip(a.query, results, strict=True):
+        print_hits(f"search: {q!r}", hits)
+
+
+def add_search(sub: Subparsers) -> None:
+    s = add_command(sub, "search", "text -> videos", cmd_search)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("query", nargs="+", help="one or more text queries")
+    s.add_argument("-k", type=int, default=10, help="hits per query (1..1000)")
+    s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
+    s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
+    s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")
+    s.add_argument("--sheet-px", type=positive_int, default=96, help="contact-sheet frame size in px (default 96)")
+
+
+def cmd_recommend(a: argparse.Namespace) -> None:
+    rec = load_recommender(a.bundle)
+    hits = rec.recommend(
+        a.history, k=a.k, exclude=a.exclude or (), filters=_filters(rec, a.filter), exclude_seen=not a.include_seen
+    )
+    why = rec.explain(a.history)
+    if a.json:
+        print_json({"hits": [h.to_dict() for h in hits], "attention": [{"text": t, "weight": w} for t, w in why]})
+        return
+    print_hits(f"recommend for a history of {len(a.history)} items:", hits)
+    top = max(why, key=lambda x: x[1])
+    print(f"  because of: {top[0]!r} (attention {top[1]:.2f})")
+
+
+def add_recommend(sub: Subparsers) -> None:
+    s = add_command(sub, "recommend", "user history -> videos", cmd_recommend)
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--history", nargs="+", required=True, help="texts the user engaged with, oldest first")
+    s.add_argument("--exclude", nargs="*", help="video ids not to recommend")
+    s.add_argument("-k", type=int, default=10, help="hits (1..1000)")
+    s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
+    s.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also recommend videos the history names (an item equal to a video id or title); skipped by default",
+    )

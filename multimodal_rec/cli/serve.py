@@ -1,0 +1,23 @@
+"""``mmrec serve``: the HTTP service over a bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+from multimodal_rec.cli.common import Subparsers, add_command, positive_int
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from multimodal_rec.serving.http import run_server
+
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers)
+
+
+def add_serve(sub: Subparsers) -> None:
+    s = add_command(
+        sub, "serve", "HTTP service over a bundle (needs the serve extra: pip install -e '.[serve]')", cmd_serve
+    )
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
