@@ -9,15 +9,9 @@ import pytest
 
 from multimodal_rec import UserError
 from multimodal_rec.bundle import read_manifest
-from multimodal_rec.index.build import (
-    build_index,
-    build_sharded_index,
-    describe,
-    merge_shards,
-    search,
-    shard_file_names,
-    shard_of,
-)
+from multimodal_rec.index.build import build_index, describe
+from multimodal_rec.index.search import search
+from multimodal_rec.index.shards import build_sharded_index, merge_shards, shard_file_names, shard_of
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

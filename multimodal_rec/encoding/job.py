@@ -37,7 +37,8 @@ from multimodal_rec.bundle import (
 from multimodal_rec.data.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data.tables import read_catalog
 from multimodal_rec.errors import UserError
-from multimodal_rec.index.build import build_index, build_sharded_index, choose_factory, shard_file_names
+from multimodal_rec.index.build import build_index, choose_factory
+from multimodal_rec.index.shards import build_sharded_index, shard_file_names
 from multimodal_rec.model.checkpoint import load_model, model_fingerprint
 from multimodal_rec.model.multimodal import to_numpy
 from multimodal_rec.model.prior import COUNTS_FILE, PRIOR_COLUMN, index_vectors, read_counts
