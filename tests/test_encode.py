@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec import UserError
-from multimodal_rec.encoding.job import encode_catalog
+from multimodal_rec.encoding import encode_catalog
 
 
 def _catalog(rows: list[tuple[str, str]], path: Path) -> Path:

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from multimodal_rec import UserError
-from multimodal_rec.encoding.job import encode_catalog, plan_encode, run_local
+from multimodal_rec.encoding import encode_catalog
+from multimodal_rec.encoding.job import plan_encode
+from multimodal_rec.encoding.local import run_local
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
     world: Path, trained: Path, bundle: Path, tmp_path: Path
 ) -> None:
     from multimodal_rec import Recommender
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     res = encode_catalog(trained, world / "catalog.csv", tmp_path / "b", batch_size=16, workers=0, index_shards=3)
     manifest = read_manifest(res.bundle)
@@ -84,7 +84,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
 def test_more_shards_than_videos_is_refused(world: Path, trained: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     cat = pd.read_csv(world / "catalog.csv").head(2)
     cat["path"] = [str(world / p) for p in cat["path"]]

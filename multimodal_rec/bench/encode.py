@@ -23,7 +23,8 @@ import torch
 
 from multimodal_rec.data.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data.tables import read_catalog
-from multimodal_rec.encoding.job import default_workers, encode_catalog
+from multimodal_rec.encoding.embed import inference
+from multimodal_rec.encoding.pipeline import default_workers, encode_catalog
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.checkpoint import load_model
 from multimodal_rec.runtime import pick_device
@@ -93,8 +94,7 @@ def bench_encode(
     if not sample:
         raise UserError("no clip of the catalog decodes: nothing to benchmark")
     frames = frames_to_tensor(np.stack([sample[i % len(sample)] for i in range(batch_size)]))
-    use_amp = model.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with inference(model):  # the encoder's numerics, without its per-batch host copies
         model.encode_video(frames)  # warm-up
         if model.device.type == "cuda":
             torch.cuda.synchronize()

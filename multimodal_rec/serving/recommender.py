@@ -431,7 +431,7 @@ class Recommender:
         if "abs_path" not in df.columns:
             df["abs_path"] = ""
         if sizes_known:
-            from multimodal_rec.encoding.job import _file_stats
+            from multimodal_rec.encoding.job import file_stats as _file_stats
 
             sizes, mtimes = _file_stats(list(df["abs_path"]))
         else:
