@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,8 @@ class EncodeJob:
     ``todo`` are the catalog rows not reused from a previous bundle; shard ``k`` is ``todo[k * shard_size :
     (k + 1) * shard_size]`` and its model batches are consecutive ``batch_size`` slices of it, so every engine
     puts each clip in the same batch (and gets the same embedding). ``done`` maps a complete shard to its
-    embeddings (encoded rows only) and one error per row ("" for encoded rows).
+    embeddings (encoded rows only) and one error per row ("" for encoded rows); :meth:`open_shards` fills it with
+    the shards an interrupted run of this very job left.
     """
 
     model_dir: Path
@@ -156,16 +157,28 @@ class EncodeJob:
     cfg: Any  # RunConfig
     fingerprint: str
     cat: pd.DataFrame
-    reuse: dict[int, np.ndarray]
-    prev_ids: set[str]
-    todo: list[int]
+    reuse: dict[int, np.ndarray]  # catalog row -> embedding kept from the previous bundle
+    prev_ids: set[str]  # the video ids of the previous bundle
     batch_size: int
     shard_size: int
     backend: str
-    shards: ShardWriter
-    done: dict[int, tuple[np.ndarray, list[str]]]
     index_shards: int = 1
-    resumed_shards: frozenset[int] = frozenset()  # shards complete before this call (an interrupted run's)
+    todo: list[int] = field(init=False)  # the rows to encode: every row not reused
+    shards: ShardWriter = field(init=False)
+    done: dict[int, tuple[np.ndarray, list[str]]] = field(init=False, default_factory=dict)
+    resumed_shards: frozenset[int] = field(init=False, default=frozenset())  # complete before this call
+
+    def __post_init__(self) -> None:
+        self.todo = [r for r in range(len(self.cat)) if r not in self.reuse]
+
+    def open_shards(self) -> None:
+        """Discard the work directory's shards if another job left them, else take its complete shards as done."""
+        key = job_key(self.fingerprint, self.cat, self.todo, self.batch_size, self.shard_size)
+        self.shards = ShardWriter(self.out.parent / f".{self.out.name}.work", key)
+        self.done = {k: s for k in range(self.n_shards) if (s := self.shards.load(k)) is not None}
+        self.resumed_shards = frozenset(self.done)
+        if self.done:
+            LOG.info("resuming: %d of %d shards already complete", len(self.done), self.n_shards)
 
     @property
     def n_shards(self) -> int:
@@ -255,30 +268,20 @@ def plan_encode(
     out = Path(out).resolve()
 
     reuse, prev_ids = previous_bundle(out, fingerprint, cat)
-    if rebuild:
-        reuse = {}
-    todo = [r for r in range(len(cat)) if r not in reuse]
-    shards = ShardWriter(out.parent / f".{out.name}.work", job_key(fingerprint, cat, todo, batch_size, shard_size))
     job = EncodeJob(
-        model_dir=Path(model_dir),
-        catalog=Path(catalog),
-        out=out,
+        Path(model_dir),
+        Path(catalog),
+        out,
         model=model,
         cfg=cfg,
         fingerprint=fingerprint,
         cat=cat,
-        reuse=reuse,
+        reuse={} if rebuild else reuse,
         prev_ids=prev_ids,
-        todo=todo,
         batch_size=batch_size,
         shard_size=shard_size,
         backend=backend,
-        shards=shards,
-        done={},
         index_shards=index_shards,
     )
-    job.done = {k: s for k in range(job.n_shards) if (s := shards.load(k)) is not None}
-    job.resumed_shards = frozenset(job.done)
-    if job.done:
-        LOG.info("resuming: %d of %d shards already complete", len(job.done), job.n_shards)
+    job.open_shards()
     return job
