@@ -1,8 +1,9 @@
 """Offline catalog encoding: plan a resumable job, embed clips (local or Ray engine), write the bundle.
 
-``job`` (the plan, shards, reuse of a previous bundle) < ``embed`` (the one decode-and-embed path) < ``local`` and
-``ray_engine`` (the engines) < ``finish`` (the bundle) < ``pipeline`` (``encode_catalog``). The names below are
-imported lazily, so importing one submodule does not import the others.
+Modules, each importing only those before it: ``embed`` (the one decode-and-embed path), ``job`` (the plan, its
+resumable shards, reuse of a previous bundle), the engines ``local`` and ``ray_engine``, ``finish`` (the bundle),
+``pipeline`` (``encode_catalog``: picks the engine). The names below are imported lazily, on first use, so importing
+one submodule does not import the others.
 """
 
 from __future__ import annotations
