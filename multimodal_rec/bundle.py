@@ -154,7 +154,8 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap
     memory-mapped, so several worker processes serving one bundle share one copy in the page cache."""
     from transformers import AutoTokenizer
 
-    from multimodal_rec.index.build import merge_shards, read_index
+    from multimodal_rec.index.build import read_index
+    from multimodal_rec.index.shards import merge_shards
     from multimodal_rec.model.checkpoint import load_model
 
     path = Path(path)

@@ -14,7 +14,8 @@ import time
 import faiss
 
 from multimodal_rec.bench.index import clustered_vectors, exact_knn, recall_at_k
-from multimodal_rec.index.build import PQ_CODE, build_index, describe, ivf_nlist, pq_m, search
+from multimodal_rec.index.build import PQ_CODE, build_index, describe, ivf_nlist, pq_m
+from multimodal_rec.index.search import search
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def trained(world: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cfg) -> 
 
 @pytest.fixture(scope="session")
 def bundle(trained: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     encode_catalog(trained, world / "catalog.csv", out, batch_size=16, workers=0)

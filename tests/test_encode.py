@@ -1,4 +1,5 @@
-"""Catalog encoding: bad files skipped and reported, kill -9 then resume, incremental updates, real clips."""
+"""Catalog encoding: bad files skipped and reported (every good clip keeps its own embedding), kill -9 then resume,
+shards and bundles of another model or catalog never reused, incremental updates, real clips."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import pandas as pd
 import pytest
 
 from multimodal_rec import UserError
-from multimodal_rec.encoding.job import encode_catalog
+from multimodal_rec.encoding import encode_catalog, encode_videos
+from multimodal_rec.encoding.job import plan_encode
+from multimodal_rec.encoding.local import run_local
+from multimodal_rec.model.checkpoint import load_model
 
 
 def _catalog(rows: list[tuple[str, str]], path: Path) -> Path:
@@ -52,6 +56,44 @@ def make_bad_files(world: Path, d: Path) -> dict[str, Path]:
     return files
 
 
+class StopAfter:
+    """A progress bar that interrupts the job after ``n`` videos (a kill between shards)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def __call__(self, **_: object) -> StopAfter:
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.seen += n
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+    def set_postfix(self, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def bundle_vectors(bundle: Path) -> dict[str, np.ndarray]:
+    """video id -> its embedding in ``bundle``."""
+    ids = pd.read_parquet(bundle / "catalog.parquet")["video_id"]
+    return dict(zip(ids, np.load(bundle / "embeddings.npy"), strict=True))
+
+
+def assert_own_embeddings(bundle: Path, model_dir: Path, paths: dict[str, str]) -> None:
+    """Each video of ``paths`` (id -> file) is in ``bundle`` with the embedding of its own clip encoded alone."""
+    model, _ = load_model(model_dir)
+    got = bundle_vectors(bundle)
+    assert set(got) == set(paths)
+    for v, p in paths.items():
+        alone, errors = encode_videos(model, [p], batch_size=1)
+        assert errors == [""], v
+        np.testing.assert_allclose(got[v], alone[0], atol=1e-5, err_msg=f"{v} has another clip's embedding")
+
+
 def test_bad_files_are_skipped_and_reported(world: Path, trained: Path, tmp_path: Path) -> None:
     cat = pd.read_csv(world / "catalog.csv")
     good = [(v, str(world / p)) for v, p in zip(cat["video_id"][:6], cat["path"][:6], strict=True)]
@@ -65,6 +107,100 @@ def test_bad_files_are_skipped_and_reported(world: Path, trained: Path, tmp_path
     assert "not found" in reasons["bad_missing"] and "empty" in reasons["bad_zero_byte"]
     report = pd.read_csv(res.bundle / "skipped.csv")
     assert set(report["video_id"]) == set(reasons) and list(report.columns) == ["video_id", "path", "reason"]
+
+
+def test_every_good_clip_keeps_its_own_embedding_among_bad_ones(world: Path, trained: Path, tmp_path: Path) -> None:
+    cat = pd.read_csv(world / "catalog.csv")
+    good = [(v, str(world / p)) for v, p in zip(cat["video_id"][:9], cat["path"][:9], strict=True)]
+    bad = [(f"bad_{k}", str(p)) for k, p in make_bad_files(world, tmp_path / "bad").items()]
+    # batches of 2, shards of 4 rows: a bad clip first, three in a row across the shard boundary at row 4, a batch
+    # of one bad and one good, a bad clip last in a shard; an interrupted run leaves shard 0 to be resumed
+    rows = [bad[0], good[0], good[1], bad[1], bad[2], bad[3], good[2], good[3], good[4], bad[4]]
+    rows += [good[5], good[6], bad[5], good[7], good[8]]
+    catalog, kw = _catalog(rows, tmp_path / "c.csv"), {"batch_size": 2, "shard_size": 4}
+    with pytest.raises(KeyboardInterrupt):
+        run_local(plan_encode(trained, catalog, tmp_path / "b", **kw), workers=0, progress=StopAfter(6))
+    res = encode_catalog(trained, catalog, tmp_path / "b", workers=0, **kw)
+    assert (res.total, res.resumed, len(res.skipped)) == (9, 4, 6)
+    assert_own_embeddings(res.bundle, trained, dict(good))
+    # Recommender.add_videos' path: one error per path, the vectors of the good ones in order
+    xb, errors = encode_videos(load_model(trained)[0], [p for _, p in rows], batch_size=2)
+    assert [bool(e) for e in errors] == [v.startswith("bad_") for v, _ in rows]
+    ours = bundle_vectors(res.bundle)
+    np.testing.assert_allclose(xb, np.stack([ours[v] for v, _ in rows if not v.startswith("bad_")]), atol=1e-5)
+
+
+def _interrupted(model_dir: Path, catalog: Path, out: Path, **kw: int) -> None:
+    """Leave the complete shards of a job stopped in its second shard in ``out``'s work directory."""
+    job = plan_encode(model_dir, catalog, out, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(job, workers=0, progress=StopAfter(kw["shard_size"] + 1))
+    assert (out.parent / f".{out.name}.work" / "shard-000000.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def other_model(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model of the same config (the trained one re-initialised with another seed): other embeddings."""
+    import torch
+
+    from multimodal_rec.model.checkpoint import read_checkpoint_config, save_model
+    from multimodal_rec.model.multimodal import create_model
+
+    out = tmp_path_factory.mktemp("other_model")
+    shutil.copytree(trained, out, dirs_exist_ok=True)  # the same popularity counts
+    cfg = read_checkpoint_config(trained)
+    torch.manual_seed(7)
+    save_model(create_model(cfg.model), cfg, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_catalog(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 20 clips of the world, with absolute paths."""
+    cat = pd.read_csv(world / "catalog.csv").head(20)
+    cat["path"] = [str(world / p) for p in cat["path"]]
+    path = tmp_path_factory.mktemp("small") / "catalog.csv"
+    cat.to_csv(path, index=False)
+    return path
+
+
+def test_another_model_never_reuses_shards_or_bundle(
+    trained: Path, other_model: Path, bundle: Path, small_catalog: Path, tmp_path: Path
+) -> None:
+    kw = {"batch_size": 4, "shard_size": 8}
+    clean = encode_catalog(other_model, small_catalog, tmp_path / "clean", workers=0, **kw)
+    _interrupted(trained, small_catalog, tmp_path / "b", **kw)
+    res = encode_catalog(other_model, small_catalog, tmp_path / "b", workers=0, **kw)
+    np.testing.assert_array_equal(np.load(res.bundle / "embeddings.npy"), np.load(clean.bundle / "embeddings.npy"))
+    assert (res.resumed, res.reused, res.encoded) == (0, 0, 20)
+    # the other way round, over a finished bundle: the trained model's vectors, none of the other model's
+    res = encode_catalog(trained, small_catalog, tmp_path / "b", workers=0, **kw)
+    ours, ref = bundle_vectors(res.bundle), bundle_vectors(bundle)
+    for v, x in ours.items():
+        np.testing.assert_allclose(x, ref[v], atol=1e-5, err_msg=f"{v}: not the trained model's vector")
+    assert (res.reused, res.encoded) == (0, 20)
+
+
+@pytest.mark.parametrize("change", ["paths", "content"])
+def test_a_changed_catalog_never_reuses_shards(trained: Path, small_catalog: Path, tmp_path: Path, change: str) -> None:
+    kw = {"batch_size": 4, "shard_size": 8}
+    cat = pd.read_csv(small_catalog)
+    if change == "content":  # the same catalog over copies of the files, two of them later rewritten in place
+        (tmp_path / "clips").mkdir()
+        for i, p in enumerate(cat["path"]):
+            cat.loc[i, "path"] = str(shutil.copy(p, tmp_path / "clips" / Path(p).name))
+    before = _catalog(list(zip(cat["video_id"], cat["path"], strict=True)), tmp_path / "before.csv")
+    _interrupted(trained, before, tmp_path / "b", **kw)
+    if change == "paths":  # the same ids, the first shard's clips swapped pairwise
+        cat.loc[:7, "path"] = [cat["path"][i ^ 1] for i in range(8)]
+    else:
+        for i in (0, 5):
+            Path(cat["path"][i]).write_bytes(Path(cat["path"][i + 10]).read_bytes())
+    after = _catalog(list(zip(cat["video_id"], cat["path"], strict=True)), tmp_path / "after.csv")
+    res = encode_catalog(trained, after, tmp_path / "b", workers=0, **kw)
+    clean = encode_catalog(trained, after, tmp_path / "clean", workers=0, **kw)
+    np.testing.assert_array_equal(np.load(res.bundle / "embeddings.npy"), np.load(clean.bundle / "embeddings.npy"))
+    assert res.resumed == 0
 
 
 def test_cli_exit_codes_for_skips(world: Path, trained: Path, tmp_path: Path, capsys) -> None:

@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_encode import StopAfter, assert_own_embeddings
 
 from multimodal_rec import UserError
-from multimodal_rec.encoding.job import encode_catalog, plan_encode, run_local
+from multimodal_rec.encoding import encode_catalog
+from multimodal_rec.encoding.job import plan_encode
+from multimodal_rec.encoding.local import run_local
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,9 @@ def test_ray_engine_gives_the_local_bundle(ray_session, trained: Path, mixed_cat
     assert list(skipped["video_id"]) == ["gone", "text"]
     assert skipped.equals(pd.read_csv(local.bundle / "skipped.csv"))
     assert not (tmp_path / ".ray.work").exists()
+    cat = pd.read_csv(mixed_catalog)
+    good = {v: p for v, p in zip(cat["video_id"], cat["path"], strict=True) if v not in ("gone", "text")}
+    assert_own_embeddings(dist.bundle, trained, good)  # not a neighbour's: the row after a skipped clip is its own
 
 
 def test_cli_ray_engine_with_index_shards(ray_session, trained: Path, mixed_catalog: Path, tmp_path: Path) -> None:
@@ -68,33 +74,12 @@ def test_cli_ray_engine_with_index_shards(ray_session, trained: Path, mixed_cata
     assert read_manifest(out)["index_shards"] == 2
 
 
-class _StopAfter:
-    """A progress bar that interrupts the job after ``n`` videos (a kill between shards)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def __call__(self, **_: object) -> _StopAfter:
-        return self
-
-    def update(self, n: int = 1) -> None:
-        self.seen += n
-        if self.seen >= self.n:
-            raise KeyboardInterrupt
-
-    def set_postfix(self, values: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def test_ray_engine_resumes_from_shards(ray_session, trained: Path, mixed_catalog: Path, tmp_path: Path) -> None:
     kw = {"batch_size": 4, "shard_size": 8}
     ref = encode_catalog(trained, mixed_catalog, tmp_path / "ref", workers=0, **kw)
     job = plan_encode(trained, mixed_catalog, tmp_path / "b", **kw)
     with pytest.raises(KeyboardInterrupt):
-        run_local(job, workers=0, progress=_StopAfter(9))  # stops inside shard 1: shard 0 is complete
+        run_local(job, workers=0, progress=StopAfter(9))  # stops inside shard 1: shard 0 is complete
     res = encode_catalog(trained, mixed_catalog, tmp_path / "b", engine="ray", **kw)
     assert (res.resumed, res.encoded, len(res.skipped)) == (8, 13, 2)  # shard 0: 7 clips + the missing file
     np.testing.assert_array_equal(np.load(res.bundle / "embeddings.npy"), np.load(ref.bundle / "embeddings.npy"))

@@ -40,7 +40,7 @@ def test_bundle_layout_and_search(bundle: Path, world: Path) -> None:
 
 
 def test_embeddings_are_unit_norm_and_deterministic(bundle: Path, trained: Path, world: Path, tmp_path: Path) -> None:
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     xb = np.load(bundle / "embeddings.npy")
     np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-4)

@@ -9,8 +9,9 @@ import pytest
 
 from multimodal_rec.bench.index import clustered_vectors
 from multimodal_rec.errors import UserError
-from multimodal_rec.index import build as index_mod
-from multimodal_rec.index.build import build_index, exact_search, get_search_params, search_masked
+from multimodal_rec.index import search as index_mod
+from multimodal_rec.index.build import build_index, get_search_params
+from multimodal_rec.index.search import exact_search, search_masked
 from multimodal_rec.serving.filters import filter_mask, parse_filter_exprs
 
 NB, D = 3000, 32

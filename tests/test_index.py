@@ -15,14 +15,13 @@ from multimodal_rec.index.build import (
     choose_factory,
     default_search_params,
     describe,
-    exact_search,
     get_search_params,
     ivf_nlist,
     read_index,
-    search,
     set_search_params,
     to_gpu,
 )
+from multimodal_rec.index.search import exact_search, search
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 

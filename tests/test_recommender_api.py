@@ -13,7 +13,8 @@ import pytest
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
-from multimodal_rec.index.build import build_index, exact_search
+from multimodal_rec.index.build import build_index
+from multimodal_rec.index.search import exact_search
 
 QUERIES = ["a red circle moving left", "blue squares", "a green ball moving up", "white triangles", "yellow"]
 HISTORY = ["a red ball moving left", "red dots going left"]

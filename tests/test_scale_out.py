@@ -9,15 +9,9 @@ import pytest
 
 from multimodal_rec import UserError
 from multimodal_rec.bundle import read_manifest
-from multimodal_rec.index.build import (
-    build_index,
-    build_sharded_index,
-    describe,
-    merge_shards,
-    search,
-    shard_file_names,
-    shard_of,
-)
+from multimodal_rec.index.build import build_index, describe
+from multimodal_rec.index.search import search
+from multimodal_rec.index.shards import build_sharded_index, merge_shards, shard_file_names, shard_of
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -53,7 +47,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
     world: Path, trained: Path, bundle: Path, tmp_path: Path
 ) -> None:
     from multimodal_rec import Recommender
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     res = encode_catalog(trained, world / "catalog.csv", tmp_path / "b", batch_size=16, workers=0, index_shards=3)
     manifest = read_manifest(res.bundle)
@@ -90,7 +84,7 @@ def test_sharded_bundle_loads_and_serves_the_same_hits(
 def test_more_shards_than_videos_is_refused(world: Path, trained: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from multimodal_rec.encoding.job import encode_catalog
+    from multimodal_rec.encoding import encode_catalog
 
     cat = pd.read_csv(world / "catalog.csv").head(2)
     cat["path"] = [str(world / p) for p in cat["path"]]

@@ -23,7 +23,8 @@ import torch
 
 from multimodal_rec.data.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data.tables import read_catalog
-from multimodal_rec.encoding.job import default_workers, encode_catalog
+from multimodal_rec.encoding.embed import inference
+from multimodal_rec.encoding.pipeline import default_workers, encode_catalog
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.checkpoint import load_model
 from multimodal_rec.runtime import pick_device
@@ -52,6 +53,69 @@ def _peak_rss_mb(cmd: list[str]) -> float:
     return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is KiB on Linux
 
 
+def _decode_only(model: Any, paths: list[str], batch_size: int) -> tuple[int, float]:
+    """(clips that decode, decode-only throughput D in videos/s) with one decoding worker per core."""
+    vcfg, cores = model.cfg.video, os.cpu_count() or 1
+    t = time.perf_counter()
+    batches = iter_clips(paths, vcfg.num_frames, vcfg.image_size, cores, batch_size)
+    decoded = sum(f is not None for b in batches for _, f, _ in b)
+    return decoded, len(paths) / (time.perf_counter() - t)
+
+
+def _model_only(model: Any, paths: list[str], batch_size: int) -> float:
+    """Model-only throughput M (videos/s): one batch of pre-decoded frames run as many times as there are paths."""
+    vcfg = model.cfg.video
+    sample = [
+        f
+        for b in iter_clips(paths[: 4 * batch_size], vcfg.num_frames, vcfg.image_size, 0, batch_size)
+        for _, f, _ in b
+        if f is not None
+    ]
+    if not sample:
+        raise UserError("no clip of the catalog decodes: nothing to benchmark")
+    frames = frames_to_tensor(np.stack([sample[i % len(sample)] for i in range(batch_size)]))
+    cuda = model.device.type == "cuda"
+    with inference(model):  # the encoder's numerics, without its per-batch host copies
+        model.encode_video(frames)  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        n = 0
+        while n < len(paths):
+            model.encode_video(frames)
+            n += batch_size
+        if cuda:
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - t)
+
+
+def _peak_memory(
+    model_dir: str | Path, catalog: str | Path, cat: pd.DataFrame, tmp: Path, batch_size: int, workers: int, device: str
+) -> dict[str, float]:
+    """Peak RSS (MiB) of ``mmrec encode`` over the catalog and over 4 times it, and the growth between them."""
+    base = [
+        sys.executable,
+        "-m",
+        "multimodal_rec.cli",
+        "encode",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp / "mem"),
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+        "--rebuild",
+        "-q",
+    ]
+    small = _peak_rss_mb([*base, "--catalog", str(catalog)])
+    big = _peak_rss_mb([*base, "--catalog", str(_replicated_catalog(cat, 4, tmp / "x4.csv"))])
+    return {"N": round(small, 1), "4N": round(big, 1), "growth": round(big / small - 1, 3)}
+
+
 def bench_encode(
     model_dir: str | Path,
     catalog: str | Path,
@@ -70,63 +134,24 @@ def bench_encode(
         with tempfile.TemporaryDirectory() as tmp:
             big = _replicated_catalog(read_catalog(catalog), repeat, Path(tmp) / f"x{repeat}.csv")
             return bench_encode(model_dir, big, batch_size, workers, memory, device)
-    cores = os.cpu_count() or 1
     workers = default_workers(device) if workers is None else workers
     model, _ = load_model(model_dir, pick_device(device))
-    vcfg = model.cfg.video
     cat = read_catalog(catalog)
     paths = list(cat["abs_path"])
-    N = len(paths)
-
-    t = time.perf_counter()
-    decoded = sum(
-        f is not None for b in iter_clips(paths, vcfg.num_frames, vcfg.image_size, cores, batch_size) for _, f, _ in b
-    )
-    D = N / (time.perf_counter() - t)
-
-    sample = [
-        f
-        for b in iter_clips(paths[: 4 * batch_size], vcfg.num_frames, vcfg.image_size, 0, batch_size)
-        for _, f, _ in b
-        if f is not None
-    ]
-    if not sample:
-        raise UserError("no clip of the catalog decodes: nothing to benchmark")
-    frames = frames_to_tensor(np.stack([sample[i % len(sample)] for i in range(batch_size)]))
-    use_amp = model.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        model.encode_video(frames)  # warm-up
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        n = 0
-        while n < N:
-            model.encode_video(frames)
-            n += batch_size
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        M = n / (time.perf_counter() - t)
-
+    decoded, D = _decode_only(model, paths, batch_size)
+    M = _model_only(model, paths, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        res = encode_catalog(
-            model_dir,
-            catalog,
-            Path(tmp) / "bundle",
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            rebuild=True,
-        )
+        t, kw = time.perf_counter(), {"batch_size": batch_size, "workers": workers, "device": device}
+        res = encode_catalog(model_dir, catalog, Path(tmp) / "bundle", rebuild=True, **kw)
         E = res.total / (time.perf_counter() - t)
         out: dict[str, Any] = {
-            "videos": N,
+            "videos": len(paths),
             "decoded": decoded,
-            "cores": cores,
+            "cores": os.cpu_count() or 1,
             "device": str(model.device),
             "batch_size": batch_size,
             "workers": workers,
-            "frames": [vcfg.num_frames, vcfg.image_size],
+            "frames": [model.cfg.video.num_frames, model.cfg.video.image_size],
             "decode_only_vps": round(D, 2),
             "model_only_vps": round(M, 2),
             "end_to_end_vps": round(E, 2),
@@ -140,27 +165,7 @@ def bench_encode(
         out["e_over_ceiling"] = round(E / out["ceiling_vps"], 3)
         out["e_over_d"] = round(E / D, 3)
         if memory:
-            base = [
-                sys.executable,
-                "-m",
-                "multimodal_rec.cli",
-                "encode",
-                "--model",
-                str(model_dir),
-                "--out",
-                str(Path(tmp) / "mem"),
-                "--batch-size",
-                str(batch_size),
-                "--workers",
-                str(workers),
-                "--device",
-                device,
-                "--rebuild",
-                "-q",
-            ]
-            small = _peak_rss_mb([*base, "--catalog", str(catalog)])
-            big = _peak_rss_mb([*base, "--catalog", str(_replicated_catalog(cat, 4, Path(tmp) / "x4.csv"))])
-            out["peak_rss_mb"] = {"N": round(small, 1), "4N": round(big, 1), "growth": round(big / small - 1, 3)}
+            out["peak_rss_mb"] = _peak_memory(model_dir, catalog, cat, Path(tmp), batch_size, workers, device)
     LOG.info("bench encode: %s", json.dumps(out))
     return out
 

@@ -25,9 +25,9 @@ from multimodal_rec.index.build import (
     get_search_params,
     ivf_nlist,
     pq_m,
-    search,
     set_search_params,
 )
+from multimodal_rec.index.search import search
 
 LOG = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from multimodal_rec.progress import tqdm_progress
 
 
 def cmd_encode(a: argparse.Namespace) -> None:
-    from multimodal_rec.encoding.job import default_workers, encode_catalog
+    from multimodal_rec.encoding import default_workers, encode_catalog
 
     workers = a.workers if a.workers is not None else default_workers(a.device)
     res = encode_catalog(

@@ -1,9 +1,10 @@
-"""The Ray engine of ``mmrec encode``: the job of :func:`multimodal_rec.encoding.job.run_local` as a Ray Data pipeline.
+"""The Ray engine of ``mmrec encode``: the job of :func:`~multimodal_rec.encoding.local.run_local` as Ray Data.
 
 model batches of catalog rows -> decode (CPU tasks, :class:`multimodal_rec.data.cache.ClipDataset`, the one frame
-loader) -> encode (an actor pool holding the model: one actor per GPU, else CPU actors) -> rows back to this
-process, which writes each shard as soon as its batches are in (resumable by shard, like the local engine) and
-then the bundle (:func:`multimodal_rec.encoding.job.finish_encode`).
+loader) -> encode (:func:`~multimodal_rec.encoding.embed.embed_clips` in an actor pool holding the model: one actor
+per GPU, else CPU actors) -> rows back to this process, which writes each shard as soon as its batches are in
+(resumable by shard, like the local engine); then :func:`~multimodal_rec.encoding.finish.finish_encode` writes the
+bundle.
 
 Each item of the dataset is one *model batch* (the same ``batch_size`` slices of a shard as the local engine),
 so every clip is embedded in the same batch as with the local engine: identical embeddings. Frames and
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.encoding.job import EncodeJob, embed_clips
+from multimodal_rec.encoding.embed import embed_clips, split_batch
+from multimodal_rec.encoding.job import EncodeJob
 from multimodal_rec.errors import UserError
 from multimodal_rec.progress import ProgressFn, no_progress
 
@@ -45,16 +47,15 @@ def _decode(item: dict[str, Any], num_frames: int, size: int, backend: str) -> d
     """One model batch of paths -> the decoded clips (raw uint8 bytes) and one error per row ("" if decoded)."""
     from multimodal_rec.data.cache import ClipDataset
 
-    clips = ClipDataset(list(item["paths"]), num_frames, size, backend)
-    got = [clips[i] for i in range(len(clips))]
-    good = [f for _, f, _ in got if f is not None]
-    frames = np.stack(good) if good else np.zeros((0, num_frames, size, size, 3), np.uint8)
+    dataset = ClipDataset(list(item["paths"]), num_frames, size, backend)
+    clips, errors = split_batch([dataset[i] for i in range(len(dataset))])
+    frames = np.stack(clips) if clips else np.zeros((0, num_frames, size, size, 3), np.uint8)
     return {
         "shard": int(item["shard"]),
         "batch": int(item["batch"]),
         "frames": frames.tobytes(),
-        "n": len(good),
-        "errors": json.dumps([err if f is None else "" for _, f, err in got]),
+        "n": len(clips),
+        "errors": json.dumps(errors),
     }
 
 
@@ -74,8 +75,8 @@ class _Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         embs = []
         for raw, n in zip(batch["frames"], batch["n"], strict=True):
-            frames = np.frombuffer(raw, np.uint8).reshape(int(n), *self.shape)
-            x = embed_clips(self.model, list(frames)) if n else np.zeros((0, self.model.cfg.embed_dim), np.float32)
+            frames = np.frombuffer(raw, np.uint8).reshape(int(n), *self.shape)  # [n, T, H, W, 3]
+            x = embed_clips(self.model, list(frames))
             embs.append(np.ascontiguousarray(x, np.float32).tobytes())
         return {
             "shard": batch["shard"],
@@ -126,23 +127,22 @@ def run_ray(
             ray.shutdown()
 
 
-def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None:
-    cat, vcfg, D = job.cat, job.model.cfg.video, job.model.cfg.embed_dim
+def _items(job: EncodeJob) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """One dataset item per model batch of the missing shards, and the number of batches of each missing shard."""
     items, n_batches = [], {}
     for k in job.missing:
         batches = job.shard_batches(k)
         n_batches[k] = len(batches)
         for j, rows in enumerate(batches):
-            items.append({"shard": k, "batch": j, "paths": [str(cat["abs_path"][r]) for r in rows]})
-    bar = progress(total=len(job.todo), desc="encode videos (ray)", unit="video")
-    bar.update(job.resumed)
-    if not items:
-        bar.close()
-        return
+            items.append({"shard": k, "batch": j, "paths": [str(job.cat["abs_path"][r]) for r in rows]})
+    return items, n_batches
+
+
+def _dataset(ray: Any, job: EncodeJob, items: list[dict[str, Any]], use_gpus: bool) -> Any:
+    """The Ray Data pipeline: items -> decode tasks -> encode actors -> rows of (shard, batch, emb, errors)."""
+    vcfg = job.model.cfg.video
     actors, cpus, gpus = _pool(ray, use_gpus)
     LOG.info("ray: %d model batches, %d encode actor(s) with %g CPU / %g GPU each", len(items), actors, cpus, gpus)
-    ctx = ray.data.DataContext.get_current()
-    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts videos; Ray's print per operator
     # a block per model batch lets decoding start everywhere at once; capped so a huge catalog does not make
     # hundreds of thousands of tiny blocks
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
@@ -155,7 +155,7 @@ def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None
         # fusing decoding into the encode actors: decoding stays in CPU tasks running beside the model.
         memory=float(max(64 << 20, 4 * job.batch_size * vcfg.num_frames * vcfg.image_size**2 * 3)),
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         _Encoder,
         batch_size=1,
         batch_format="numpy",
@@ -170,21 +170,30 @@ def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None
             "size": vcfg.image_size,
         },
     )
+
+
+def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None:
+    D = job.model.cfg.embed_dim
+    items, n_batches = _items(job)
+    bar = progress(total=len(job.todo), desc="encode videos (ray)", unit="video")
+    bar.update(job.resumed)
+    if not items:
+        bar.close()
+        return
+    ctx = ray.data.DataContext.get_current()
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts videos; Ray's print per operator
     pending: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {k: {} for k in n_batches}
     n, t0 = 0, time.perf_counter()
     try:
-        for row in ds.iter_rows():
+        for row in _dataset(ray, job, items, use_gpus).iter_rows():
             k, j = int(row["shard"]), int(row["batch"])
             errors = json.loads(row["errors"])
             pending[k][j] = (np.frombuffer(row["emb"], np.float32).reshape(-1, D), errors)
-            for err, r in zip(errors, job.shard_batches(k)[j], strict=True):
-                if err:
-                    LOG.warning("skipped %s: %s", cat["video_id"][r], err)
+            job.warn_skipped(job.shard_batches(k)[j], errors)
             bar.update(len(errors))
             n += len(errors)
             if len(pending[k]) == n_batches[k]:  # the shard is complete: save it now (resumable by shard)
-                parts = [pending[k][b] for b in range(n_batches[k])]
-                job.complete(k, np.concatenate([x for x, _ in parts]), [e for _, es in parts for e in es])
+                job.complete(k, [pending[k][b] for b in range(n_batches[k])])
                 del pending[k]
     finally:
         bar.close()

@@ -3,9 +3,9 @@
 The index type follows the FAISS guidelines for the catalog size (:func:`choose_factory`): exact ``Flat`` for
 small catalogs, ``HNSW32`` for mid-sized ones, IVF (+PQ with exact re-ranking) for large ones. Search-time
 parameters (``nprobe``, ``efSearch``, ``k_factor``) are set from the size when the index is built and live in
-the index object itself, so they survive ``faiss.write_index`` / ``read_index`` and :func:`search` needs
-nothing extra. Every index uses the inner-product metric (L2-normalised vectors, optionally with a small
-popularity-prior column).
+the index object itself, so they survive ``faiss.write_index`` / ``read_index`` and a search needs nothing extra.
+Every index uses the inner-product metric (L2-normalised vectors, optionally with a small popularity-prior column).
+Searching lives in :mod:`multimodal_rec.index.search`, shards in :mod:`multimodal_rec.index.shards`.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def default_search_params(index: Any, nb: int | None = None) -> dict[str, int]:
 def set_search_params(index: Any, **params: float) -> Any:
     """Set ``nprobe`` / ``efSearch`` / ``k_factor`` on whichever layer has them; returns ``index``.
 
-    The values are stored in the index (and persist through ``faiss.write_index``), so later :func:`search`
-    calls use them. Not thread-safe against concurrent searches on the same index.
+    The values are stored in the index (and persist through ``faiss.write_index``), so later searches
+    use them. Not thread-safe against concurrent searches on the same index.
     """
     unknown = set(params) - set(SEARCH_PARAMS)
     if unknown:
@@ -190,20 +190,6 @@ def build_index(
     set_search_params(index, **{**default_search_params(index, nb), **params})
     LOG.info("built %s index: %d vectors of dim %d, search params %s", factory, nb, d, get_search_params(index))
     return index
-
-
-def search(index: Any, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` by inner product: ``D [nq, k]`` scores and ``I [nq, k]`` row ids (-1 where fewer exist)."""
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    return index.search(xq, min(k, max(1, index.ntotal)))
-
-
-def exact_search(xb: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force numpy reference for tests and evaluation."""
-    scores = xq @ xb.T  # [nq, nb]
-    k = min(k, xb.shape[0])
-    I = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # noqa: E741 (FAISS vocabulary)
-    return np.take_along_axis(scores, I, axis=1), I
 
 
 def to_gpu(index: Any) -> Any:
@@ -296,113 +282,3 @@ def describe(index: Any) -> dict[str, Any]:
     if hnsw is not None:
         out["efConstruction"] = int(hnsw.hnsw.efConstruction)
     return out
-
-
-# --- filtered search: an ID selector inside the FAISS search -----------------------------------------------------
-EXACT_SUBSET_MAX = 4096  # at most this many passing rows: exact scan over them (cheaper than a filtered graph walk)
-
-
-def selector_params(index: Any, sel: Any) -> Any:
-    """FAISS ``SearchParameters`` that restrict ``index``'s search to ``sel``, keeping its stored search params.
-
-    Per-call parameters replace the values stored in the index (their defaults are nprobe=1, efSearch=16), so the
-    stored ``nprobe`` / ``efSearch`` / ``k_factor`` are copied in. Works for Flat, HNSW, IVF and IVF-PQ + refine.
-    """
-    import faiss
-
-    top = faiss.downcast_index(index)
-    if isinstance(top, faiss.IndexRefine):
-        base = selector_params(top.base_index, sel)
-        return faiss.IndexRefineSearchParameters(k_factor=float(top.k_factor), base_index_params=base, sel=sel)
-    if isinstance(top, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=sel, nprobe=int(top.nprobe))
-    if isinstance(top, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=int(top.hnsw.efSearch))
-    if isinstance(top, faiss.IndexFlatCodes):
-        return faiss.SearchParameters(sel=sel)
-    raise ValueError(f"filtered search is not supported for {type(top).__name__}")
-
-
-def search_masked(
-    index: Any, xb: np.ndarray, xq: np.ndarray, k: int, mask: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` among the rows where ``mask`` is True: ``D, I [nq, min(k, passing)]`` (row ids of ``xb``).
-
-    The restriction runs inside the FAISS search (an ``IDSelectorBitmap``), so ``k`` hits come back whenever at
-    least ``k`` rows pass. ``xb`` (what the index holds) is the exact fallback: few passing rows are scanned
-    directly, and a query for which the approximate walk found fewer than ``k`` passing rows (HNSW or IVF under a
-    very selective filter) is answered exactly over the passing rows.
-    """
-    import faiss
-
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    if mask is None:
-        return search(index, xq, k)
-    rows = np.flatnonzero(mask)
-    k = min(k, len(rows))
-    if k == 0:
-        return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
-    if len(rows) <= EXACT_SUBSET_MAX:
-        D, I = exact_search(xb[rows], xq, k)  # noqa: E741
-        return D, rows[I]
-    bits = np.packbits(mask, bitorder="little")  # FAISS reads bit i of the bitmap as (bits[i >> 3] >> (i & 7)) & 1
-    sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-    try:
-        D, I = index.search(xq, k, params=selector_params(index, sel))  # noqa: E741
-    except (ValueError, RuntimeError) as e:  # an index type without selector support: scan the passing rows
-        LOG.warning("filtered search falls back to an exact scan: %s", str(e).splitlines()[0] if str(e) else e)
-        D, I = exact_search(xb[rows], xq, k)  # noqa: E741
-        return D, rows[I]
-    short = np.flatnonzero((I < 0).any(axis=1))
-    if len(short):
-        LOG.debug("filtered search: %d of %d queries short of %d hits, answered exactly", len(short), len(xq), k)
-        De, Ie = exact_search(xb[rows], xq[short], k)
-        D[short], I[short] = De, rows[Ie]
-    return D, I
-
-
-# --- sharded index: one FAISS index per shard, ids = global row numbers, search merges the shards' top-k ---------
-def shard_of(video_ids: list[str], n_shards: int) -> np.ndarray:
-    """Shard of each video: a stable hash of its id (blake2b, not Python's salted ``hash``) modulo ``n_shards``.
-
-    Stable across processes, machines and catalog order, so a video stays in its shard when the catalog grows.
-    """
-    import hashlib
-
-    h = [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little") for v in video_ids]
-    return (np.array(h, dtype=np.uint64) % np.uint64(n_shards)).astype(np.int64)
-
-
-def shard_file_names(n_shards: int) -> list[str]:
-    """The bundle's index files for ``n_shards`` shards."""
-    return [f"index-{i:05d}-of-{n_shards:05d}.faiss" for i in range(n_shards)]
-
-
-def build_sharded_index(xb: np.ndarray, video_ids: list[str], n_shards: int, factory: str = "auto") -> list[Any]:
-    """One index per shard (:func:`shard_of`), each an ``IndexIDMap`` holding the global row ids of its vectors.
-
-    ``factory="auto"`` chooses by each shard's own size: a shard is what one machine serves.
-    """
-    import faiss
-
-    xb = np.ascontiguousarray(xb, dtype=np.float32)
-    assign = shard_of(video_ids, n_shards)
-    parts = []
-    for s in range(n_shards):
-        rows = np.flatnonzero(assign == s)
-        if len(rows):
-            parts.append(build_index(xb[rows], factory, ids=rows))
-        else:  # an empty shard (tiny catalogs): nothing to train on
-            parts.append(faiss.IndexIDMap(faiss.IndexFlatIP(xb.shape[1])))
-    return parts
-
-
-def merge_shards(parts: list[Any]) -> Any:
-    """One searchable index over ``parts`` (each holding global ids): ``faiss.IndexShards`` queries every shard
-    in parallel and merges their top-k; results equal one index over all vectors for exact (Flat) shards."""
-    import faiss
-
-    shards = faiss.IndexShards(parts[0].d, True, False)  # threaded, successive_ids=False: keep each shard's ids
-    for p in parts:
-        shards.add_shard(p)
-    return shards

@@ -23,7 +23,7 @@ import torch
 
 from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
-from multimodal_rec.index.build import search_masked
+from multimodal_rec.index.search import search_masked
 from multimodal_rec.model.multimodal import MultimodalModel, to_numpy
 from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors, query_prior, with_prior_column
 from multimodal_rec.serving.filters import Filters, filter_mask
@@ -431,7 +431,7 @@ class Recommender:
         if "abs_path" not in df.columns:
             df["abs_path"] = ""
         if sizes_known:
-            from multimodal_rec.encoding.job import _file_stats
+            from multimodal_rec.encoding.job import file_stats as _file_stats
 
             sizes, mtimes = _file_stats(list(df["abs_path"]))
         else:
