@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["AddResult", "Hit", "Recommender", "UserError", "__version__"]
+__all__ = ["AddResult", "Hit", "InfrastructureError", "Recommender", "UserError", "__version__"]
 
 if TYPE_CHECKING:
-    from multimodal_rec.errors import UserError
+    from multimodal_rec.errors import InfrastructureError, UserError
     from multimodal_rec.serving.recommender import AddResult, Hit, Recommender
 
 
@@ -23,8 +23,8 @@ def __getattr__(name: str) -> Any:  # lazy: importing the package does not impor
         from multimodal_rec.serving import recommender
 
         return getattr(recommender, name)
-    if name == "UserError":
-        from multimodal_rec.errors import UserError
+    if name in ("UserError", "InfrastructureError"):
+        from multimodal_rec import errors
 
-        return UserError
+        return getattr(errors, name)
     raise AttributeError(f"module 'multimodal_rec' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from multimodal_rec.data.cache import frames_to_tensor, iter_clips
 from multimodal_rec.data.tables import read_catalog
 from multimodal_rec.encoding.embed import inference
 from multimodal_rec.encoding.pipeline import default_workers, encode_catalog
-from multimodal_rec.errors import UserError
+from multimodal_rec.errors import InfrastructureError, UserError
 from multimodal_rec.model.checkpoint import load_model
 from multimodal_rec.runtime import pick_device
 
@@ -49,7 +49,7 @@ def _peak_rss_mb(cmd: list[str]) -> float:
     )
     res = subprocess.run([sys.executable, "-c", launcher, *cmd], capture_output=True, text=True)
     if res.returncode != 0:
-        raise UserError(f"encode job for the memory check failed: {res.stderr.strip().splitlines()[-1:]}")
+        raise InfrastructureError(f"encode job for the memory check failed: {res.stderr.strip().splitlines()[-1:]}")
     return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is KiB on Linux
 
 

@@ -59,7 +59,7 @@ def check_factory(factory: str, d: int) -> None:
 
     try:
         faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except Exception as e:  # FAISS raises RuntimeError (or worse) with a C++ backtrace: keep its first line
+    except RuntimeError as e:  # FAISS's parse error carries a C++ backtrace: keep its first line
         msg = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise UserError(f"invalid FAISS index factory {factory!r}: {msg[:160]}") from None
 

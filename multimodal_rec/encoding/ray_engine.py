@@ -25,7 +25,7 @@ import numpy as np
 
 from multimodal_rec.encoding.embed import embed_clips, split_batch
 from multimodal_rec.encoding.job import EncodeJob
-from multimodal_rec.errors import UserError
+from multimodal_rec.errors import InfrastructureError, UserError
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
@@ -201,4 +201,6 @@ def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None
     dt = time.perf_counter() - t0
     LOG.info("ray engine: %d videos decoded and encoded in %.1f s (%.1f videos/s)", n, dt, n / dt)
     if pending:
-        raise UserError(f"the Ray pipeline ended with {len(pending)} shard(s) incomplete; run the command again")
+        raise InfrastructureError(
+            f"the Ray pipeline ended with {len(pending)} shard(s) incomplete; run the command again"
+        )

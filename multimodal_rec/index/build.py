@@ -206,14 +206,14 @@ def to_gpu(index: Any) -> Any:
         return index
     try:
         gpu_index = faiss.index_cpu_to_all_gpus(index)
-    except (RuntimeError, AttributeError) as e:
+    except RuntimeError as e:
         LOG.warning("cannot move %s to the GPU (%s): keeping the CPU index", type(index).__name__, e)
         return index
     nprobe = get_search_params(index).get("nprobe")
     if nprobe is not None:
         try:
             faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
-        except (RuntimeError, AttributeError) as e:
+        except RuntimeError as e:
             LOG.warning("could not set nprobe=%s on the GPU index: %s", nprobe, e)
     LOG.info("index on %d GPU(s)", ngpu)
     return gpu_index

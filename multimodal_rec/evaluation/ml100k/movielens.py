@@ -47,7 +47,7 @@ def _read_atomic(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
     """A recbole atomic file (tab-separated, ``name:type`` header) as strings, columns renamed to ``fields``."""
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, encoding="utf-8")
-    except Exception as e:
+    except (OSError, ValueError) as e:  # unreadable file, or pandas' parse / decode error
         raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     names = [c.split(":", 1)[0] for c in df.columns]
     missing = [f for f in fields if f not in names]
