@@ -14,13 +14,18 @@ from multimodal_rec.serving.recommender import Recommender
 
 
 def test_bench_search_json_has_the_overhead_ratio(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "6", "--json"]) == 0
+    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "6", "--device", "cpu", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert 0.2 < res["overhead_ratio"] < 5.0 and res["queries"] == 6
+    assert 0.2 < res["overhead_ratio"] < 5.0 and res["queries"] == 6 and res["device"] == "cpu"
     for name in ("search", "recommend"):
         m = res[name]
         assert m["end_to_end"]["p50_ms"] > 0 and m["encode"]["p50_ms"] > 0 and m["index_search"]["p50_ms"] > 0
         assert m["end_to_end"]["p50_ms"] <= m["end_to_end"]["p99_ms"]
+
+
+def test_bench_search_on_cuda_without_a_gpu_is_one_line(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "2", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err  # scripts/gpu_check.sh runs it with --device cuda
 
 
 def test_bench_needs_a_bundle(capsys: pytest.CaptureFixture[str]) -> None:
