@@ -62,7 +62,7 @@ GPU = Plan(
     ddp_steps=20,
     batch=64,
     clips=16,
-    hd=(*_HD, "--decode-seconds", "15"),
+    hd=(*_HD, "--decode-seconds", "25"),  # E includes loading the model: a longer job weighs that less
     faiss=("--n", "1000000", "--d", "256", "--nq", "1000", "--k", "10", "--nlist", "1024", "--nprobe", "32"),
     queries=200,
 )
@@ -180,7 +180,9 @@ def check_ddp(ctx: Ctx, rows: list[Row]) -> None:
     cmp = ctx.probe("compare-weights", plain, tr)
     if ctx.dry:
         return ctx.validate(one), ctx.validate(two), ctx.validate(cmp), None
-    r1, r2 = ctx.run_json("det-plain", one, TIMEOUTS["det"]), ctx.run_json("det-torchrun", two, TIMEOUTS["det"])
+    threads = {"OMP_NUM_THREADS": str(ctx.cores)}  # torchrun would set 1: both runs alike
+    r1 = ctx.run_json("det-plain", one, TIMEOUTS["det"], threads)
+    r2 = ctx.run_json("det-torchrun", two, TIMEOUTS["det"], threads)
     n = json.loads(probe.read_text()) if probe.is_file() else {"error": "the nccl probe wrote nothing"}
     rows[1].status = goal(n.get("ok") is True and n.get("backend") == "nccl")
     rows[1].figure = n.get("error") or (
@@ -343,7 +345,7 @@ CHECKS = (
 def blocked(ctx: Ctx, c: Check) -> str | None:
     """Why ``c`` cannot run here (its rows are SKIP), or None."""
     if not ctx.cpu and c.name != "env" and not ctx.info.get("cuda_available"):
-        return "not run: no CUDA GPU visible to torch"
+        return "not run: no CUDA GPU visible to torch" if ctx.info else "not run: the environment probe failed"
     missing = [m for m in c.needs if m in ctx.info.get("missing", ())]
     if missing:
         return f"not run: {', '.join(missing)} not installed (scripts/setup.sh installs them)"

@@ -31,7 +31,7 @@ if [[ "$skip_setup" == 1 ]]; then
     if [[ -x .venv/bin/python ]]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
   fi
 else
-  scripts/setup.sh
+  scripts/setup.sh || { echo "gpu_check: scripts/setup.sh failed (see above): no check ran" >&2; exit 1; }
   PY="$ROOT/.venv/bin/python"
 fi
 exec "$PY" scripts/gpu_check.py --started-at "$START" ${args[@]+"${args[@]}"}

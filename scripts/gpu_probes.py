@@ -44,6 +44,7 @@ def probe_env(a: argparse.Namespace) -> None:
     import shutil
 
     import torch
+    import torch.distributed
 
     out: dict[str, Any] = {"python": sys.version.split()[0], "cores": cores(), "torch": torch.__version__}
     out["torch_cuda"] = torch.version.cuda
@@ -129,9 +130,10 @@ def probe_det_cli(a: argparse.Namespace) -> None:
             dist.broadcast(y, src=0)
             want = torch.arange(8, dtype=torch.float32, device=dev) * res["world"] + sum(range(res["world"]))
             res.update(backend=dist.get_backend(), ok=bool(torch.equal(x, want) and torch.all(y == 7.0)))
-            res["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
         except Exception as e:  # reported in the table, the training run still goes ahead
             res.update(ok=False, error=first_line(e))
+        v = torch.cuda.nccl.version() if torch.cuda.is_available() else None
+        res["nccl_version"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         Path(a.nccl_probe).write_text(json.dumps(res))
     from multimodal_rec.cli import main
 

@@ -87,7 +87,7 @@ class Ctx:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, name: str, cmd: Sequence[str], timeout: float) -> tuple[str, str]:
+    def run(self, name: str, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> tuple[str, str]:
         """Run ``cmd`` in its own process group under ``min(timeout, budget left)``; (stdout, log text)."""
         limit = min(timeout, self.remaining())
         if limit < 1:
@@ -97,11 +97,18 @@ class Ctx:
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"[gpu-check] {name}: {shlex.join(cmd)}  (timeout {limit:.0f} s)", file=sys.stderr, flush=True)
         t = time.monotonic()
-        with log.open("w+") as fh:
+        with log.open("w+", encoding="utf-8", errors="replace") as fh:
             fh.write(f"$ {shlex.join(cmd)}\n")
             fh.flush()
-            proc = subprocess.Popen(
-                cmd, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=fh, text=True, start_new_session=True
+            proc = subprocess.Popen(  # its own session: a timeout kills the whole tree (workers, torchrun, Ray)
+                cmd,
+                cwd=self.work,
+                env={**self.env, **(env or {})},
+                stdout=subprocess.PIPE,
+                stderr=fh,
+                text=True,
+                errors="replace",
+                start_new_session=True,
             )
             try:
                 out, _ = proc.communicate(timeout=limit)
@@ -116,8 +123,10 @@ class Ctx:
             raise StepFailed(f"{name}: exit {proc.returncode}: {last_line(text)}")
         return out, text
 
-    def run_json(self, name: str, cmd: Sequence[str], timeout: float) -> dict[str, Any]:
-        out, _ = self.run(name, cmd, timeout)
+    def run_json(
+        self, name: str, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        out, _ = self.run(name, cmd, timeout, env)
         for line in reversed(out.splitlines()):
             if line.startswith("{"):
                 return json.loads(line)
