@@ -17,9 +17,9 @@ def test_bench_search_json_is_consistent(bundle: Path, capsys: pytest.CaptureFix
     """What must hold whatever the machine's speed (no speed figure is asserted): every part was timed, the parts
     add up (the direct path's total covers each of its parts; ours, which does both, takes at least the FAISS
     part), and each overhead ratio is median ours / median (encoding + FAISS) of the very samples reported."""
-    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "6", "--json"]) == 0
+    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "6", "--device", "cpu", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert (res["queries"], res["k"], res["videos"]) == (6, 10, 48)
+    assert (res["queries"], res["k"], res["videos"], res["device"]) == (6, 10, 48, "cpu")
     ms = 0.0005  # each figure is rounded to 0.001 ms
     for name in ("search", "recommend"):
         m = res[name]
@@ -34,6 +34,11 @@ def test_bench_search_json_is_consistent(bundle: Path, capsys: pytest.CaptureFix
     assert res["overhead_ratio"] == res["search"]["overhead_ratio"]
     goal = res["overhead_goal"]
     assert res["pass"] == (res["search"]["overhead_ratio"] <= goal and res["recommend"]["overhead_ratio"] <= goal)
+
+
+def test_bench_search_on_cuda_without_a_gpu_is_one_line(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "search", "--bundle", str(bundle), "--queries", "2", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err  # scripts/gpu_check.sh runs it with --device cuda
 
 
 def test_bench_needs_a_bundle(capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,20 +78,24 @@ def _compare(
     return t_ours, t_enc, t_search
 
 
-def bench_search(bundle: str | Path, queries: int = 500, k: int = 10, seed: int = 0) -> dict[str, Any]:
+def bench_search(
+    bundle: str | Path, queries: int = 500, k: int = 10, seed: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
     """p50/p99 latency of ``search`` and ``recommend`` end to end and of their two parts (text or history
     encoding, FAISS search) done directly; ``overhead_ratio`` = median ours / median (encoding + FAISS).
 
-    The same query (or history) goes through both ways in each round, in alternating order.
+    The same query (or history) goes through both ways in each round, in alternating order. ``device`` is
+    where the towers run (``auto``: a GPU when present); the index stays on the CPU either way.
     """
     import torch
 
     from multimodal_rec.model.multimodal import to_numpy
+    from multimodal_rec.runtime import pick_device
     from multimodal_rec.serving.recommender import Recommender
 
     if queries < 1:
         raise UserError(f"queries must be >= 1, got {queries}")
-    rec = Recommender.load(bundle)
+    rec = Recommender.load(bundle, device=str(pick_device(device)))
     model, index = rec.model, rec.index
     texts = sample_texts(rec.catalog, queries + HISTORY_LEN, seed)
     histories = [texts[i : i + HISTORY_LEN] for i in range(queries)]
@@ -126,6 +130,7 @@ def bench_search(bundle: str | Path, queries: int = 500, k: int = 10, seed: int 
         "queries": queries,
         "k": k,
         "torch_threads": torch.get_num_threads(),
+        "device": str(model.device),
     }
     ratios = {}
     for name, ours, raw in (
@@ -153,7 +158,7 @@ def format_search(r: dict[str, Any]) -> str:
     """Human-readable table of :func:`bench_search`."""
     lines = [
         f"bundle {r['bundle']}: {r['videos']} videos, index {r['index']}, {r['queries']} queries, k={r['k']}, "
-        f"torch threads {r['torch_threads']}",
+        f"torch threads {r['torch_threads']}, device {r.get('device', 'cpu')}",
         f"  {'call':<10}{'part':<22}{'p50 ms':>9}{'p99 ms':>9}",
     ]
     for name, part in (("search", "text encoding"), ("recommend", "history encoding")):

@@ -42,7 +42,7 @@ def _bench_search_or_serve(a: argparse.Namespace) -> None:
     if not a.bundle:
         raise UserError(f"bench {a.what} needs --bundle BUNDLE")
     if a.what == "search":
-        res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed)
+        res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed, device=a.device)
         text = bench_serve.format_search
     else:
         res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
@@ -83,7 +83,7 @@ def add_bench(sub: Subparsers) -> None:
     )
     s.add_argument("--repeat", type=positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="encode, search: auto, cpu or cuda (where the model runs)")
     s.add_argument("-k", type=positive_int, default=10, help="index, search, serve: recall@k / hits (default 10)")
     s.add_argument("--seed", type=int, default=0, help="index, search, serve: seed of the vectors or queries")
     g = s.add_argument_group("bench index")
