@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -111,6 +112,21 @@ def _dataclass_type(ftype: Any) -> type | None:
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _from_dict(RunConfig, data, "")
+
+
+def section_from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """One config dataclass ``cls`` (e.g. ``TrainConfig``) from a dict; unknown keys refused as ``where.key``."""
+    return _from_dict(cls, data, where)
+
+
+def refuse_unsupported(section: Any, names: Iterable[str], task: str, where: str = "train") -> None:
+    """Refuse, by name, the options of a config dataclass set away from their defaults that ``task`` would
+    ignore: a silently ignored option reads as a result it did not produce."""
+    default = type(section)()
+    for name in names:
+        value = getattr(section, name)
+        if value != getattr(default, name):
+            raise UserError(f"{where}.{name}={value!r} is not supported by {task}: it would be ignored; remove it")
 
 
 def list_presets() -> list[str]:
