@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -98,9 +99,6 @@ def build_config(cls: type[T], data: dict[str, Any] | None, where: str = "") -> 
     return cls(**kwargs)
 
 
-_from_dict = build_config  # the old private name, still imported by evaluation/ml100k/textrec.py
-
-
 def _nested_config_type(cls: type, name: str) -> type | None:
     """The dataclass type of field ``name`` of ``cls`` (a nested config section), or None for a plain value.
 
@@ -113,6 +111,16 @@ def _nested_config_type(cls: type, name: str) -> type | None:
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return build_config(RunConfig, data)
+
+
+def refuse_unsupported(section: Any, names: Iterable[str], task: str, where: str = "train") -> None:
+    """Refuse, by name, the options of a config dataclass set away from their defaults that ``task`` would
+    ignore: a silently ignored option reads as a result it did not produce."""
+    default = type(section)()
+    for name in names:
+        value = getattr(section, name)
+        if value != getattr(default, name):
+            raise UserError(f"{where}.{name}={value!r} is not supported by {task}: it would be ignored; remove it")
 
 
 def list_presets() -> list[str]:

@@ -53,6 +53,24 @@ def test_video_pooling_sees_frame_order() -> None:
 def test_unknown_trunk_and_pooling_are_refused() -> None:
     with pytest.raises(ValueError, match="temporal"):
         VideoTower(_video_cfg(temporal="lstm"), D)
+    with pytest.raises(ValueError, match="resnet_nope"):
+        VideoTower(_video_cfg(trunk="resnet_nope"), D)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("model.video.trunk", "resnet_nope", "model.video.trunk 'resnet_nope'"), ("model.video.temporal", "lstm", "lstm")],
+)
+def test_a_config_the_towers_cannot_build_is_a_one_line_user_error(key: str, value: str, named: str) -> None:
+    """What a user typed (``--set model.video.trunk=...``) comes back by name, not as a traceback."""
+    from multimodal_rec.config import load_config
+    from multimodal_rec.errors import UserError
+    from multimodal_rec.model.multimodal import create_model
+
+    cfg = load_config("tiny", {key: value})
+    with pytest.raises(UserError) as e:
+        create_model(cfg.model)
+    assert named in str(e.value) and "\n" not in str(e.value)
 
 
 def _text_tower() -> TextTower:

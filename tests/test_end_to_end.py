@@ -180,20 +180,33 @@ def test_evaluate_reports_every_metric(bundle: Path, world: Path, tmp_path: Path
     assert plot_user_recall(res, tmp_path / "r.png") and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_continues_and_refuses_overwrite(world: Path, tiny_cfg, tmp_path: Path) -> None:
+def test_resume_continues_and_refuses_overwrite(world: Path, trained: Path, tiny_cfg, tmp_path: Path) -> None:
+    """Interrupted mid-epoch, then resumed: the same weights, bit for bit, as the uninterrupted ``trained`` run
+    (same preset, same data); a finished run then extends by an epoch."""
     import copy
+
+    from safetensors.torch import load_file
 
     from multimodal_rec.training.train import train
 
     cfg = copy.deepcopy(tiny_cfg)
-    cfg.train.epochs = 1
+    steps = json.loads((trained / "train_state.json").read_text())["step"]
     out = tmp_path / "run"
-    first = train(cfg, world, out, cache_dir=tmp_path / "cache")
+    cfg.train.max_steps = steps // 2
+    first = train(cfg, world, out)
+    assert first.steps == steps // 2 and json.loads((out / "train_state.json").read_text())["micro"] > 0
     with pytest.raises(UserError, match="--resume"):
-        train(cfg, world, out, cache_dir=tmp_path / "cache")
+        train(cfg, world, out)
+    cfg.train.max_steps = 0
+    second = train(cfg, world, out, resume=True)
+    assert second.steps == steps
+    a, b = load_file(str(trained / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # weights and BatchNorm statistics; dropout draws replayed from the saved RNG state
+        assert torch.equal(a[k], b[k]), k
     cfg.train.epochs = 2
-    second = train(cfg, world, out, resume=True, cache_dir=tmp_path / "cache")
-    assert second.steps == 2 * first.steps
+    third = train(cfg, world, out, resume=True)
+    assert third.steps == 2 * steps
     assert json.loads((out / "config.json").read_text())["epoch"] == 2
 
 

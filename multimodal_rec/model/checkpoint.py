@@ -1,7 +1,18 @@
-"""Checkpoints: ``model.safetensors`` (no pickle) + ``config.json`` (format version and the full run config).
+"""Checkpoints: the one reader/writer of every file pair a run writes, tensors (safetensors, no pickle) + JSON.
 
-A checkpoint carries the config that built it, so loading rebuilds the model with :func:`create_model` and loads the
-weights strictly. A frozen *pretrained* text trunk is not saved: it is rebuilt from its source package.
+Three kinds share it and one format version, ``CHECKPOINT_FORMAT``, that each file carries (the safetensors
+metadata ``format`` and the JSON's ``format`` key):
+
+- the model: ``model.safetensors`` + ``config.json`` (the full run config). Loading rebuilds the model with
+  :func:`create_model` and loads the weights strictly; a frozen *pretrained* text trunk is not saved (it is
+  rebuilt from its source package).
+- the training state: ``train_state.safetensors`` (optimizer moments, torch RNG) + ``train_state.json``
+  (position in the run, optimizer param groups), what ``--resume`` continues from.
+- any other module with a JSON-able config (the text-item model of ``mmrec eval --dataset``): its state dict
+  + a JSON of its own name.
+
+Training-state and text-item files written before the version was stamped on them carry none: they read as
+format 1 (same layout). A ``config.json`` always carried it and still must.
 """
 
 from __future__ import annotations
@@ -22,56 +33,103 @@ LOG = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+STATE_FILE = "train_state.safetensors"
+STATE_META = "train_state.json"
+_RNG_KEY = "rng/torch"
 
 
+# --- the file pair: tensors + JSON, each carrying the format version -------------------------------------
+def write_checkpoint(
+    out_dir: str | Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    *,
+    tensors_file: str = WEIGHTS_FILE,
+    meta_file: str = CONFIG_FILE,
+) -> None:
+    """``tensors`` (safetensors) and ``{"format": ..., **meta}`` (JSON) into ``out_dir``, each written atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{tensors_file}.tmp"
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(cpu, str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
+    tmp.replace(out_dir / tensors_file)
+    tmp_meta = out_dir / f".{meta_file}.tmp"
+    tmp_meta.write_text(json.dumps({"format": CHECKPOINT_FORMAT, **meta}, indent=2))
+    tmp_meta.replace(out_dir / meta_file)
+
+
+def _check_format(value: Any, path: Path) -> None:
+    if value != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: unsupported checkpoint format {value!r} (expected {CHECKPOINT_FORMAT})")
+
+
+def read_meta(
+    out_dir: str | Path,
+    *,
+    meta_file: str = CONFIG_FILE,
+    tensors_file: str = WEIGHTS_FILE,
+    unversioned_ok: bool = False,
+) -> dict[str, Any]:
+    """The JSON half of a checkpoint, checked for its format version (``format`` is dropped from the result).
+
+    ``unversioned_ok``: a file of a kind written before the version was stamped on it reads as format 1.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / meta_file
+    if not path.is_file() or not (out_dir / tensors_file).is_file():
+        raise UserError(f"{out_dir} is not a checkpoint: expected {meta_file} and {tensors_file} in it")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is not a checkpoint description: expected a JSON object")
+    _check_format(meta.pop("format", CHECKPOINT_FORMAT if unversioned_ok else None), path)
+    return meta
+
+
+def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked for its format version (files without one read as 1)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        fmt = (f.metadata() or {}).get("format", str(CHECKPOINT_FORMAT))
+        _check_format(int(fmt) if fmt.isdigit() else fmt, path)
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+
+
+# --- the model --------------------------------------------------------------------------------------------
 def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
     """State dict without a frozen *pretrained* text trunk: it is rebuilt from its source on load."""
     state = model.state_dict()
     if model.text.trunk_frozen and model.cfg.text.random_init is None:
         state = {k: v for k, v in state.items() if not k.startswith("text.trunk.")}
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return state
 
 
 def save_model(
     model: MultimodalModel, cfg: RunConfig, out_dir: str | Path, extra: dict[str, Any] | None = None
 ) -> None:
     """``model.safetensors`` + ``config.json`` (format version, full run config) into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(_weights_to_save(model), str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
-    tmp.replace(out_dir / WEIGHTS_FILE)
-    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), **(extra or {})}
-    tmp_cfg = out_dir / f".{CONFIG_FILE}.tmp"
-    tmp_cfg.write_text(json.dumps(meta, indent=2))
-    tmp_cfg.replace(out_dir / CONFIG_FILE)
+    write_checkpoint(out_dir, _weights_to_save(model), {"config": cfg.to_dict(), **(extra or {})})
 
 
 def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
     """The run config a checkpoint carries (``config.json``), checked for its format version."""
     model_dir = Path(model_dir)
-    cfg_path, w_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
+    if not (model_dir / CONFIG_FILE).is_file() or not (model_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{model_dir} is not a trained model: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{cfg_path}: unsupported checkpoint format {meta.get('format')!r} (expected {CHECKPOINT_FORMAT})"
-        )
-    return config_from_dict(meta["config"])
+    return config_from_dict(read_meta(model_dir)["config"])
 
 
 def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
     """Load ``model.safetensors`` into a model built from the same config (a frozen pretrained trunk is not saved)."""
-    from safetensors.torch import load_file
-
     w_path = Path(model_dir) / WEIGHTS_FILE
-    missing, unexpected = model.load_state_dict(load_file(str(w_path), device=str(model.device)), strict=False)
+    missing, unexpected = model.load_state_dict(read_tensors(w_path, model.device), strict=False)
     missing = [k for k in missing if not (k.startswith("text.trunk.") and model.text.trunk_frozen)]
     if missing or unexpected:
         raise UserError(f"{w_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -85,6 +143,49 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), cfg
 
 
+# --- any module with a JSON-able config (e.g. the text-item model) ----------------------------------------
+def save_module(module: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any], meta_file: str) -> None:
+    """The module's whole state dict (buffers included) + ``meta`` as ``meta_file``."""
+    write_checkpoint(out_dir, module.state_dict(), meta, meta_file=meta_file)
+
+
+def load_module(module: torch.nn.Module, out_dir: str | Path, meta_file: str) -> dict[str, Any]:
+    """Load what :func:`save_module` wrote into ``module`` (strictly); returns its meta."""
+    meta = read_meta(out_dir, meta_file=meta_file, unversioned_ok=True)
+    module.load_state_dict(read_tensors(Path(out_dir) / WEIGHTS_FILE))
+    return meta
+
+
+# --- the training state -----------------------------------------------------------------------------------
+def save_train_state(out_dir: str | Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    """Optimizer state + torch RNG (safetensors) and the position/metadata ``meta`` (JSON)."""
+    sd = opt.state_dict()
+    tensors = {f"{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()}
+    tensors[_RNG_KEY] = torch.get_rng_state()
+    meta = {**meta, "param_groups": sd["param_groups"]}
+    write_checkpoint(out_dir, tensors, meta, tensors_file=STATE_FILE, meta_file=STATE_META)
+
+
+def has_train_state(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / STATE_META).is_file()
+
+
+def load_train_state(out_dir: str | Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what :func:`save_train_state` wrote into ``opt`` and torch's RNG; returns the position/metadata."""
+    out_dir = Path(out_dir)
+    meta = read_meta(out_dir, meta_file=STATE_META, tensors_file=STATE_FILE, unversioned_ok=True)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in read_tensors(out_dir / STATE_FILE).items():
+        if key == _RNG_KEY:
+            torch.set_rng_state(v)
+            continue
+        i, name = key.split("/", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+# --- identity ---------------------------------------------------------------------------------------------
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a whole file, read in 1 MiB chunks."""
     h = hashlib.sha256()

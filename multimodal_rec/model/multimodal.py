@@ -12,7 +12,9 @@ from torch import nn
 from encoders import TextTower, UserTower, VideoTower
 from encoders.text import load_tokenizer
 from multimodal_rec.config import ModelConfig
+from multimodal_rec.errors import UserError
 from multimodal_rec.model.loss import InfoNCELoss
+from multimodal_rec.model.text_features import frozen_trunk_features, tokenize, trunk_features
 
 LOG = logging.getLogger(__name__)
 
@@ -44,10 +46,7 @@ class MultimodalModel(nn.Module):
 
     # --- text -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.cfg.text.max_length, return_tensors="pt"
-        )
-        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+        return tokenize(self.tokenizer, texts, self.cfg.text.max_length, self.device)
 
     def text_features(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Text-trunk features ``[N, H]``.
@@ -59,23 +58,14 @@ class MultimodalModel(nn.Module):
         if not texts:
             return torch.zeros(0, self.text.feat_dim, device=self.device)
         if not self.text.trunk_frozen:
-            chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-            return torch.cat([self.text.forward_features(**self.tokenize(c)) for c in chunks])
+            return trunk_features(self.text, self.tokenizer, texts, batch_size, self.device)
         if not self.cache_text_features:
-            return self._frozen_features(texts, batch_size)
+            return frozen_trunk_features(self.text, self.tokenizer, texts, batch_size, self.device)
         missing = list(dict.fromkeys(t for t in texts if t not in self._feature_cache))
         if missing:
-            self._feature_cache.update(zip(missing, self._frozen_features(missing, batch_size), strict=True))
+            feats = frozen_trunk_features(self.text, self.tokenizer, missing, batch_size, self.device)
+            self._feature_cache.update(zip(missing, feats, strict=True))
         return torch.stack([self._feature_cache[t] for t in texts])
-
-    @torch.no_grad()
-    def _frozen_features(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        was_training = self.text.trunk.training
-        self.text.trunk.eval()  # a frozen trunk always runs as at inference (no dropout)
-        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-        feats = torch.cat([self.text.forward_features(**self.tokenize(c)).float() for c in chunks])
-        self.text.trunk.train(was_training)
-        return feats
 
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """Texts -> ``[N, D]``."""
@@ -119,8 +109,25 @@ class MultimodalModel(nn.Module):
 
 
 def create_model(cfg: ModelConfig) -> MultimodalModel:
-    """The only way to build a model: every tower from its config dataclass."""
-    return MultimodalModel(cfg)
+    """The only way to build a model: every tower from its config dataclass.
+
+    A config value the towers cannot build (an unknown video trunk or temporal pooling) is a one-line
+    :class:`UserError` naming the option.
+    """
+    _check_video_trunk(cfg.video.trunk)
+    try:
+        return MultimodalModel(cfg)
+    except ValueError as e:  # the towers (which know nothing of UserError) refuse a value of their config
+        raise UserError(f"model config refused: {str(e).splitlines()[0]}") from None
+
+
+def _check_video_trunk(name: str) -> None:
+    import torchvision
+
+    if name != "resnet10" and name not in torchvision.models.list_models(torchvision.models):
+        raise UserError(
+            f"unknown model.video.trunk {name!r}: use resnet10/18/34/50, mobilenet_v3_small/large or efficientnet_b0"
+        )
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:

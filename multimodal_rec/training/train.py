@@ -17,18 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from multimodal_rec.config import RunConfig, TrainConfig
+from multimodal_rec.config import RunConfig, TrainConfig, refuse_unsupported
 from multimodal_rec.data.cache import build_frame_cache, frames_to_tensor
 from multimodal_rec.data.tables import Dataset, HistoryExample, history_examples, item_counts, load_dataset
 from multimodal_rec.errors import UserError
-from multimodal_rec.model.checkpoint import load_weights, read_checkpoint_config, save_model
+from multimodal_rec.model.checkpoint import (
+    STATE_META,
+    has_train_state,
+    load_weights,
+    read_checkpoint_config,
+    save_model,
+)
 from multimodal_rec.model.multimodal import MultimodalModel, create_model
 from multimodal_rec.model.prior import COUNTS_FILE, write_counts
 from multimodal_rec.progress import ProgressFn, no_progress
 from multimodal_rec.runtime import pick_device, seed_everything
-from multimodal_rec.training.trainer import STATE_META, Dist, fit, init_distributed
+from multimodal_rec.training.distributed import barrier, init_distributed
+from multimodal_rec.training.trainer import fit
 
 LOG = logging.getLogger(__name__)
+# TrainConfig options of the text-item task that this one has no use for: refused by name, not ignored
+UNSUPPORTED_TRAIN_OPTIONS = ("hard_negatives",)
 
 
 @dataclass
@@ -229,13 +238,6 @@ class TrainResult:
     final_losses: dict[str, float]
 
 
-def _barrier(d: Dist, when: bool) -> None:
-    if d.world > 1 and when:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def train(
     cfg: RunConfig,
     data_dir: str | Path,
@@ -247,24 +249,25 @@ def train(
     """Train ``cfg`` on the tables in ``data_dir``; write checkpoints (safetensors + config) to ``out_dir``."""
     out = Path(out_dir)
     tc = cfg.train
+    refuse_unsupported(tc, UNSUPPORTED_TRAIN_OPTIONS, "the video model (mmrec train)")
     ds = load_dataset(data_dir)
     seed_everything(tc.seed)
     device = pick_device(tc.device)
     if resume:  # the weights, optimizer and position come back in fit(); here only the config is checked
-        if not (out / STATE_META).is_file():
+        if not has_train_state(out):
             raise UserError(f"nothing to resume in {out}: no {STATE_META} (train without --resume first)")
         if read_checkpoint_config(out).model != cfg.model:
             raise UserError(f"{out} was trained with a different model config; resume with the same config")
-    elif (out / STATE_META).exists():
+    elif has_train_state(out):
         raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
+    d = init_distributed(device)  # first: under torchrun on GPUs it picks this rank's GPU
     model = create_model(cfg.model).to(device)
-    d = init_distributed(device)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     # Under torchrun, rank 0 fills the frame cache first; the other ranks then read it (one writer per file).
-    _barrier(d, not d.main)
+    barrier(d, not d.main)
     data = prepare_data(cfg, ds, Path(cache_dir) if cache_dir else Path(data_dir) / ".mmrec-cache", progress)
-    _barrier(d, d.main)
+    barrier(d, d.main)
     # Decoding into the cache iterates a DataLoader, which draws from torch's global RNG: reseed, so training
     # (dropout) is the same whether the cache was built by this run or read from an earlier one.
     seed_everything(tc.seed)

@@ -4,8 +4,10 @@
 clipping, bf16 autocast on GPU, a checkpoint every N optimizer steps and at each epoch's end (safetensors +
 JSON, written atomically), exact resume (weights, optimizer, RNG and the position inside the epoch), early
 stopping on a validation metric, a JSON-lines metrics log and PNG curves. Under ``torchrun`` (``WORLD_SIZE`` >
-1) it trains data-parallel: rank r takes every W-th micro-batch, gradients are averaged across ranks with an
-all-reduce before each step (gloo on CPU, nccl on GPU), and only rank 0 writes files.
+1) it trains data-parallel with ``DistributedDataParallel`` (gloo on CPU, nccl on GPU; see ``distributed.py``):
+rank 0's weights are broadcast, rank r takes every W-th micro-batch, gradients are averaged across ranks during
+the backward pass of each step's last micro-batch (the others accumulate under ``no_sync``), and only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ from torch import nn
 
 from multimodal_rec.config import TrainConfig
 from multimodal_rec.errors import UserError
+from multimodal_rec.model.checkpoint import STATE_META, has_train_state, load_train_state, save_train_state
 from multimodal_rec.progress import ProgressFn, no_progress
+from multimodal_rec.training.distributed import Dist, barrier, init_distributed, no_sync, wrap_step
 
 LOG = logging.getLogger(__name__)
-STATE_FILE = "train_state.safetensors"
-STATE_META = "train_state.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 
@@ -74,86 +75,7 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-# --- distributed ------------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the ``torchrun`` process group when there is one (``WORLD_SIZE`` > 1); else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    LOG.info("data-parallel rank %d of %d (%s)", dist.get_rank(), world, dist.get_backend())
-    return Dist(dist.get_rank(), world)
-
-
-def _sync_initial_weights(model: nn.Module, d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
-
-
-def _average_gradients(params: list[nn.Parameter], d: Dist) -> None:
-    """All-reduce the gradients as one flat buffer (what DDP's buckets do, without overlap)."""
-    if d.world <= 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= d.world
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
-
-
-# --- checkpoints ------------------------------------------------------------------------------------------
-def save_state(out: Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-    """Optimizer state + RNG (safetensors) and position/metadata (JSON), each written atomically."""
-    from safetensors.torch import save_file
-
-    sd = opt.state_dict()
-    tensors = {f"{i}/{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
-    tensors["rng/torch"] = torch.get_rng_state()
-    tmp = out / f".{STATE_FILE}.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(out / STATE_FILE)
-    tmp_meta = out / f".{STATE_META}.tmp"
-    tmp_meta.write_text(json.dumps({**meta, "param_groups": sd["param_groups"]}))
-    tmp_meta.replace(out / STATE_META)
-
-
-def load_state(out: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((out / STATE_META).read_text())
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in load_file(str(out / STATE_FILE)).items():
-        if key == "rng/torch":
-            torch.set_rng_state(v)
-            continue
-        i, name = key.split("/", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta
-
-
+# --- curves ------------------------------------------------------------------------------------------------
 def plot_curves(metrics_path: Path, out_png: Path) -> bool:
     """Loss curves (and validation metrics, when logged) from the metrics log as one PNG; False without data."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -215,121 +137,162 @@ def fit(
     out = Path(out_dir)
     if cfg.early_stop_metric and not task.validate():
         raise UserError(f"early_stop_metric is {cfg.early_stop_metric!r} but this task has no validation metrics")
-    d = init_distributed(device)
-    model = task.model
-    accum = max(1, cfg.grad_accum)
-    n_micro = len(task.batches(0)) // d.world
-    if n_micro == 0:
-        raise UserError("nothing to train on: the task has fewer micro-batches than processes")
-    steps_per_epoch = math.ceil(n_micro / accum)
-    total = steps_per_epoch * cfg.epochs  # the schedule spans every epoch even when max_steps stops it early
-    opt = torch.optim.AdamW(task.param_groups(cfg), weight_decay=cfg.weight_decay)
-    f = lr_lambda(cfg.warmup_steps, total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    epoch, micro, step = 0, 0, 0
-    best: dict[str, Any] = {"value": None, "bad": 0, "metrics": None}
-    if resume:
-        if not (out / STATE_META).is_file():
-            raise UserError(f"nothing to resume in {out}: no {STATE_META} (train without --resume first)")
-        task.load_weights(out)
-        meta = load_state(out, opt)
-        epoch, micro, step = int(meta["epoch"]), int(meta.get("micro", 0)), int(meta["step"])
-        best = meta.get("best", best)
-        sched.last_epoch = step  # continue the schedule where it stopped
-        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
-            group["lr"] = base * f(step)
-        LOG.info("resumed %s at epoch %d, micro-batch %d (step %d)", out, epoch, micro, step)
-    elif (out / STATE_META).exists():
-        raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-    _sync_initial_weights(model, d)
-
-    use_amp = device.type == "cuda"
-    log_path = out / METRICS_FILE
+    if cfg.early_stop_patience != TrainConfig().early_stop_patience and not cfg.early_stop_metric:
+        raise UserError("train.early_stop_patience needs train.early_stop_metric (without one it would be ignored)")
     t0 = time.time()
-    last: dict[str, float] = {}
-    stopped_early = False
+    run = _Run(task, cfg, out, device, init_distributed(device))
+    if resume:
+        run.resume()
+    elif has_train_state(out):
+        raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")
+    run.start()
+    while run.epoch < cfg.epochs and not run.reached_max_steps():
+        if not run.train_epoch(progress):  # max_steps reached inside the epoch
+            break
+        if run.end_epoch():  # early stopping
+            break
+    run.finish()
+    best = run.best["metrics"]
+    return FitResult(out, run.epoch, run.step, time.time() - t0, run.last, run.stopped_early, best)
 
-    def log(line: dict[str, Any]) -> None:
-        if d.main:
-            with log_path.open("a") as fh:
+
+class _Run:
+    """The state of one :func:`fit`: optimizer, schedule, the (DDP-wrapped) step and the position in the run."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, out: Path, device: torch.device, d: Dist) -> None:
+        self.task, self.cfg, self.out, self.device, self.d = task, cfg, out, device, d
+        self.accum = max(1, cfg.grad_accum)
+        self.n_micro = len(task.batches(0)) // d.world  # micro-batches per rank and epoch
+        if self.n_micro == 0:
+            raise UserError("nothing to train on: the task has fewer micro-batches than processes")
+        self.steps_per_epoch = math.ceil(self.n_micro / self.accum)
+        total = self.steps_per_epoch * cfg.epochs  # the schedule spans every epoch even when max_steps stops early
+        self.opt = torch.optim.AdamW(task.param_groups(cfg), weight_decay=cfg.weight_decay)
+        self.lr_at = lr_lambda(cfg.warmup_steps, total)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_at)
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]
+        self.module: nn.Module = nn.Identity()  # the step module, made in start()
+        self.epoch, self.micro, self.step = 0, 0, 0
+        self.best: dict[str, Any] = {"value": None, "bad": 0, "metrics": None}
+        self.last: dict[str, float] = {}
+        self.stopped_early = False
+
+    def resume(self) -> None:
+        """Weights, optimizer, RNG and position from the run directory."""
+        if not has_train_state(self.out):
+            raise UserError(f"nothing to resume in {self.out}: no {STATE_META} (train without --resume first)")
+        self.task.load_weights(self.out)
+        meta = load_train_state(self.out, self.opt)
+        self.epoch, self.micro, self.step = int(meta["epoch"]), int(meta.get("micro", 0)), int(meta["step"])
+        self.best = meta.get("best", self.best)
+        self.sched.last_epoch = self.step  # continue the schedule where it stopped
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
+            group["lr"] = base * self.lr_at(self.step)
+        LOG.info("resumed %s at epoch %d, micro-batch %d (step %d)", self.out, self.epoch, self.micro, self.step)
+
+    def start(self) -> None:
+        if self.d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.module = wrap_step(self.task.model, self.task.step, self.d)  # DDP: rank 0's weights broadcast
+
+    def reached_max_steps(self) -> bool:
+        return self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps
+
+    def train_epoch(self, progress: ProgressFn) -> bool:
+        """Optimizer steps from the current position to the epoch's end; False when max_steps stopped it."""
+        cfg, d = self.cfg, self.d
+        batches = list(self.task.batches(self.epoch))[d.rank :: d.world][: self.n_micro]  # every W-th, same count
+        self.task.model.train()
+        bar = progress(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step")
+        bar.update(self.micro // self.accum)
+        self.opt.zero_grad(set_to_none=True)
+        while self.micro < self.n_micro:
+            group = batches[self.micro : self.micro + self.accum]
+            self.last = self.optimizer_step(group)
+            self.micro += len(group)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in self.last.items()})
+            if self.step % cfg.log_every == 0 or self.micro >= self.n_micro:
+                self.log({"epoch": self.epoch + 1, "step": self.step, "lr": self.sched.get_last_lr()[0], **self.last})
+            if self.reached_max_steps():
+                break
+            if self.micro < self.n_micro and cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        bar.close()
+        if self.micro < self.n_micro:  # max_steps reached inside the epoch: a resumable mid-epoch checkpoint
+            self.checkpoint()
+            return False
+        return True
+
+    def optimizer_step(self, group: Sequence[Any]) -> dict[str, float]:
+        """Forward/backward over the micro-batches of one step (gradients all-reduced after the last), clip, step;
+        the group's mean of each named loss."""
+        sums: dict[str, float] = {}
+        use_amp = self.device.type == "cuda"
+        for i, b in enumerate(group):
+            with no_sync(self.module, sync=i == len(group) - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = self.module(b, self.step)
+                (losses["loss"] / len(group)).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(group)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return sums
+
+    def end_epoch(self) -> bool:
+        """The task's epoch-end hook, validation and the epoch's checkpoint; True when early stopping says stop."""
+        cfg = self.cfg
+        self.task.on_epoch_end(self.epoch)
+        self.epoch, self.micro = self.epoch + 1, 0
+        val = self.task.validate() if cfg.early_stop_metric else {}
+        if val:
+            self.track_best(val)
+        self.checkpoint()
+        LOG.info("epoch %d/%d done: %s", self.epoch, cfg.epochs, {k: round(v, 4) for k, v in self.last.items()})
+        if val and self.best["bad"] >= cfg.early_stop_patience:
+            LOG.info("early stop: %s did not improve for %d epochs", cfg.early_stop_metric, self.best["bad"])
+            self.stopped_early = True
+        return self.stopped_early
+
+    def track_best(self, val: dict[str, float]) -> None:
+        """Log the validation metrics; keep the weights (``best/``) when the early-stop metric improved."""
+        name = self.cfg.early_stop_metric
+        if name not in val:
+            raise UserError(f"early_stop_metric {name!r} is not one of {sorted(val)}")
+        self.log({"epoch": self.epoch, "step": self.step, **{f"val_{k}": v for k, v in val.items()}})
+        if self.best["value"] is None or val[name] > self.best["value"]:
+            self.best = {"value": val[name], "bad": 0, "metrics": val}
+            if self.d.main:
+                self.task.save(self.out / "best", {"epoch": self.epoch, "step": self.step})
+        else:
+            self.best["bad"] += 1
+
+    def checkpoint(self) -> None:
+        """Model (the task's writer) and training state at the current position; rank 0 only."""
+        if self.d.main:
+            pos = {"epoch": self.epoch, "micro": self.micro, "step": self.step}
+            self.task.save(self.out, pos)
+            save_train_state(self.out, self.opt, {**pos, "best": self.best})
+
+    def log(self, line: dict[str, Any]) -> None:
+        if self.d.main:
+            with (self.out / METRICS_FILE).open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
 
-    def checkpoint(at_epoch: int, at_micro: int) -> None:
-        if d.main:
-            pos = {"epoch": at_epoch, "micro": at_micro, "step": step}
-            task.save(out, pos)
-            save_state(out, opt, {**pos, "best": best})
-
-    while epoch < cfg.epochs and not (cfg.max_steps > 0 and step >= cfg.max_steps):
-        batches = list(task.batches(epoch))[d.rank :: d.world][:n_micro]
-        model.train()
-        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
-        bar.update(micro // accum)
-        opt.zero_grad(set_to_none=True)
-        while micro < n_micro:
-            group = batches[micro : micro + accum]
-            sums: dict[str, float] = {}
-            for b in group:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = task.step(b, step)
-                (losses["loss"] / len(group)).backward()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(group)
-            _average_gradients(params, d)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            micro += len(group)
-            step += 1
-            last = sums
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
-            if step % cfg.log_every == 0 or micro >= n_micro:
-                log({"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0], **last})
-            done = cfg.max_steps > 0 and step >= cfg.max_steps
-            if micro < n_micro and not done and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
-                checkpoint(epoch, micro)
-            if done:
-                break
-        bar.close()
-        if micro < n_micro:  # max_steps reached inside the epoch: a resumable mid-epoch checkpoint
-            checkpoint(epoch, micro)
-            break
-        task.on_epoch_end(epoch)
-        epoch, micro = epoch + 1, 0
-        val = task.validate() if cfg.early_stop_metric else {}
-        if val:
-            if cfg.early_stop_metric not in val:
-                raise UserError(f"early_stop_metric {cfg.early_stop_metric!r} is not one of {sorted(val)}")
-            log({"epoch": epoch, "step": step, **{f"val_{k}": v for k, v in val.items()}})
-            value = val[cfg.early_stop_metric]
-            if best["value"] is None or value > best["value"]:
-                best = {"value": value, "bad": 0, "metrics": val}
-                if d.main:
-                    task.save(out / "best", {"epoch": epoch, "step": step})
-            else:
-                best["bad"] += 1
-        checkpoint(epoch, 0)
-        LOG.info("epoch %d/%d done: %s", epoch, cfg.epochs, {k: round(v, 4) for k, v in last.items()})
-        if val and best["bad"] >= cfg.early_stop_patience:
-            LOG.info("early stop: %s did not improve for %d epochs", cfg.early_stop_metric, best["bad"])
-            stopped_early = True
-            break
-    if best["value"] is not None and d.main:  # keep the best epoch's weights as the run's model
-        task.load_weights(out / "best")
-        task.save(out, {"epoch": epoch, "step": step, "best": best["metrics"]})
-    if d.main and log_path.is_file():
-        try:
-            plot_curves(log_path, out / PLOT_FILE)
-        except ImportError:
-            LOG.warning("matplotlib is not installed: no %s", PLOT_FILE)
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return FitResult(out, epoch, step, time.time() - t0, last, stopped_early, best["metrics"])
+    def finish(self) -> None:
+        """Keep the best epoch's weights (early stopping), plot the curves, wait for every rank."""
+        if self.best["value"] is not None and self.d.main:
+            self.task.load_weights(self.out / "best")
+            self.task.save(self.out, {"epoch": self.epoch, "step": self.step, "best": self.best["metrics"]})
+        log_path = self.out / METRICS_FILE
+        if self.d.main and log_path.is_file():
+            try:
+                plot_curves(log_path, self.out / PLOT_FILE)
+            except ImportError:
+                LOG.warning("matplotlib is not installed: no %s", PLOT_FILE)
+        barrier(self.d)

@@ -12,7 +12,6 @@ Numpy in, numpy out at the edges: ``seqs`` are lists of item-row arrays (oldest 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,17 +22,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders import TextTowerConfig, UserTowerConfig
+from encoders import UserTowerConfig
 from encoders.heads import ProjectionHead
 from encoders.user import UserTower
-from multimodal_rec.config import TrainConfig, _from_dict
+from multimodal_rec.config import TrainConfig, build_config, refuse_unsupported
 from multimodal_rec.errors import UserError
 from multimodal_rec.evaluation.metrics import target_ranks
+from multimodal_rec.model.checkpoint import load_module, save_module
 from multimodal_rec.model.loss import InfoNCELoss
+from multimodal_rec.model.text_features import text_features
 
 LOG = logging.getLogger(__name__)
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "textrec.json"
+CONFIG_FILE = "textrec.json"  # beside model.safetensors: the TextRecConfig and the position in the run
+# TrainConfig options of the video task that this one has no use for: refused by name, not ignored
+UNSUPPORTED_TRAIN_OPTIONS = (
+    "rec_batch_size",
+    "trunk_lr",
+    "w_text_video",
+    "w_rec",
+    "min_history",
+    "rec_trains_video",
+    "augment",
+    "num_workers",
+    "decode_backend",
+)
 
 
 @dataclass
@@ -53,22 +65,6 @@ class TextRecConfig:
     # must also place items well (what a cold-start item has)
     cold_prior: str = "median"  # popularity prior of items never seen in training: "median" of the seen items'
     # log-popularity (neutral: ranked by content) or "zero" (buried under every popular item)
-
-
-@torch.no_grad()
-def text_features(texts: list[str], cfg: TextTowerConfig | None = None, batch_size: int = 128) -> np.ndarray:
-    """Frozen text-trunk features ``[N, H]`` (masked mean of MiniLM's last layer), computed once per text."""
-    from encoders.text import TextTower, load_tokenizer
-
-    cfg = cfg or TextTowerConfig()
-    tower, tok = TextTower(cfg, 8).eval(), load_tokenizer(cfg)
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt"
-        )
-        out.append(tower.forward_features(enc["input_ids"], enc["attention_mask"]).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, tower.feat_dim), np.float32)
 
 
 class TextItemRecModel(nn.Module):
@@ -136,6 +132,17 @@ def history_matrix(seqs: list[np.ndarray], users: np.ndarray, ends: np.ndarray, 
     return out
 
 
+def check_train_options(tc: TrainConfig, cfg: TextRecConfig) -> None:
+    """Refuse, by name, the TrainConfig options this task would ignore."""
+    refuse_unsupported(tc, UNSUPPORTED_TRAIN_OPTIONS, "the text-item model (mmrec eval --dataset)")
+    if tc.device not in ("auto", "cpu"):
+        raise UserError(f"train.device={tc.device!r} is not supported by the text-item model: it trains on the CPU")
+    if cfg.negatives == "all":  # the full softmax already has every item as a negative, with no sampling bias
+        for name in ("hard_negatives", "logq_correction"):
+            if getattr(tc, name):
+                raise UserError(f"train.{name} needs textrec.negatives='batch' (with 'all' it would be ignored)")
+
+
 class NextItemTask:
     """Trainer task: every position (after the first) of every training sequence is a next-item target."""
 
@@ -147,6 +154,7 @@ class NextItemTask:
         val_targets: np.ndarray | None = None,
         recent: int = 0,
     ) -> None:
+        check_train_options(tc, model.cfg)
         self.model, self.seqs, self.tc = model, seqs, tc
         self.val_targets = val_targets  # [n_users] item row after each sequence (-1 = none): early stopping
         # recent > 0: only each user's last ``recent`` positions are targets (closest to what is predicted next)
@@ -218,28 +226,17 @@ class NextItemTask:
         save_textrec(self.model, out, extra)
 
     def load_weights(self, out: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(Path(out) / WEIGHTS_FILE)))
+        load_module(self.model, out, CONFIG_FILE)
 
 
 def save_textrec(model: TextItemRecModel, out: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Weights (safetensors, buffers included) + config JSON, each written atomically."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(out / WEIGHTS_FILE)
-    tmp_cfg = out / f".{CONFIG_FILE}.tmp"
-    tmp_cfg.write_text(json.dumps({"config": asdict(model.cfg), **(extra or {})}, indent=2))
-    tmp_cfg.replace(out / CONFIG_FILE)
+    """Weights (safetensors, buffers included) + config JSON, each written atomically, format-versioned."""
+    save_module(model, out, {"config": asdict(model.cfg), **(extra or {})}, CONFIG_FILE)
 
 
 def textrec_config(data: dict[str, Any] | None = None) -> TextRecConfig:
     """A :class:`TextRecConfig` from a dict (unknown keys refused with their name)."""
-    return _from_dict(TextRecConfig, data, "textrec")
+    return build_config(TextRecConfig, data, "textrec")
 
 
 @torch.no_grad()
@@ -297,7 +294,7 @@ def train_textrec(
 def default_train_config(**overrides: Any) -> TrainConfig:
     """Training defaults for text items (small models, full softmax: a few epochs suffice)."""
     base = {"epochs": 10, "batch_size": 256, "lr": 2e-3, "warmup_steps": 50, "log_every": 50, "weight_decay": 0.01}
-    return TrainConfig(**{**base, **overrides})
+    return build_config(TrainConfig, {**base, **overrides}, "train")
 
 
 def percentile_rank(ranks: np.ndarray, n_items: int) -> np.ndarray:
