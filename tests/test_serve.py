@@ -51,7 +51,7 @@ class StubRec:
             }
         )
         self.video_ids = ["a", "b"]
-        self._row = {"a": 0, "b": 1}
+        self.row_of = {"a": 0, "b": 1}
 
     def __len__(self) -> int:
         return 2
