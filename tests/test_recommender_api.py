@@ -99,10 +99,10 @@ def test_seen_items_are_excluded_by_default(rec: Recommender) -> None:
 
 # --- add / remove / save / load -----------------------------------------------------------------------------------
 def test_load_memory_maps_and_first_change_copies(fresh: Recommender) -> None:
-    assert fresh._mapped, "Recommender.load shares the index through mmap"
+    assert fresh.mapped, "Recommender.load shares the index through mmap"
     before = _all_results(fresh)
     fresh.add_videos(pd.DataFrame({"video_id": ["x1"]}), embeddings=fresh.embeddings[:1] * 3)  # no abort
-    assert not fresh._mapped and fresh.index.ntotal == len(fresh) == len(before[0][0]) + 1
+    assert not fresh.mapped and fresh.index.ntotal == len(fresh) == len(before[0][0]) + 1
     assert [h.video_id for h in fresh.search(QUERIES[0], k=len(fresh))].count("x1") == 1
     after = _all_results(fresh)[:-1]
     assert [[v for v in ids if v != "x1"] for ids, _ in after] == [ids for ids, _ in before[:-1]]
@@ -118,9 +118,9 @@ def test_add_encodes_with_the_bundle_video_tower(fresh: Recommender, world: Path
     assert res.added == ["new-a", "new-b"] and [s["video_id"] for s in res.skipped] == ["broken"]
     for new, old in (("new-a", cat["video_id"][2]), ("new-b", cat["video_id"][7])):
         np.testing.assert_allclose(
-            fresh.embeddings[fresh._row[new]], fresh.embeddings[fresh._row[old]], atol=1e-4
+            fresh.embeddings[fresh.row_of[new]], fresh.embeddings[fresh.row_of[old]], atol=1e-4
         )  # same clip, same vector as `mmrec encode` gave
-    row = fresh._row["new-a"]
+    row = fresh.row_of["new-a"]
     assert fresh.catalog["train_interactions"].iloc[row] == 0 and fresh.xb[row, -1] == 0.0  # no popularity yet
     hit = fresh.search_vectors(fresh.xb[row : row + 1], k=2)[0]
     assert {hit[0].video_id, hit[1].video_id} == {"new-a", cat["video_id"][2]}
@@ -162,8 +162,8 @@ def test_removed_videos_vanish_at_once_and_k_hits_remain(fresh: Recommender) -> 
         fresh.remove_videos([gone[0]])
     with pytest.raises(UserError, match="no such video id"):
         fresh.remove_videos(["v0000", "nope"])
-    assert "v0000" in fresh._row, "a refused removal removes nothing"
-    fresh.add_videos(pd.DataFrame({"video_id": [gone[0]]}), embeddings=fresh.embeddings[fresh._row["v0000"]][None])
+    assert "v0000" in fresh.row_of, "a refused removal removes nothing"
+    fresh.add_videos(pd.DataFrame({"video_id": [gone[0]]}), embeddings=fresh.embeddings[fresh.row_of["v0000"]][None])
     assert gone[0] in _ids(fresh.search(QUERIES[0], k=1000)), "a removed id can be added again"
 
 
@@ -181,7 +181,7 @@ def test_add_remove_save_load_round_trip(fresh: Recommender, tmp_path: Path) -> 
     loaded = Recommender.load(out)
     assert len(loaded) == served == loaded.index.ntotal and loaded.video_ids == fresh.video_ids
     assert _same(_all_results(loaded), before)
-    assert {"n1", "n3"} <= set(loaded._row) and "n2" not in loaded._row
+    assert {"n1", "n3"} <= set(loaded.row_of) and "n2" not in loaded.row_of
     src = pd.read_parquet(out / "sources.parquet")
     assert list(src["video_id"]) == loaded.video_ids and src.set_index("video_id")["size"]["n1"] == -1
     # and the saved bundle is protected like any other
@@ -204,7 +204,7 @@ def test_save_over_the_loaded_bundle(bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat"])
 def test_add_remove_save_on_approximate_indexes(fresh: Recommender, tmp_path: Path, factory: str) -> None:
-    fresh.index, fresh._mapped = build_index(fresh.xb, factory, nprobe=4), False
+    fresh.index = build_index(fresh.xb, factory, nprobe=4)
     fresh.manifest = {**fresh.manifest, "index": factory}
     extra = fresh.embeddings[5:7][:, ::-1].copy()
     fresh.add_videos(pd.DataFrame({"video_id": ["a1", "a2"]}), embeddings=extra)
@@ -230,7 +230,7 @@ def test_searches_during_changes_see_whole_states(fresh: Recommender) -> None:
     """A writer adds and removes a video over and over; readers see it fully there or fully gone."""
     xq = fresh.text_queries([QUERIES[0]])
     base = _ids(fresh.search_vectors(xq, k=5)[0])
-    vec = fresh.embeddings[fresh._row[base[0]]][None] * 1.0  # scores like the current top hit
+    vec = fresh.embeddings[fresh.row_of[base[0]]][None] * 1.0  # scores like the current top hit
     stop, errors = threading.Event(), []
 
     def writer() -> None:

@@ -205,7 +205,7 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     from starlette.exceptions import HTTPException
 
     import multimodal_rec
-    from multimodal_rec.serving.recommender import MAX_K
+    from multimodal_rec.serving.validation import MAX_K
 
     for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
         _check_limit(name, value, top)
