@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
+from multimodal_rec.index import build as index_build
 from multimodal_rec.index.build import build_index, exact_search
+from multimodal_rec.serving.validation import MAX_EXCLUDE
 
 QUERIES = ["a red circle moving left", "blue squares", "a green ball moving up", "white triangles", "yellow"]
 HISTORY = ["a red ball moving left", "red dots going left"]
@@ -95,6 +98,69 @@ def test_seen_items_are_excluded_by_default(rec: Recommender) -> None:
     unseen = _ids(rec.recommend(history, k=len(rec)))
     assert set(unseen) == set(everything) - {by_id} - same_title
     assert len(rec.recommend(history, k=5)) == 5
+
+
+def test_exclude_is_capped(rec: Recommender) -> None:
+    """At most MAX_EXCLUDE ids per call (a bound on what one request costs); an iterable is read no further."""
+    ids = [f"x{i}" for i in range(MAX_EXCLUDE)]
+    assert len(rec.recommend(HISTORY, k=3, exclude=ids)) == 3  # at the cap: fine (unknown ids are ignored)
+    message = f"exclude may list at most {MAX_EXCLUDE} video ids"
+    with pytest.raises(UserError, match=message):
+        rec.recommend(HISTORY, k=3, exclude=[*ids, "one-more"])
+    with pytest.raises(UserError, match=message):
+        rec.search_vectors(rec.text_queries(QUERIES[:1]), k=3, exclude=[*ids, "one-more"])
+    read = []
+
+    def many() -> Iterator[str]:
+        for i in range(3 * MAX_EXCLUDE):
+            read.append(i)
+            yield f"g{i}"
+
+    with pytest.raises(UserError, match=message):
+        rec.recommend(HISTORY, k=3, exclude=many())
+    assert len(read) == MAX_EXCLUDE + 1
+
+
+def test_seen_matching_is_case_sensitive(rec: Recommender) -> None:
+    """As the README says: a history item names a video when it equals its id or title exactly, surrounding
+    whitespace aside; an item that differs only in case names nothing."""
+    vid, title = rec.video_ids[0], str(rec.catalog["title"].iloc[5])
+    same_title = {v for v, t in zip(rec.video_ids, rec.catalog["title"], strict=True) if t == title}
+    other_case = [title.upper(), title.swapcase(), vid.upper()]
+    assert not set(other_case) & (set(rec.video_ids) | set(rec.catalog["title"])), "the test needs case-only twins"
+    for history, excluded in (
+        ([*other_case, "red dots going left"], set()),
+        ([f"\t{title}  ", f" {vid}", "red dots going left"], same_title | {vid}),
+    ):
+        everything = set(_ids(rec.recommend(history, k=len(rec), exclude_seen=False)))
+        assert excluded <= everything
+        assert set(_ids(rec.recommend(history, k=len(rec)))) == everything - excluded
+
+
+@pytest.mark.parametrize(
+    ("factory", "exact_subset_max"),
+    [(None, 4096), (None, 0), ("HNSW32", 0), ("IVF4,Flat", 0)],  # 0: every filter goes through FAISS's ID selector
+)
+def test_filtered_search_never_returns_removed_videos(
+    fresh: Recommender, monkeypatch: pytest.MonkeyPatch, factory: str | None, exact_subset_max: int
+) -> None:
+    monkeypatch.setattr(index_build, "EXACT_SUBSET_MAX", exact_subset_max)
+    if factory:
+        fresh.index = build_index(fresh.xb, factory, nprobe=4)
+    filters = {"color": ["red", "blue"]}
+    passing = {v for v, c in zip(fresh.video_ids, fresh.catalog["color"], strict=True) if c in ("red", "blue")}
+    gone = _ids(fresh.search(QUERIES[0], k=3, filters=filters))
+    gone.append(next(v for v in fresh.video_ids if v not in passing))  # a tombstone the filter rejects anyway
+    fresh.remove_videos(gone)
+    live = passing - set(gone)
+    assert len(live) >= 5
+    assert set(_ids(fresh.search(QUERIES[0], k=1000, filters=filters))) == live
+    assert all(set(_ids(hits)) == live for hits in fresh.search_batch(QUERIES[1:3], k=1000, filters=filters))
+    assert set(_ids(fresh.recommend(HISTORY, k=1000, filters=filters, exclude_seen=False))) == live
+    xq = fresh.text_queries(QUERIES[:1])
+    assert set(_ids(fresh.search_vectors(xq, k=1000, exclude=[min(live)], filters=filters)[0])) == live - {min(live)}
+    top = fresh.search(QUERIES[0], k=5, filters=filters)
+    assert len(top) == 5 and not set(_ids(top)) & set(gone)
 
 
 # --- add / remove / save / load -----------------------------------------------------------------------------------
