@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,22 @@ SKIPPED_FILE = "skipped.csv"
 TOKENIZER_DIR = "tokenizer"
 SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
 SKIPPED_COLUMNS = ("video_id", "path", "reason")  # skipped.csv
+
+
+def file_stats(paths: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Size and mtime (ns) of each file, -1 for both where it cannot be read: how ``sources.parquet`` tells that a
+    file changed (incremental encoding reuses a video's embedding only when id, path, size and mtime all match)."""
+    sizes, mtimes = [], []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+        else:
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+    return sizes, mtimes
 
 
 @dataclass

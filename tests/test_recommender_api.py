@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
+from multimodal_rec.index import build as index_build
 from multimodal_rec.index.build import build_index
 from multimodal_rec.index.search import exact_search
+from multimodal_rec.serving.validation import MAX_EXCLUDE
 
 QUERIES = ["a red circle moving left", "blue squares", "a green ball moving up", "white triangles", "yellow"]
 HISTORY = ["a red ball moving left", "red dots going left"]
@@ -98,12 +101,75 @@ def test_seen_items_are_excluded_by_default(rec: Recommender) -> None:
     assert len(rec.recommend(history, k=5)) == 5
 
 
+def test_exclude_is_capped(rec: Recommender) -> None:
+    """At most MAX_EXCLUDE ids per call (a bound on what one request costs); an iterable is read no further."""
+    ids = [f"x{i}" for i in range(MAX_EXCLUDE)]
+    assert len(rec.recommend(HISTORY, k=3, exclude=ids)) == 3  # at the cap: fine (unknown ids are ignored)
+    message = f"exclude may list at most {MAX_EXCLUDE} video ids"
+    with pytest.raises(UserError, match=message):
+        rec.recommend(HISTORY, k=3, exclude=[*ids, "one-more"])
+    with pytest.raises(UserError, match=message):
+        rec.search_vectors(rec.text_queries(QUERIES[:1]), k=3, exclude=[*ids, "one-more"])
+    read = []
+
+    def many() -> Iterator[str]:
+        for i in range(3 * MAX_EXCLUDE):
+            read.append(i)
+            yield f"g{i}"
+
+    with pytest.raises(UserError, match=message):
+        rec.recommend(HISTORY, k=3, exclude=many())
+    assert len(read) == MAX_EXCLUDE + 1
+
+
+def test_seen_matching_is_case_sensitive(rec: Recommender) -> None:
+    """As the README says: a history item names a video when it equals its id or title exactly, surrounding
+    whitespace aside; an item that differs only in case names nothing."""
+    vid, title = rec.video_ids[0], str(rec.catalog["title"].iloc[5])
+    same_title = {v for v, t in zip(rec.video_ids, rec.catalog["title"], strict=True) if t == title}
+    other_case = [title.upper(), title.swapcase(), vid.upper()]
+    assert not set(other_case) & (set(rec.video_ids) | set(rec.catalog["title"])), "the test needs case-only twins"
+    for history, excluded in (
+        ([*other_case, "red dots going left"], set()),
+        ([f"\t{title}  ", f" {vid}", "red dots going left"], same_title | {vid}),
+    ):
+        everything = set(_ids(rec.recommend(history, k=len(rec), exclude_seen=False)))
+        assert excluded <= everything
+        assert set(_ids(rec.recommend(history, k=len(rec)))) == everything - excluded
+
+
+@pytest.mark.parametrize(
+    ("factory", "exact_subset_max"),
+    [(None, 4096), (None, 0), ("HNSW32", 0), ("IVF4,Flat", 0)],  # 0: every filter goes through FAISS's ID selector
+)
+def test_filtered_search_never_returns_removed_videos(
+    fresh: Recommender, monkeypatch: pytest.MonkeyPatch, factory: str | None, exact_subset_max: int
+) -> None:
+    monkeypatch.setattr(index_build, "EXACT_SUBSET_MAX", exact_subset_max)
+    if factory:
+        fresh.index = build_index(fresh.xb, factory, nprobe=4)
+    filters = {"color": ["red", "blue"]}
+    passing = {v for v, c in zip(fresh.video_ids, fresh.catalog["color"], strict=True) if c in ("red", "blue")}
+    gone = _ids(fresh.search(QUERIES[0], k=3, filters=filters))
+    gone.append(next(v for v in fresh.video_ids if v not in passing))  # a tombstone the filter rejects anyway
+    fresh.remove_videos(gone)
+    live = passing - set(gone)
+    assert len(live) >= 5
+    assert set(_ids(fresh.search(QUERIES[0], k=1000, filters=filters))) == live
+    assert all(set(_ids(hits)) == live for hits in fresh.search_batch(QUERIES[1:3], k=1000, filters=filters))
+    assert set(_ids(fresh.recommend(HISTORY, k=1000, filters=filters, exclude_seen=False))) == live
+    xq = fresh.text_queries(QUERIES[:1])
+    assert set(_ids(fresh.search_vectors(xq, k=1000, exclude=[min(live)], filters=filters)[0])) == live - {min(live)}
+    top = fresh.search(QUERIES[0], k=5, filters=filters)
+    assert len(top) == 5 and not set(_ids(top)) & set(gone)
+
+
 # --- add / remove / save / load -----------------------------------------------------------------------------------
 def test_load_memory_maps_and_first_change_copies(fresh: Recommender) -> None:
-    assert fresh._mapped, "Recommender.load shares the index through mmap"
+    assert fresh.mapped, "Recommender.load shares the index through mmap"
     before = _all_results(fresh)
     fresh.add_videos(pd.DataFrame({"video_id": ["x1"]}), embeddings=fresh.embeddings[:1] * 3)  # no abort
-    assert not fresh._mapped and fresh.index.ntotal == len(fresh) == len(before[0][0]) + 1
+    assert not fresh.mapped and fresh.index.ntotal == len(fresh) == len(before[0][0]) + 1
     assert [h.video_id for h in fresh.search(QUERIES[0], k=len(fresh))].count("x1") == 1
     after = _all_results(fresh)[:-1]
     assert [[v for v in ids if v != "x1"] for ids, _ in after] == [ids for ids, _ in before[:-1]]
@@ -119,9 +185,9 @@ def test_add_encodes_with_the_bundle_video_tower(fresh: Recommender, world: Path
     assert res.added == ["new-a", "new-b"] and [s["video_id"] for s in res.skipped] == ["broken"]
     for new, old in (("new-a", cat["video_id"][2]), ("new-b", cat["video_id"][7])):
         np.testing.assert_allclose(
-            fresh.embeddings[fresh._row[new]], fresh.embeddings[fresh._row[old]], atol=1e-4
+            fresh.embeddings[fresh.row_of[new]], fresh.embeddings[fresh.row_of[old]], atol=1e-4
         )  # same clip, same vector as `mmrec encode` gave
-    row = fresh._row["new-a"]
+    row = fresh.row_of["new-a"]
     assert fresh.catalog["train_interactions"].iloc[row] == 0 and fresh.xb[row, -1] == 0.0  # no popularity yet
     hit = fresh.search_vectors(fresh.xb[row : row + 1], k=2)[0]
     assert {hit[0].video_id, hit[1].video_id} == {"new-a", cat["video_id"][2]}
@@ -163,8 +229,8 @@ def test_removed_videos_vanish_at_once_and_k_hits_remain(fresh: Recommender) -> 
         fresh.remove_videos([gone[0]])
     with pytest.raises(UserError, match="no such video id"):
         fresh.remove_videos(["v0000", "nope"])
-    assert "v0000" in fresh._row, "a refused removal removes nothing"
-    fresh.add_videos(pd.DataFrame({"video_id": [gone[0]]}), embeddings=fresh.embeddings[fresh._row["v0000"]][None])
+    assert "v0000" in fresh.row_of, "a refused removal removes nothing"
+    fresh.add_videos(pd.DataFrame({"video_id": [gone[0]]}), embeddings=fresh.embeddings[fresh.row_of["v0000"]][None])
     assert gone[0] in _ids(fresh.search(QUERIES[0], k=1000)), "a removed id can be added again"
 
 
@@ -182,7 +248,7 @@ def test_add_remove_save_load_round_trip(fresh: Recommender, tmp_path: Path) -> 
     loaded = Recommender.load(out)
     assert len(loaded) == served == loaded.index.ntotal and loaded.video_ids == fresh.video_ids
     assert _same(_all_results(loaded), before)
-    assert {"n1", "n3"} <= set(loaded._row) and "n2" not in loaded._row
+    assert {"n1", "n3"} <= set(loaded.row_of) and "n2" not in loaded.row_of
     src = pd.read_parquet(out / "sources.parquet")
     assert list(src["video_id"]) == loaded.video_ids and src.set_index("video_id")["size"]["n1"] == -1
     # and the saved bundle is protected like any other
@@ -205,7 +271,7 @@ def test_save_over_the_loaded_bundle(bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat"])
 def test_add_remove_save_on_approximate_indexes(fresh: Recommender, tmp_path: Path, factory: str) -> None:
-    fresh.index, fresh._mapped = build_index(fresh.xb, factory, nprobe=4), False
+    fresh.index = build_index(fresh.xb, factory, nprobe=4)
     fresh.manifest = {**fresh.manifest, "index": factory}
     extra = fresh.embeddings[5:7][:, ::-1].copy()
     fresh.add_videos(pd.DataFrame({"video_id": ["a1", "a2"]}), embeddings=extra)
@@ -231,7 +297,7 @@ def test_searches_during_changes_see_whole_states(fresh: Recommender) -> None:
     """A writer adds and removes a video over and over; readers see it fully there or fully gone."""
     xq = fresh.text_queries([QUERIES[0]])
     base = _ids(fresh.search_vectors(xq, k=5)[0])
-    vec = fresh.embeddings[fresh._row[base[0]]][None] * 1.0  # scores like the current top hit
+    vec = fresh.embeddings[fresh.row_of[base[0]]][None] * 1.0  # scores like the current top hit
     stop, errors = threading.Event(), []
 
     def writer() -> None:

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from multimodal_rec.errors import UserError
 from multimodal_rec.serving import http as serve
 from multimodal_rec.serving.recommender import Hit, Recommender
+from multimodal_rec.serving.validation import MAX_EXCLUDE
 
 SECRET = "my very private search about zebras"  # must never reach a log line
 
@@ -51,7 +52,7 @@ class StubRec:
             }
         )
         self.video_ids = ["a", "b"]
-        self._row = {"a": 0, "b": 1}
+        self.row_of = {"a": 0, "b": 1}
 
     def __len__(self) -> int:
         return 2
@@ -238,6 +239,15 @@ def test_bad_json_fields(client: TestClient, path: str, body: Any, status: int, 
 def test_bad_filters_are_4xx(client: TestClient, filters: dict[str, Any], status: int, message: str) -> None:
     for path, body in (("/search", {"query": "red"}), ("/recommend", {"history": ["red"]})):
         assert _error(client.post(path, json={**body, "filters": filters}), status).startswith(message)
+
+
+def test_exclude_cap_is_a_one_line_4xx(rec: Recommender) -> None:
+    """Past the Recommender's MAX_EXCLUDE (here the request model would allow more) the answer is a 400, not work."""
+    c = TestClient(serve.create_app(rec, max_history=MAX_EXCLUDE + 1))
+    body = {"history": ["a green ball moving up"], "k": 2, "exclude": [f"x{i}" for i in range(MAX_EXCLUDE + 1)]}
+    assert _error(c.post("/recommend", json=body), 400) == f"exclude may list at most {MAX_EXCLUDE} video ids"
+    r = c.post("/recommend", json={**body, "exclude": body["exclude"][:MAX_EXCLUDE]})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 2
 
 
 def test_several_problems_in_one_line(client: TestClient) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from multimodal_rec.bundle import CATALOG_FILE
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def bench_search(
     import torch
 
     from multimodal_rec.model.multimodal import to_numpy
+    from multimodal_rec.model.prior import with_prior_column
     from multimodal_rec.runtime import pick_device
     from multimodal_rec.serving.recommender import Recommender
 
@@ -100,14 +102,11 @@ def bench_search(
     texts = sample_texts(rec.catalog, queries + HISTORY_LEN, seed)
     histories = [texts[i : i + HISTORY_LEN] for i in range(queries)]
     texts = texts[:queries]
-    pad = index.d - rec.embeddings.shape[1]  # 1 with the popularity-prior column, else 0
 
     def raw_text(i: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            xq = to_numpy(model.encode_text([texts[i]]))
-        if pad:
-            xq = np.hstack([xq, np.zeros((1, 1), np.float32)])
+            xq = with_prior_column(to_numpy(model.encode_text([texts[i]])), index.d, 0.0)
         t1 = time.perf_counter()
         index.search(xq, k)
         return t1 - t0, time.perf_counter() - t1
@@ -116,9 +115,7 @@ def bench_search(
         t0 = time.perf_counter()
         with torch.inference_mode():
             u, _ = model.encode_user([histories[i]])
-            xq = to_numpy(u)
-        if pad:
-            xq = np.hstack([xq, np.full((1, 1), rec.prior_query, np.float32)])
+            xq = with_prior_column(to_numpy(u), index.d, rec.prior_query)
         t1 = time.perf_counter()
         index.search(xq, k)
         return t1 - t0, time.perf_counter() - t1
@@ -278,9 +275,9 @@ def bench_serve(
     except ImportError:
         raise UserError("bench serve needs httpx (pip install httpx)") from None
     bundle = Path(bundle)
-    if not (bundle / "catalog.parquet").is_file():
-        raise UserError(f"not a bundle (no catalog.parquet): {bundle}")
-    texts = sample_texts(pd.read_parquet(bundle / "catalog.parquet"), requests + HISTORY_LEN, seed)
+    if not (bundle / CATALOG_FILE).is_file():
+        raise UserError(f"not a bundle (no {CATALOG_FILE}): {bundle}")
+    texts = sample_texts(pd.read_parquet(bundle / CATALOG_FILE), requests + HISTORY_LEN, seed)
     bodies: list[tuple[str, dict[str, Any]]] = [
         ("/search", {"query": texts[i], "k": k})
         if i % 2 == 0

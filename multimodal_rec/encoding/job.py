@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import EMBEDDINGS_FILE, MANIFEST, SOURCES_FILE, read_manifest
+from multimodal_rec.bundle import EMBEDDINGS_FILE, MANIFEST, SOURCES_FILE, file_stats, read_manifest
 from multimodal_rec.data.tables import read_catalog
 from multimodal_rec.encoding.embed import encode_videos  # noqa: F401 (re-exported: its historical home)
 from multimodal_rec.errors import UserError
@@ -35,20 +35,6 @@ from multimodal_rec.runtime import pick_device
 
 LOG = logging.getLogger(__name__)
 JOB_FILE = "job.json"
-
-
-def file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
-    """(size, mtime in ns) of each file, -1 for both where it cannot be read: what says a file has changed."""
-    sizes, mtimes = [], []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-        except OSError:
-            sizes.append(-1)
-            mtimes.append(-1)
-    return sizes, mtimes
 
 
 def check_factory(factory: str, d: int) -> None:

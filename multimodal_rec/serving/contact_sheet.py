@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from multimodal_rec.bundle import SOURCES_FILE
 from multimodal_rec.data.frames import VideoDecodeError, read_frames
 from multimodal_rec.errors import UserError
 
@@ -40,7 +41,7 @@ def hit_paths(rec: Any, video_ids: Sequence[str]) -> list[Path | None]:
     import pandas as pd
 
     found: dict[str, Path] = {}
-    sources = Path(rec.path) / "sources.parquet"
+    sources = Path(rec.path) / SOURCES_FILE
     if sources.is_file():
         df = pd.read_parquet(sources, columns=["video_id", "abs_path"])
         found = {str(v): Path(p) for v, p in zip(df["video_id"], df["abs_path"], strict=True)}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import read_manifest
+from multimodal_rec.bundle import CATALOG_FILE, EMBEDDINGS_FILE, read_manifest
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def export_bundle(
         raise UserError("give exactly one of --out (a local database path) or --url (a server)")
     bundle = Path(bundle)
     read_manifest(bundle, verify=True)
-    xb = np.load(bundle / "embeddings.npy")
-    catalog = pd.read_parquet(bundle / "catalog.parquet")
+    xb = np.load(bundle / EMBEDDINGS_FILE)
+    catalog = pd.read_parquet(bundle / CATALOG_FILE)
     if len(catalog) != len(xb):
         raise UserError(f"bundle {bundle} is inconsistent: {len(catalog)} catalog rows, {len(xb)} embeddings")
     payloads = _payloads(catalog)

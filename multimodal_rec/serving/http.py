@@ -5,7 +5,8 @@ this module never needs them. The service keeps no user data: it logs endpoint, 
 """
 
 # No ``from __future__ import annotations`` here: FastAPI resolves endpoint annotations against module globals, and
-# the request models are built per app (their limits are create_app arguments), so annotations must stay eager.
+# the request models are built per app (schemas.py; their limits are create_app arguments), so annotations must stay
+# eager: an endpoint's ``req: m.search`` is evaluated to the app's own request class when the endpoint is defined.
 
 import inspect
 import json
@@ -18,24 +19,26 @@ import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
+from multimodal_rec.serving.validation import MAX_K
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from multimodal_rec.serving.recommender import Recommender
 
+__all__ = ["MAX_FILTERS", "create_app", "run_server"]
 LOG = logging.getLogger(__name__)
 SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
 _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
 _MAX_ERRORS = 3  # validation problems named in one error line
-MAX_FILTERS = 50  # conditions in one request's filters object
 _MAX_ERROR_CHARS = 400
 
 Scope = MutableMapping[str, Any]
@@ -197,96 +200,41 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     Each app has its own Prometheus registry, so several apps can live in one process (tests, several bundles).
     """
     _require_serve_extra()
-    from fastapi import FastAPI, Request, Response
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-    from starlette.exceptions import HTTPException
-
-    import multimodal_rec
-    from multimodal_rec.serving.recommender import MAX_K
-
     for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
         _check_limit(name, value, top)
     _check_limit("max_k", max_k, MAX_K)  # the Recommender refuses more
 
-    def not_blank(text: str) -> str:
-        if not text.strip():
-            raise ValueError("must not be blank")
-        return text
+    m = api_models(max_query_chars, max_history, max_k)
+    app = _new_app()
+    registry = _observe(app, rec)
+    _add_error_handlers(app)
+    _add_query_routes(app, rec, m)
+    _add_catalog_routes(app, rec, m)
+    _add_metrics_route(app, registry)
+    return app
 
-    Text = Annotated[str, Field(min_length=1, max_length=max_query_chars), AfterValidator(not_blank)]
-    K = Annotated[int, Field(ge=1, le=max_k, description="how many hits to return")]
-    History = Annotated[
-        list[Text], Field(min_length=1, max_length=max_history, description="texts the user engaged with, oldest first")
-    ]
 
-    class Strict(BaseModel):
-        # strict: "10" is not an int, 3 is not a string; forbid: a misspelt field is an error, not ignored.
-        model_config = ConfigDict(strict=True, extra="forbid")
+def _new_app() -> "FastAPI":
+    """The bare FastAPI app (OpenAPI title, version, description), with FastAPI's own telemetry off."""
+    from fastapi import FastAPI
 
-    Filters = Annotated[
-        dict[str, Any] | None,
-        Field(
-            max_length=MAX_FILTERS,
-            description='catalog column -> value (equal), [values] (any of) or {"min": lo, "max": hi} (inclusive)',
-            examples=[{"color": ["red", "blue"], "duration_s": {"max": 60}}],
-        ),
-    ]
+    import multimodal_rec
 
-    class SearchRequest(Strict):
-        query: Text = Field(examples=["a red circle moving left"])
-        k: K = 10
-        filters: Filters = None
-
-    class RecommendRequest(Strict):
-        history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
-        k: K = 10
-        exclude: list[Annotated[str, Field(max_length=max_query_chars)]] = Field(
-            default_factory=list, max_length=max_history, description="video ids never to return"
-        )
-        filters: Filters = None
-        exclude_seen: bool = Field(
-            True, description="skip videos the history names (an item equal to a video id or title)"
-        )
-
-    class ExplainRequest(Strict):
-        history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
-
-    class HitOut(BaseModel):
-        model_config = ConfigDict(extra="allow")  # plus the catalog's metadata columns
-        video_id: str
-        score: float
-        rank: int
-
-    class HitsResponse(BaseModel):
-        hits: list[HitOut]
-
-    class AttentionOut(BaseModel):
-        text: str
-        weight: float
-
-    class ExplainResponse(BaseModel):
-        attention: list[AttentionOut]
-
-    class HealthResponse(BaseModel):
-        status: str
-        videos: int
-
-    class ErrorResponse(BaseModel):
-        error: str
-
-    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in (400, 422)}
     kwargs: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI's own OpenTelemetry logs exception messages
         kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    app = FastAPI(
+    return FastAPI(
         title="multimodal_rec",
         version=multimodal_rec.__version__,
         description="Text-to-video search and history-based recommendation over one encoded catalog.",
         **kwargs,
     )
+
+
+def _observe(app: "FastAPI", rec: "Recommender") -> Any:
+    """Request counts, latency and catalog size in the app's own Prometheus registry (returned, also in
+    ``app.state.registry``), collected by the :class:`_Observe` middleware."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
     registry = CollectorRegistry(auto_describe=True)
     requests = Counter(
@@ -298,8 +246,16 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     Gauge("mmrec_catalog_videos", "videos in the served catalog", registry=registry).set(len(rec))
     app.state.registry = registry
     app.add_middleware(_Observe, router=app.router, requests=requests, latency=latency)
+    return registry
 
-    # --- errors: always {"error": "<one line>"} ---
+
+def _add_error_handlers(app: "FastAPI") -> None:
+    """Every error answer is ``{"error": "<one line>"}``: validation 400 / 422, UserError 400, HTTP errors as is."""
+    from fastapi import Request, Response
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, line = _validation_error(list(exc.errors()))
         return JSONResponse({"error": line}, status_code=status)
@@ -317,27 +273,37 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
     app.add_exception_handler(UserError, on_user_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
 
-    # --- endpoints: plain ``def`` so the CPU-bound model calls run in the threadpool ---
-    @app.post("/search", response_model=HitsResponse, responses=errors)
-    def search(req: SearchRequest) -> dict[str, Any]:
+
+# Endpoints are plain ``def``s so the CPU-bound model calls run in the threadpool. Their annotations are evaluated
+# when they are defined (no postponed annotations in this module), so ``m.search`` below is the request class.
+def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
+    """POST /search, /recommend, /explain."""
+
+    @app.post("/search", response_model=m.hits, responses=m.errors)
+    def search(req: m.search) -> dict[str, Any]:
         """Videos that match a text query, best first."""
         hits = rec.search(req.query, req.k, filters=req.filters)
         return {"hits": [_json_value(h.to_dict()) for h in hits]}
 
-    @app.post("/recommend", response_model=HitsResponse, responses=errors)
-    def recommend(req: RecommendRequest) -> dict[str, Any]:
+    @app.post("/recommend", response_model=m.hits, responses=m.errors)
+    def recommend(req: m.recommend) -> dict[str, Any]:
         """Videos a user will want next, from the texts they engaged with (oldest first)."""
         hits = rec.recommend(
             req.history, req.k, exclude=req.exclude, filters=req.filters, exclude_seen=req.exclude_seen
         )
         return {"hits": [_json_value(h.to_dict()) for h in hits]}
 
-    @app.post("/explain", response_model=ExplainResponse, responses=errors)
-    def explain(req: ExplainRequest) -> dict[str, Any]:
+    @app.post("/explain", response_model=m.explained, responses=m.errors)
+    def explain(req: m.explain) -> dict[str, Any]:
         """The attention weight of each history item: which items drove the recommendation."""
         return {"attention": [{"text": t, "weight": w} for t, w in rec.explain(req.history)]}
 
-    @app.get("/videos/{video_id}", responses={404: {"model": ErrorResponse}})
+
+def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
+    """GET /videos/{video_id} (one catalog row) and /healthz."""
+    from starlette.exceptions import HTTPException
+
+    @app.get("/videos/{video_id}", responses={404: {"model": m.error}})
     def video(video_id: str) -> dict[str, Any]:
         """One catalog row: the video id and its metadata columns."""
         row = rec.row_of.get(video_id)
@@ -345,17 +311,21 @@ def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int
             raise HTTPException(404, f"unknown video id {video_id[:100]!r}")
         return _json_value(rec.catalog.iloc[row].to_dict())
 
-    @app.get("/healthz", response_model=HealthResponse)
+    @app.get("/healthz", response_model=m.health)
     def healthz() -> dict[str, Any]:
         """Liveness: the bundle is loaded and how many videos it serves."""
         return {"status": "ok", "videos": len(rec)}
+
+
+def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
+    """GET /metrics: the registry in Prometheus text format."""
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:
         """Prometheus text format: request counts, latency histograms, catalog size."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 # --- running it -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,260 @@
+"""The served catalog: rows, vectors and index kept aligned, searched under a read lock, changed under a write lock.
+
+Row ``i`` of the catalog, of the embeddings, of ``xb`` and of the FAISS index is the same video. Removed videos
+stay in the index as tombstones (every search skips them through the same ID selector as metadata filters) until
+a compaction (:meth:`CatalogState.compacted`, what ``Recommender.save`` writes) drops them; added videos are
+appended to the index without a rebuild. A change builds its new arrays first and swaps them in under the write
+lock, so no search ever sees a half-updated catalog or index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from multimodal_rec.bundle import file_stats
+from multimodal_rec.errors import UserError
+from multimodal_rec.index.search import search_masked
+from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors
+from multimodal_rec.serving.filters import Filters, filter_mask
+from multimodal_rec.serving.locks import RWLock
+from multimodal_rec.serving.results import Hit
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    """The live rows only (tombstones compacted out): what a bundle written now holds."""
+
+    catalog: pd.DataFrame
+    embeddings: np.ndarray
+    index: Any
+    sources: pd.DataFrame
+    skipped: list[dict[str, str]]
+    compacted: bool  # rows were dropped: ``index`` is a new index over the live rows
+
+
+class CatalogState:
+    """Catalog rows, embeddings, index and the maps over them (live id -> row, title -> rows, tombstones).
+
+    ``catalog``, ``embeddings``, ``xb`` (what the index holds: embeddings plus the prior column), ``index``,
+    ``video_ids``, ``sources`` and ``skipped`` are replaced together by a change, never edited in place (only
+    appended to), so a reader that took them under :meth:`search`'s read lock sees one whole state.
+    """
+
+    def __init__(
+        self,
+        catalog: pd.DataFrame,
+        embeddings: np.ndarray,
+        index: Any,
+        *,
+        popularity_prior: bool,
+        sources: pd.DataFrame | None = None,
+        skipped: list[dict[str, str]] | None = None,
+        mapped: bool = False,
+    ) -> None:
+        self.popularity_prior = popularity_prior
+        self.mapped = mapped  # the index is memory-mapped (read-only): a change copies it into memory first
+        self.skipped = list(skipped or [])
+        self._rw = RWLock()  # searches read, changes write
+        self._mutating = threading.Lock()  # one change at a time (it may encode or write files for a while)
+        self._set(catalog, embeddings, index, sources)
+
+    def _set(self, catalog: pd.DataFrame, embeddings: np.ndarray, index: Any, sources: pd.DataFrame | None) -> None:
+        """Every row-aligned structure, rebuilt from the catalog (all rows live)."""
+        self.catalog, self.embeddings, self.index = catalog, embeddings, index
+        self.xb = index_vectors(embeddings, catalog, self.popularity_prior)
+        self.video_ids: list[str] = list(catalog["video_id"].astype(str))
+        self._row = {v: i for i, v in enumerate(self.video_ids)}  # live ids only
+        self._meta_cols = [c for c in catalog.columns if c != "video_id"]
+        self._records = catalog[self._meta_cols].to_dict("records")
+        self._alive = np.ones(len(catalog), dtype=bool)
+        self._by_title: dict[str, list[int]] = {}  # exact title (surrounding spaces stripped) -> rows
+        if "title" in catalog.columns:
+            for i, t in enumerate(catalog["title"]):
+                if isinstance(t, str):
+                    self._by_title.setdefault(t.strip(), []).append(i)
+        if sources is None:
+            sources = pd.DataFrame({"video_id": self.video_ids})
+        src = sources.drop_duplicates("video_id").set_index("video_id").reindex(self.video_ids)
+        self.sources = pd.DataFrame(
+            {
+                "video_id": self.video_ids,
+                "abs_path": src["abs_path"].fillna("").astype(str).to_numpy() if "abs_path" in src else "",
+                "size": src["size"].fillna(-1).astype(np.int64).to_numpy() if "size" in src else -1,
+                "mtime_ns": src["mtime_ns"].fillna(-1).astype(np.int64).to_numpy() if "mtime_ns" in src else -1,
+            }
+        )
+
+    def __len__(self) -> int:
+        """Live videos (added ones included, removed ones not)."""
+        return len(self._row)
+
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        """Live video id -> its row (removed videos are absent); a read-only view."""
+        return MappingProxyType(self._row)
+
+    # --- searching ----------------------------------------------------------------------------------------------
+    def search(
+        self,
+        xq: np.ndarray,
+        k: int,
+        exclude: Iterable[str] = (),
+        filters: Filters | None = None,
+        seen: Sequence[str] = (),
+        passing: np.ndarray | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``k`` live rows for each index-ready query, passing ``filters``, skipping the ``exclude`` ids and
+        the videos ``seen`` names; ``passing`` is ``filter_mask(catalog, filters)`` if the caller has it."""
+        with self._rw.read():
+            excluded = [self._row[v] for v in exclude if v in self._row] + self._seen_rows(seen)
+            mask = self._mask(filters, excluded, passing)
+            D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
+            return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
+
+    def _mask(self, filters: Filters | None, excluded: list[int], passing: np.ndarray | None) -> np.ndarray | None:
+        """Rows a search may return (live, passing ``filters``, not ``excluded``); None when every row may.
+
+        ``passing`` is recomputed only when the catalog grew since the caller computed it (an add from another
+        thread).
+        """
+        if passing is None or len(passing) != len(self.catalog):
+            passing = filter_mask(self.catalog, filters)
+        mask = None if passing is None else passing.copy()
+        if len(self._row) < len(self._alive):  # tombstones
+            mask = self._alive.copy() if mask is None else mask & self._alive
+        if excluded:
+            mask = self._alive.copy() if mask is None else mask
+            mask[excluded] = False
+        return mask
+
+    def _seen_rows(self, history: Sequence[str]) -> list[int]:
+        """Rows a history names: an item equal (surrounding spaces aside, case-sensitive) to an id or a title."""
+        rows: list[int] = []
+        for item in history:
+            key = item.strip()
+            row = self._row.get(key)
+            if row is not None:
+                rows.append(row)
+            rows.extend(self._by_title.get(key, ()))
+        return rows
+
+    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
+        hits: list[Hit] = []
+        for score, row in zip(D, I, strict=True):
+            if row >= 0:
+                hits.append(Hit(self.video_ids[row], float(score), len(hits) + 1, dict(self._records[row])))
+        return hits
+
+    # --- changing -----------------------------------------------------------------------------------------------
+    def check_new_ids(self, ids: Iterable[str]) -> None:
+        """UserError if any of ``ids`` is served already."""
+        taken = next((v for v in ids if v in self._row), None)
+        if taken is not None:
+            raise UserError(f"video id {taken!r} is already in the catalog (remove it first to replace it)")
+
+    def add(self, df: pd.DataFrame, xb: np.ndarray, skipped: list[dict[str, str]], files_read: bool) -> list[str]:
+        """Append videos (``df``: checked catalog rows with ``abs_path``; ``xb``: their unit vectors); returns their
+        ids. ``files_read``: the vectors came from the files now on disk, so their size and mtime are recorded
+        (otherwise -1: a later ``mmrec encode`` must not reuse these vectors)."""
+        df = df.assign(**{PRIOR_COLUMN: 0})  # no popularity yet
+        if "abs_path" not in df.columns:
+            df["abs_path"] = ""
+        sizes, mtimes = file_stats(list(df["abs_path"])) if files_read else ([-1] * len(df), [-1] * len(df))
+        src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
+        rows = df.drop(columns=["abs_path"]).reindex(columns=self.catalog.columns)
+        vectors = index_vectors(xb, rows, self.popularity_prior)
+        with self._mutating:  # the state only changes under this lock: build the new arrays, then swap them in
+            self.check_new_ids(rows["video_id"])  # again: another thread may have added them meanwhile
+            index = self._writable_index()
+            private = index is not self.index  # a fresh copy: filled before searches have to wait
+            if private:
+                index.add(np.ascontiguousarray(vectors))
+            catalog = pd.concat([self.catalog, rows], ignore_index=True)
+            embeddings = np.vstack([self.embeddings, xb]).astype(np.float32, copy=False)  # O(n): add in batches
+            xb_all = np.vstack([self.xb, vectors]).astype(np.float32, copy=False)
+            sources = pd.concat([self.sources, src], ignore_index=True)
+            alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
+            records = rows[self._meta_cols].to_dict("records")
+            with self._rw.write():
+                if not private:
+                    index.add(np.ascontiguousarray(vectors))
+                n0 = len(self.video_ids)
+                self.index, self.mapped = index, False
+                self.catalog, self.embeddings, self.xb = catalog, embeddings, xb_all
+                self.sources, self._alive = sources, alive
+                self.skipped.extend(skipped)
+                for i, (vid, rec) in enumerate(zip(rows["video_id"], records, strict=True)):
+                    self.video_ids.append(vid)
+                    self._row[vid] = n0 + i
+                    self._records.append(rec)
+                    title = rec.get("title")
+                    if isinstance(title, str):
+                        self._by_title.setdefault(title.strip(), []).append(n0 + i)
+        return list(rows["video_id"])
+
+    def _writable_index(self) -> Any:
+        """The index itself, or an in-memory copy of a memory-mapped one (``add`` on a mapped index aborts)."""
+        if not self.mapped:
+            return self.index
+        import faiss
+
+        LOG.info("copying the memory-mapped index into memory before changing it")
+        return faiss.deserialize_index(faiss.serialize_index(self.index))
+
+    def remove(self, ids: list[str]) -> int:
+        """Tombstone ``ids`` (distinct, all served, else UserError and nothing changes); returns how many."""
+        with self._mutating:
+            unknown = next((v for v in ids if v not in self._row), None)
+            if unknown is not None:
+                raise UserError(f"cannot remove {unknown!r}: no such video id in the catalog")
+            with self._rw.write():
+                for vid in ids:
+                    row = self._row.pop(vid)
+                    self._alive[row] = False
+                    title = self._records[row].get("title")
+                    if isinstance(title, str):
+                        rows = self._by_title.get(title.strip(), [])
+                        if row in rows:
+                            rows.remove(row)
+        return len(ids)
+
+    # --- compaction (saving) ------------------------------------------------------------------------------------
+    def mutation(self) -> threading.Lock:
+        """The lock every change holds: hold it around :meth:`compacted` ... :meth:`adopt` (a save)."""
+        return self._mutating
+
+    def compacted(self) -> Snapshot:
+        """The live rows, tombstones dropped: the index is emptied and the live vectors added again, which keeps its
+        training (IVF centroids, PQ codebooks: the same codes as before); HNSW rebuilds its graph. Call under
+        :meth:`mutation`."""
+        import faiss
+
+        keep = np.flatnonzero(self._alive)
+        compact = len(keep) < len(self._alive)
+        index = self.index
+        if compact:
+            index = faiss.deserialize_index(faiss.serialize_index(self.index))
+            index.reset()
+            index.add(np.ascontiguousarray(self.xb[keep]))
+        catalog = self.catalog.iloc[keep].reset_index(drop=True)
+        embeddings = np.ascontiguousarray(self.embeddings[keep], dtype=np.float32)
+        sources = self.sources.iloc[keep].reset_index(drop=True)
+        return Snapshot(catalog, embeddings, index, sources, list(self.skipped), compact)
+
+    def adopt(self, snap: Snapshot) -> None:
+        """Switch to a :meth:`compacted` snapshot, under the write lock (call it still under :meth:`mutation`)."""
+        if not snap.compacted:
+            return
+        with self._rw.write():
+            self._set(snap.catalog, snap.embeddings, snap.index, snap.sources)
+            self.mapped = False
