@@ -206,6 +206,9 @@ class ContrastiveTask:
         return out
 
 
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: MultimodalModel, data: TrainData, batch_size: int = 64) -> None:
     """Recompute the video trunk's BatchNorm statistics for the current weights ("precise BN").
@@ -213,7 +216,7 @@ def recalibrate_batchnorm(model: MultimodalModel, data: TrainData, batch_size: i
     Running averages lag behind weights that change quickly, and evaluation-mode outputs then drift far from
     what training saw; one pass over the training clips with a cumulative average fixes that.
     """
-    bns = [m for m in model.video.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.video.modules() if isinstance(m, BATCH_NORMS)]
     if not bns:
         return
     momenta = [m.momentum for m in bns]
