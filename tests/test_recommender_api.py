@@ -14,7 +14,7 @@ import pytest
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
-from multimodal_rec.index import build as index_build
+from multimodal_rec.index import search as index_search
 from multimodal_rec.index.build import build_index
 from multimodal_rec.index.search import exact_search
 from multimodal_rec.serving.validation import MAX_EXCLUDE
@@ -145,7 +145,7 @@ def test_seen_matching_is_case_sensitive(rec: Recommender) -> None:
 def test_filtered_search_never_returns_removed_videos(
     fresh: Recommender, monkeypatch: pytest.MonkeyPatch, factory: str | None, exact_subset_max: int
 ) -> None:
-    monkeypatch.setattr(index_build, "EXACT_SUBSET_MAX", exact_subset_max)
+    monkeypatch.setattr(index_search, "EXACT_SUBSET_MAX", exact_subset_max)
     if factory:
         fresh.index = build_index(fresh.xb, factory, nprobe=4)
     filters = {"color": ["red", "blue"]}

@@ -295,8 +295,6 @@ def test_ddp_two_ranks_train_like_one_process_with_twice_the_batch(tmp_path: Pat
         one = model.state_dict()
         assert one.keys() == r0.keys()
         for k in r0:  # each rank took half of every step's examples, and the averaged gradients were exchanged
-            print(tag, k, (r0[k].float() - one[k].float()).abs().max().item(), one[k].float().abs().max().item())
-        for k in r0:  # each rank took half of every step's examples, and the averaged gradients were exchanged
             torch.testing.assert_close(r0[k], one[k], rtol=1e-5, atol=1e-6, msg=f"{tag or 'plain'}: {k}")
         assert any(not torch.equal(init0[k], r0[k]) for k in r0)  # it trained
         state = json.loads((tmp_path / f"run{tag}" / "train_state.json").read_text())
