@@ -1,4 +1,5 @@
-"""Run by tests/test_trainer.py under ``torchrun --nproc_per_node=2``: data-parallel training of a tiny text-item
+"""Run by tests/training/test_trainer.py under ``torchrun --nproc_per_node=2``: data-parallel training of a tiny
+text-item
 task, with and without gradient accumulation; each rank writes its initial weights (``init{r}``) and the weights
 it ends with (``rank{r}``, ``rank{r}_accum``) for comparison with one process training on twice the batch."""
 

@@ -24,7 +24,7 @@ from multimodal_rec import Recommender
 from multimodal_rec.bundle import read_manifest
 from multimodal_rec.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PINNED = "7122d1d"  # "README: bench search / bench serve re-measured ...": the flat package, before 9fd508c
 QUERIES = ["a red circle moving left", "green squares", "something blue growing"]
 

@@ -106,7 +106,7 @@ def test_model_files_are_written_byte_for_byte_as_before(small_model, tmp_path: 
 
 
 def test_a_run_written_before_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    """``tests/fixtures/textrec_run_v1`` was written by the code before this change (no format in its training
+    """``tests/training/fixtures/textrec_run_v1`` was written by the code before this change (no format in its training
     state or text-item files) and stopped at step 3 of 2 epochs; ``…final.safetensors`` is where that code's
     resume ended. Today's code reads it and ends bit-identical."""
     run = tmp_path / "run"

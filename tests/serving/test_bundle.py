@@ -21,7 +21,7 @@ import pytest
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 EXTRA_ROWS = 12_000  # 32-d float32 rows: embeddings.npy and index.faiss both end up well past 1 MiB
 

@@ -175,7 +175,7 @@ def reference_batch_loss(
 ) -> float:
     """The in-batch loss from first principles: the batch's targets then their mined negatives as columns,
     logits = scale * cosine + w * log(1 + count) [- log q(item), q = smoothed target frequency], copies of a
-    row's target masked, InfoNCE by brute force (tests/test_loss.py)."""
+    row's target masked, InfoNCE by brute force (tests/training/test_loss.py)."""
     from test_loss import brute_force_infonce
 
     targets = np.array([s[t] for s in seqs for t in range(1, len(s))])  # every position after the first
