@@ -1,7 +1,6 @@
 """Run by tests/training/test_trainer.py under ``torchrun --nproc_per_node=2``: data-parallel training of a tiny
-text-item
-task, with and without gradient accumulation; each rank writes its initial weights (``init{r}``) and the weights
-it ends with (``rank{r}``, ``rank{r}_accum``) for comparison with one process training on twice the batch."""
+text-item task, with and without gradient accumulation; each rank writes its initial weights (``init{r}``) and the
+weights it ends with (``rank{r}``, ``rank{r}_accum``) for comparison with one process training on twice the batch."""
 
 from __future__ import annotations
 
