@@ -166,11 +166,16 @@ def probe_compare_weights(a: argparse.Namespace) -> None:
 
 # --- encoding ----------------------------------------------------------------------------------------------
 def _write_clip(job: tuple[str, int, int, int, int, int, int]) -> str:
-    """An H.264 clip of moving noise blocks (compresses and decodes like real footage), keyframe every ``gop``."""
+    """:func:`write_hd_clip` of one ``(path, width, height, seconds, fps, gop, seed)`` tuple (for a process pool)."""
+    return write_hd_clip(*job)
+
+
+def write_hd_clip(path: str, width: int, height: int, seconds: int, fps: int, gop: int, seed: int = 0) -> str:
+    """An H.264 clip of moving noise blocks (compresses and decodes like real footage), keyframe every ``gop``;
+    written to a temporary name and renamed. Also used by ``scripts/measure_decode_hd.py``."""
     import av
     import numpy as np
 
-    path, width, height, seconds, fps, gop, seed = job
     rng = np.random.default_rng(seed)
     tile = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
     base = np.kron(tile, np.ones((8, 8, 1), dtype=np.uint8))

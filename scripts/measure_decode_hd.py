@@ -14,26 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from gpu_probes import write_hd_clip  # the same clip writer as the GPU check (scripts/ is on sys.path)
 
 from multimodal_rec.data.frames import read_frames
-
-
-def write_clip(path: Path, width: int, height: int, seconds: int, fps: int, gop: int) -> None:
-    import av
-
-    rng = np.random.default_rng(0)
-    tile = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
-    base = np.kron(tile, np.ones((8, 8, 1), dtype=np.uint8))  # blocky texture: compresses like real footage
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"preset": "ultrafast", "g": str(gop), "crf": "23"}
-        for i in range(seconds * fps):
-            img = np.roll(base, (2 * i, 3 * i), axis=(0, 1))
-            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
 
 
 def main() -> None:
@@ -49,7 +32,7 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
-        write_clip(clip, a.width, a.height, a.seconds, a.fps, a.gop)
+        write_hd_clip(str(clip), a.width, a.height, a.seconds, a.fps, a.gop)
         out = {"clip": f"{a.width}x{a.height} {a.seconds}s {a.fps}fps gop {a.gop}", "bytes": clip.stat().st_size}
         for backend in ("decord", "pyav"):
             times = []
