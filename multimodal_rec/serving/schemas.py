@@ -46,7 +46,7 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
             min_length=1,
             max_length=max_history,
             description="texts or video ids the user engaged with, oldest first (a served video id is read as the "
-            "video's title)",
+            "video's title, else its caption or description)",
         ),
     ]
     HistoryIds = Annotated[
@@ -113,7 +113,7 @@ def _response_models() -> tuple[Any, Any, Any, Any, Any]:
         pass
 
     class AttentionOut(BaseModel):
-        text: str = Field(description="the text the model read: the item, or for a video id the video's title")
+        text: str = Field(description="the text the model read: the item itself, or for a video id the video's text")
         weight: float
 
     class ExplainResponse(Resolution):
