@@ -141,3 +141,26 @@ def test_filters_and_seen_items_on_the_command_line(bundle: Path, capsys: pytest
     assert code == 0 and "v0000" in {h["video_id"] for h in json.loads(out)["hits"]}
     code, out, _ = _run(capsys, "recommend", "--bundle", str(bundle), *history, "--filter", "shape=circle", "--json")
     assert code == 0 and {h["shape"] for h in json.loads(out)["hits"]} == {"circle"}
+
+
+def test_history_video_ids_on_the_command_line(
+    bundle: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catalog id in --history is read as its title (reported in the JSON); with --history-ids an unknown id is
+    named in one warning line and not used; nothing usable is a one-line error."""
+    argv = ["recommend", "--bundle", str(bundle), "-k", "5", "--include-seen", "--json"]
+    code, out, _ = _run(capsys, *argv, "--history", "v0003")
+    by_id = json.loads(out)
+    title = by_id["resolved"]["v0003"]
+    assert code == 0 and title and by_id["unknown_ids"] == [] and [a["text"] for a in by_id["attention"]] == [title]
+    code, out, _ = _run(capsys, *argv, "--history", title)
+    by_title = json.loads(out)
+    assert [h["video_id"] for h in by_id["hits"]] == [h["video_id"] for h in by_title["hits"]]
+    caplog.clear()
+    code, out, _ = _run(capsys, *argv, "--history-ids", "--history", "v0003", "nope")
+    assert code == 0 and json.loads(out)["unknown_ids"] == ["nope"]
+    assert [h["video_id"] for h in json.loads(out)["hits"]] == [h["video_id"] for h in by_title["hits"]]
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "history" in r.getMessage()]
+    assert len(notes) == 1 and "nope" in notes[0] and "\n" not in notes[0]
+    code, _, err = _run(capsys, "recommend", "--bundle", str(bundle), "--history-ids", "--history", "nope")
+    assert code == 2 and "no usable history item" in err and "Traceback" not in err

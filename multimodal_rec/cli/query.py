@@ -66,22 +66,55 @@ def add_search(sub: Subparsers) -> None:
 
 def cmd_recommend(a: argparse.Namespace) -> None:
     rec = load_recommender(a.bundle)
+    ids = a.history_ids
+    read = rec.resolve_history(a.history, history_ids=ids)
+    _note_resolution(read.resolved, read.unknown)
     hits = rec.recommend(
-        a.history, k=a.k, exclude=a.exclude or (), filters=_filters(rec, a.filter), exclude_seen=not a.include_seen
+        a.history,
+        k=a.k,
+        exclude=a.exclude or (),
+        filters=_filters(rec, a.filter),
+        exclude_seen=not a.include_seen,
+        history_ids=ids,
     )
-    why = rec.explain(a.history)
+    why = rec.explain(a.history, history_ids=ids)
     if a.json:
-        print_json({"hits": [h.to_dict() for h in hits], "attention": [{"text": t, "weight": w} for t, w in why]})
+        attention = [{"text": t, "weight": w} for t, w in why]
+        print_json({"hits": [h.to_dict() for h in hits], "attention": attention, **read.to_dict()})
         return
     print_hits(f"recommend for a history of {len(a.history)} items:", hits)
     top = max(why, key=lambda x: x[1])
     print(f"  because of: {top[0]!r} (attention {top[1]:.2f})")
 
 
+def _note_resolution(resolved: dict[str, str], unknown: list[str], shown: int = 3) -> None:
+    """One line on stderr: which history items were read as video ids, and which ids were left out (a warning)."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:shown]) + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
+
+    read = names([f"{v} as {t!r}" for v, t in resolved.items()])
+    if unknown:
+        also = f"; read {read}" if resolved else ""
+        LOG.warning("history: %d unknown video id(s) not used: %s%s", len(unknown), names(unknown), also)
+    elif resolved:
+        LOG.info("history: read video id(s) %s", read)
+
+
 def add_recommend(sub: Subparsers) -> None:
     s = add_command(sub, "recommend", "user history -> videos", cmd_recommend)
     s.add_argument("--bundle", required=True)
-    s.add_argument("--history", nargs="+", required=True, help="texts the user engaged with, oldest first")
+    s.add_argument(
+        "--history",
+        nargs="+",
+        required=True,
+        help="texts or video ids the user engaged with, oldest first (a catalog video id is read as its title)",
+    )
+    s.add_argument(
+        "--history-ids",
+        action="store_true",
+        help="every --history item is a video id: unknown ids are reported on stderr and not used",
+    )
     s.add_argument("--exclude", nargs="*", help="video ids not to recommend")
     s.add_argument("-k", type=int, default=10, help="hits (1..1000)")
     s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)

@@ -28,6 +28,27 @@ from multimodal_rec.serving.locks import RWLock
 from multimodal_rec.serving.results import Hit
 
 LOG = logging.getLogger(__name__)
+# A video's text, for a history item that names it by id: the first of these columns with a non-blank value.
+TEXT_COLUMNS = ("title", "caption", "description")
+_MAX_NAMED = 5  # unknown ids named in one error line
+
+
+@dataclass(frozen=True)
+class ResolvedHistory:
+    """A history as the user tower reads it: ``texts[i]`` stands for the caller's ``items[i]`` (oldest first).
+
+    ``resolved``: video id -> the text it was read as (items that are served video ids); ``unknown``: items left
+    out (with ``history_ids``: every item that is not a served id; always: a served id whose video has no text).
+    """
+
+    items: list[str]
+    texts: list[str]
+    resolved: dict[str, str]
+    unknown: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"resolved": {id: text}, "unknown_ids": [...]}``: what the CLI and HTTP answers report."""
+        return {"resolved": dict(self.resolved), "unknown_ids": list(self.unknown)}
 
 
 @dataclass
@@ -147,6 +168,41 @@ class CatalogState:
                 rows.append(row)
             rows.extend(self._by_title.get(key, ()))
         return rows
+
+    def resolve_history(self, history: Sequence[str], ids: bool = False) -> ResolvedHistory:
+        """Read each history item that is exactly (surrounding spaces aside, case-sensitive, as seen items are
+        matched) a served video id as that video's text (:data:`TEXT_COLUMNS`); other items stay free text unless
+        ``ids`` (every item is meant as an id: an unknown one is left out). UserError when nothing is left."""
+        items: list[str] = []
+        texts: list[str] = []
+        resolved: dict[str, str] = {}
+        unknown: dict[str, None] = {}  # ordered, distinct
+        with self._rw.read():
+            for item in history:
+                key = item.strip()
+                row = self._row.get(key)
+                text = None if row is None else self._video_text(row)
+                if text is not None:
+                    resolved[key] = text
+                elif row is not None or ids:  # an id with no text, or not an id when only ids were given
+                    unknown[key] = None
+                    continue
+                items.append(item)
+                texts.append(item if text is None else text)
+        if not texts:
+            named = ", ".join(repr(v) for v in list(unknown)[:_MAX_NAMED])
+            more = f" and {len(unknown) - _MAX_NAMED} more" if len(unknown) > _MAX_NAMED else ""
+            raise UserError(f"no usable history item (not a served video with a title or caption): {named}{more}")
+        return ResolvedHistory(items, texts, resolved, list(unknown))
+
+    def _video_text(self, row: int) -> str | None:
+        """The video's text (the first non-blank of :data:`TEXT_COLUMNS`), None if it has none."""
+        rec = self._records[row]
+        for col in TEXT_COLUMNS:
+            value = rec.get(col)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        return None
 
     def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
         hits: list[Hit] = []

@@ -285,18 +285,26 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
         hits = rec.search(req.query, req.k, filters=req.filters)
         return {"hits": [_json_value(h.to_dict()) for h in hits]}
 
-    @app.post("/recommend", response_model=m.hits, responses=m.errors)
+    @app.post("/recommend", response_model=m.recommended, responses=m.errors)
     def recommend(req: m.recommend) -> dict[str, Any]:
-        """Videos a user will want next, from the texts they engaged with (oldest first)."""
+        """Videos a user will want next, from the texts and video ids they engaged with (oldest first)."""
+        why = rec.resolve_history(req.history, history_ids=req.history_ids)
         hits = rec.recommend(
-            req.history, req.k, exclude=req.exclude, filters=req.filters, exclude_seen=req.exclude_seen
+            req.history,
+            req.k,
+            exclude=req.exclude,
+            filters=req.filters,
+            exclude_seen=req.exclude_seen,
+            history_ids=req.history_ids,
         )
-        return {"hits": [_json_value(h.to_dict()) for h in hits]}
+        return {"hits": [_json_value(h.to_dict()) for h in hits], **why.to_dict()}
 
     @app.post("/explain", response_model=m.explained, responses=m.errors)
     def explain(req: m.explain) -> dict[str, Any]:
-        """The attention weight of each history item: which items drove the recommendation."""
-        return {"attention": [{"text": t, "weight": w} for t, w in rec.explain(req.history)]}
+        """The attention weight of each history item as the model read it: which items drove the recommendation."""
+        why = rec.resolve_history(req.history, history_ids=req.history_ids)
+        weights = rec.explain(req.history, history_ids=req.history_ids)
+        return {"attention": [{"text": t, "weight": w} for t, w in weights], **why.to_dict()}
 
 
 def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:

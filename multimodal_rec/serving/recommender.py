@@ -20,7 +20,7 @@ import pandas as pd
 from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
-from multimodal_rec.serving.catalog import CatalogState
+from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.queries import QueryEncoder
 from multimodal_rec.serving.results import AddResult, Hit
@@ -40,7 +40,7 @@ from multimodal_rec.serving.validation import (
 if TYPE_CHECKING:
     from multimodal_rec.config import RunConfig
 
-__all__ = ["MAX_EXCLUDE", "MAX_K", "AddResult", "Hit", "Recommender"]
+__all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommender", "ResolvedHistory"]
 LOG = logging.getLogger(__name__)
 
 
@@ -148,7 +148,8 @@ class Recommender:
         return self._queries.text_queries(texts, self.xb.shape[1])
 
     def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
-        """Index-ready query vectors for histories: cosine + the learned popularity prior (unless ``prior=False``)."""
+        """Index-ready query vectors for histories of texts, read as given (recommend / explain resolve video ids):
+        cosine + the learned popularity prior (unless ``prior=False``)."""
         return self._queries.user_queries(histories, self.xb.shape[1], prior)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -192,11 +193,15 @@ class Recommender:
         exclude: Iterable[str] = (),
         filters: Filters | None = None,
         exclude_seen: bool = True,
+        *,
+        history_ids: bool = False,
     ) -> list[Hit]:
-        """Videos a user will want next, from the texts they engaged with (oldest first).
+        """Videos a user will want next, from the texts and video ids they engaged with (oldest first).
 
-        Never returns the ``exclude`` ids (at most ``MAX_EXCLUDE`` = 10,000 of them, else UserError; unknown ids
-        are ignored) nor, unless ``exclude_seen=False``, a video the history already names: a history item names a
+        An item that is a served ``video_id`` is read as that video's text (see :meth:`resolve_history`; with
+        ``history_ids`` every item is an id and unknown ones are left out). Never returns the ``exclude`` ids (at
+        most ``MAX_EXCLUDE`` = 10,000 of them, else UserError; unknown ids are ignored) nor, unless
+        ``exclude_seen=False``, a video the history already names: a history item names a
         video when it is exactly (surrounding whitespace aside, case-sensitive) the video's ``video_id`` or its
         ``title`` (every video with that title). ``k`` hits still come back when enough videos remain. ``filters``
         as in :meth:`search`.
@@ -205,12 +210,21 @@ class Recommender:
         history = check_history(history)
         exclude = check_exclude(exclude)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        seen = history if exclude_seen else ()
-        return self._state.search(self.user_queries([history]), k, exclude, filters, seen, passing)[0]
+        texts = self._state.resolve_history(history, history_ids).texts
+        seen = history if exclude_seen else ()  # the caller's own items: an id names only its video
+        return self._state.search(self.user_queries([texts]), k, exclude, filters, seen, passing)[0]
 
-    def explain(self, history: Sequence[str]) -> list[tuple[str, float]]:
-        """The attention weight of each history item: which items drove the recommendation."""
-        return self._queries.attention(check_history(history))
+    def explain(self, history: Sequence[str], *, history_ids: bool = False) -> list[tuple[str, float]]:
+        """The attention weight of each history item as the tower read it (an id as its video's text; unknown
+        ids left out, see :meth:`resolve_history`): which items drove the recommendation."""
+        return self._queries.attention(self._state.resolve_history(check_history(history), history_ids).texts)
+
+    def resolve_history(self, history: Sequence[str], *, history_ids: bool = False) -> ResolvedHistory:
+        """What the user tower reads for ``history``: an item exactly (surrounding spaces aside, case-sensitive) a
+        served ``video_id`` becomes that video's text (the first non-blank of ``TEXT_COLUMNS``: title, caption,
+        description); other items are free text, or with ``history_ids`` unknown ids, reported and left out (a
+        served video without text is always left out). UserError when no item is left."""
+        return self._state.resolve_history(check_history(history), history_ids)
 
     # --- updates --------------------------------------------------------------------------------------------
     def add_videos(

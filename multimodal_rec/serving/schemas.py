@@ -22,6 +22,7 @@ class ApiModels:
     recommend: Any  # RecommendRequest
     explain: Any  # ExplainRequest
     hits: Any  # HitsResponse
+    recommended: Any  # RecommendResponse
     explained: Any  # ExplainResponse
     health: Any  # HealthResponse
     error: Any  # ErrorResponse
@@ -40,7 +41,17 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
     Text = Annotated[str, Field(min_length=1, max_length=max_query_chars), AfterValidator(not_blank)]
     K = Annotated[int, Field(ge=1, le=max_k, description="how many hits to return")]
     History = Annotated[
-        list[Text], Field(min_length=1, max_length=max_history, description="texts the user engaged with, oldest first")
+        list[Text],
+        Field(
+            min_length=1,
+            max_length=max_history,
+            description="texts or video ids the user engaged with, oldest first (a served video id is read as the "
+            "video's title, else its caption or description)",
+        ),
+    ]
+    HistoryIds = Annotated[
+        bool,
+        Field(description="every history item is a video id: unknown ones are reported in unknown_ids, not used"),
     ]
 
     class Strict(BaseModel):
@@ -71,17 +82,19 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         exclude_seen: bool = Field(
             True, description="skip videos the history names (an item equal to a video id or title)"
         )
+        history_ids: HistoryIds = False
 
     class ExplainRequest(Strict):
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
+        history_ids: HistoryIds = False
 
     r = _response_models()
     return ApiModels(SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 422)})
 
 
-def _response_models() -> tuple[Any, Any, Any, Any]:
-    """(HitsResponse, ExplainResponse, HealthResponse, ErrorResponse)."""
-    from pydantic import BaseModel, ConfigDict
+def _response_models() -> tuple[Any, Any, Any, Any, Any]:
+    """(HitsResponse, RecommendResponse, ExplainResponse, HealthResponse, ErrorResponse)."""
+    from pydantic import BaseModel, ConfigDict, Field
 
     class HitOut(BaseModel):
         model_config = ConfigDict(extra="allow")  # plus the catalog's metadata columns
@@ -92,11 +105,18 @@ def _response_models() -> tuple[Any, Any, Any, Any]:
     class HitsResponse(BaseModel):
         hits: list[HitOut]
 
+    class Resolution(BaseModel):
+        resolved: dict[str, str] = Field(description="history items read as video ids -> the text the model read")
+        unknown_ids: list[str] = Field(description="history items left out: unknown video ids, or videos without text")
+
+    class RecommendResponse(HitsResponse, Resolution):
+        pass
+
     class AttentionOut(BaseModel):
-        text: str
+        text: str = Field(description="the text the model read: the item itself, or for a video id the video's text")
         weight: float
 
-    class ExplainResponse(BaseModel):
+    class ExplainResponse(Resolution):
         attention: list[AttentionOut]
 
     class HealthResponse(BaseModel):
@@ -106,4 +126,4 @@ def _response_models() -> tuple[Any, Any, Any, Any]:
     class ErrorResponse(BaseModel):
         error: str
 
-    return HitsResponse, ExplainResponse, HealthResponse, ErrorResponse
+    return HitsResponse, RecommendResponse, ExplainResponse, HealthResponse, ErrorResponse

@@ -319,3 +319,55 @@ def test_searches_during_changes_see_whole_states(fresh: Recommender) -> None:
         t.join(timeout=120)
     assert not errors, errors[:3]
     assert _ids(fresh.search_vectors(xq, k=5)[0]) == base
+
+
+# --- history items that are video ids (a platform's watch history) ------------------------------------------------
+def _titled(rec: Recommender) -> tuple[str, str, set[str]]:
+    """A video id, its title and the other videos with that title (one with twins when there is one)."""
+    titles = list(rec.catalog["title"])
+    row = next((i for i, t in enumerate(titles) if titles.count(t) > 1), 3)
+    twins = {v for v, t in zip(rec.video_ids, titles, strict=True) if t == titles[row]} - {rec.video_ids[row]}
+    return rec.video_ids[row], str(titles[row]), twins
+
+
+def test_a_history_video_id_is_read_as_its_title(rec: Recommender) -> None:
+    """["v0003"] recommends what the title of v0003 does (the tower reads texts), and explain shows the title."""
+    vid, title, twins = _titled(rec)
+    assert vid != title
+    for history, as_texts in (
+        ([vid], [title]),
+        (["a green ball moving up", f" {vid} "], ["a green ball moving up", title]),
+    ):
+        got = rec.recommend(history, k=10, exclude_seen=False)
+        want = rec.recommend(as_texts, k=10, exclude_seen=False)
+        assert _ids(got) == _ids(want)
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+        assert [t for t, _ in rec.explain(history)] == as_texts
+        read = rec.resolve_history(history)
+        assert (read.items, read.texts, read.resolved, read.unknown) == (history, as_texts, {vid: title}, [])
+    unseen = set(_ids(rec.recommend([vid], k=len(rec))))  # seen items are matched on the caller's own items
+    assert vid not in unseen and twins <= unseen
+    free = rec.resolve_history(["v9999", vid.upper()])  # not served ids: free text, as before
+    assert free.texts == ["v9999", vid.upper()] and not free.resolved and not free.unknown
+
+
+def test_unknown_history_ids_are_reported_not_embedded(rec: Recommender) -> None:
+    vid, title, _ = _titled(rec)
+    history = ["no-such-id", vid, "a red ball"]  # with history_ids every item is an id: a text is unknown too
+    read = rec.resolve_history(history, history_ids=True)
+    assert (read.texts, read.resolved, read.unknown) == ([title], {vid: title}, ["no-such-id", "a red ball"])
+    assert read.to_dict() == {"resolved": {vid: title}, "unknown_ids": ["no-such-id", "a red ball"]}
+    got = rec.recommend(history, k=10, exclude_seen=False, history_ids=True)
+    assert _ids(got) == _ids(rec.recommend([title], k=10, exclude_seen=False))
+    assert [t for t, _ in rec.explain(history, history_ids=True)] == [title]
+    for call in (rec.recommend, rec.explain, rec.resolve_history):
+        with pytest.raises(UserError, match=r"^no usable history item .*'no-such-id', 'v9999'$"):
+            call(["no-such-id", " v9999 "], history_ids=True)
+
+
+def test_a_history_id_of_a_video_without_text_is_left_out(fresh: Recommender) -> None:
+    fresh.add_videos(pd.DataFrame({"video_id": ["untitled"]}), embeddings=np.asarray(fresh.embeddings[:1]))
+    read = fresh.resolve_history(["untitled", "a red ball"])
+    assert (read.texts, read.unknown) == (["a red ball"], ["untitled"])
+    with pytest.raises(UserError, match=r"no usable history item .*'untitled'"):
+        fresh.recommend(["untitled"])

@@ -129,6 +129,33 @@ def test_explain(client: TestClient) -> None:
     assert sum(a["weight"] for a in att) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_history_video_ids_are_read_as_titles(client: TestClient, rec: Recommender) -> None:
+    """A served video id in a history is read as the video's title, and the answer says so; with history_ids an
+    unknown id is reported in unknown_ids, not embedded as a word."""
+    vid, title = rec.video_ids[3], str(rec.catalog["title"].iloc[3])
+    body = {"history": ["a green ball moving up", vid], "k": 5, "exclude_seen": False}
+    got = client.post("/recommend", json=body).json()
+    want = client.post("/recommend", json={**body, "history": ["a green ball moving up", title]}).json()
+    assert [h["video_id"] for h in got["hits"]] == [h["video_id"] for h in want["hits"]]
+    assert (got["resolved"], got["unknown_ids"], want["resolved"]) == ({vid: title}, [], {})
+    explained = client.post("/explain", json={"history": body["history"]}).json()
+    assert [a["text"] for a in explained["attention"]] == ["a green ball moving up", title]
+    assert (explained["resolved"], explained["unknown_ids"]) == ({vid: title}, [])
+    ids = {"history": ["no-such-id", vid], "history_ids": True, "k": 5, "exclude_seen": False}
+    got = client.post("/recommend", json=ids).json()
+    alone = client.post("/recommend", json={**body, "history": [title]}).json()
+    assert [h["video_id"] for h in got["hits"]] == [h["video_id"] for h in alone["hits"]]
+    assert (got["resolved"], got["unknown_ids"]) == ({vid: title}, ["no-such-id"])
+    explained = client.post("/explain", json={"history": ids["history"], "history_ids": True}).json()
+    assert [a["text"] for a in explained["attention"]] == [title] and explained["unknown_ids"] == ["no-such-id"]
+    for path in ("/recommend", "/explain"):
+        message = _error(client.post(path, json={"history": ["no-such-id"], "history_ids": True}), 400)
+        assert message.startswith("no usable history item") and "'no-such-id'" in message
+        assert _error(client.post(path, json={"history": ["a"], "history_ids": 1}), 422) == (
+            "history_ids: must be true or false"
+        )
+
+
 def test_video_row(client: TestClient, rec: Recommender) -> None:
     vid = rec.video_ids[3]
     r = client.get(f"/videos/{vid}")
