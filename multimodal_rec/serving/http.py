@@ -8,6 +8,7 @@ this module never needs them. The service keeps no user data: it logs endpoint, 
 # the request models are built per app (schemas.py; their limits are create_app arguments), so annotations must stay
 # eager: an endpoint's ``req: m.search`` is evaluated to the app's own request class when the endpoint is defined.
 
+import errno
 import inspect
 import json
 import logging
@@ -341,6 +342,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
         raise UserError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UserError(f"port must be an integer in [0, 65535], got {port!r}")
+    check_port_free(host, port)  # before loading the bundle (seconds): a port in use is known at once
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
     if workers == 1:
@@ -357,6 +359,26 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` briefly (as uvicorn will, with SO_REUSEADDR): a one-line UserError if that cannot work."""
+    import socket
+
+    if port == 0:  # any free port: nothing to check
+        return
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"cannot serve on {host}:{port}: unknown host ({e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            in_use = e.errno == errno.EADDRINUSE
+            why = "the port is already in use (stop that server or pick another --port)" if in_use else e.strerror
+            raise UserError(f"cannot serve on {host}:{port}: {why}") from None
 
 
 def _app_from_env() -> "FastAPI":

@@ -348,6 +348,7 @@ def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch:
     uvicorn = pytest.importorskip("uvicorn")
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)  # port 8000 may be busy on this machine
     serve.run_server(str(bundle))
     ((app, kw),) = calls
     assert kw == {"host": "127.0.0.1", "port": 8000, "access_log": False}
@@ -361,6 +362,7 @@ def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # keep this process's torch threads
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
     serve.run_server(str(bundle), host="0.0.0.0", port=9000, workers=2)
     ((target, kw),) = calls
     assert target == "multimodal_rec.serving.http:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
@@ -381,6 +383,34 @@ def test_run_server_missing_bundle(tmp_path: Path) -> None:
     pytest.importorskip("uvicorn")
     with pytest.raises(UserError, match="not a bundle"):
         serve.run_server(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_port_in_use_fails_at_once(
+    workers: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port in use is a one-line error (exit 2) before the bundle is read (was: load ~10 s, then exit 3)."""
+    pytest.importorskip("uvicorn")
+    from multimodal_rec.cli import main
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bundle was read before the port was checked")
+
+    monkeypatch.setattr(Recommender, "load", no_load)
+    monkeypatch.setattr("multimodal_rec.bundle.read_manifest", no_load)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        argv = ["serve", "--bundle", str(tmp_path / "nope"), "--port", str(port), "--workers", str(workers)]
+        code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == 2
+        and err
+        == f"mmrec serve: error: cannot serve on 127.0.0.1:{port}: the port is already in use "
+        "(stop that server or pick another --port)"
+    )
 
 
 def test_real_server_answers(bundle: Path) -> None:
