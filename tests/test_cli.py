@@ -54,6 +54,13 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
         (["search", "--bundle", "{bundle}", "red", "--filter", "duration_s<=long"], "expected a number"),
         (["search", "--bundle", "{bundle}", "red", "--filter", "color"], "--filter expects COLUMN=VALUE"),
         (["recommend", "--bundle", "{bundle}", "--history", "red", "--filter", "color>=a"], "a range needs"),
+        # the same caps as HTTP (serving.validation): 1000 characters per text, 500 history items
+        (["search", "--bundle", "{bundle}", "red", "x" * 1001], "query must have at most 1000 characters, got 1001"),
+        (
+            ["recommend", "--bundle", "{bundle}", "--history", *["red"] * 501],
+            "history must have at most 500 items, got 501",
+        ),
+        (["recommend", "--bundle", "{bundle}", "--history", "x" * 1001], "history item must have at most 1000"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(

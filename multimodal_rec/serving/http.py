@@ -27,7 +27,7 @@ import pandas as pd
 
 from multimodal_rec.errors import UserError
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
-from multimodal_rec.serving.validation import MAX_K
+from multimodal_rec.serving.validation import MAX_HISTORY, MAX_K, MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -195,15 +195,22 @@ class _Observe:
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
-def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int = 500, max_k: int = 1000) -> "FastAPI":
+def create_app(
+    rec: "Recommender", max_query_chars: int = MAX_QUERY_CHARS, max_history: int = MAX_HISTORY, max_k: int = MAX_K
+) -> "FastAPI":
     """A FastAPI app answering search / recommend / explain over ``rec``; limits bound every request field.
 
-    Each app has its own Prometheus registry, so several apps can live in one process (tests, several bundles).
+    The limits default to the Recommender's own (serving.validation), and may only be lowered: the Recommender
+    refuses more. Each app has its own Prometheus registry, so several apps can live in one process (tests, several
+    bundles).
     """
     _require_serve_extra()
-    for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
-        _check_limit(name, value, top)
-    _check_limit("max_k", max_k, MAX_K)  # the Recommender refuses more
+    for name, value, top in (
+        ("max_query_chars", max_query_chars, MAX_QUERY_CHARS),
+        ("max_history", max_history, MAX_HISTORY),
+        ("max_k", max_k, MAX_K),
+    ):
+        _check_limit(name, value, top)  # the Recommender refuses more
 
     m = api_models(max_query_chars, max_history, max_k)
     app = _new_app()

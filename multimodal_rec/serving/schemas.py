@@ -11,6 +11,8 @@ an error, not silently ignored).
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from multimodal_rec.serving.validation import MAX_EXCLUDE
+
 MAX_FILTERS = 50  # conditions in one request's filters object
 
 
@@ -65,7 +67,7 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
         k: K = 10
         exclude: list[Annotated[str, Field(max_length=max_query_chars)]] = Field(
-            default_factory=list, max_length=max_history, description="video ids never to return"
+            default_factory=list, max_length=MAX_EXCLUDE, description="video ids never to return"
         )
         filters: Filters = None
         exclude_seen: bool = Field(

@@ -210,7 +210,7 @@ def test_concurrent_requests_match_sequential(client: TestClient, rec: Recommend
         ("/recommend", {"history": ["x" * 1001]}, 422, "history[0]: must have at most 1000 characters"),
         ("/recommend", {"history": ["red"], "k": 0}, 422, "k: must be >= 1"),
         ("/recommend", {"history": ["red"], "exclude": "v1"}, 422, "exclude: must be a list"),
-        ("/recommend", {"history": ["red"], "exclude": ["v"] * 501}, 422, "exclude: must have at most 500 items"),
+        ("/recommend", {"history": ["red"], "exclude": ["v"] * 10_001}, 422, "exclude: must have at most 10000 items"),
         ("/search", {"query": "red", "filters": ["color"]}, 422, "filters: must be a JSON object"),
         ("/recommend", {"history": ["red"], "exclude_seen": "no"}, 422, "exclude_seen: must be true or false"),
         ("/explain", {"history": []}, 422, "history: must not be empty"),
@@ -242,10 +242,12 @@ def test_bad_filters_are_4xx(client: TestClient, filters: dict[str, Any], status
 
 
 def test_exclude_cap_is_a_one_line_4xx(rec: Recommender) -> None:
-    """Past the Recommender's MAX_EXCLUDE (here the request model would allow more) the answer is a 400, not work."""
-    c = TestClient(serve.create_app(rec, max_history=MAX_EXCLUDE + 1))
+    """Past MAX_EXCLUDE (the Recommender's cap, also the request model's) the answer is a 4xx, not work."""
+    c = TestClient(serve.create_app(rec))
     body = {"history": ["a green ball moving up"], "k": 2, "exclude": [f"x{i}" for i in range(MAX_EXCLUDE + 1)]}
-    assert _error(c.post("/recommend", json=body), 400) == f"exclude may list at most {MAX_EXCLUDE} video ids"
+    assert _error(c.post("/recommend", json=body), 422) == f"exclude: must have at most {MAX_EXCLUDE} items"
+    with pytest.raises(UserError, match=f"exclude may list at most {MAX_EXCLUDE} video ids"):
+        rec.recommend(body["history"], 2, exclude=body["exclude"])
     r = c.post("/recommend", json={**body, "exclude": body["exclude"][:MAX_EXCLUDE]})
     assert r.status_code == 200 and len(r.json()["hits"]) == 2
 
@@ -310,6 +312,9 @@ def test_bad_limits_refused() -> None:
         serve.create_app(StubRec(), max_k=10**6)  # the Recommender refuses k > 1000
     with pytest.raises(UserError, match="max_history"):
         serve.create_app(StubRec(), max_history=0)
+    for name in ("max_query_chars", "max_history"):  # the Recommender refuses more than its own caps
+        with pytest.raises(UserError, match=name):
+            serve.create_app(StubRec(), **{name: 10**4})
 
 
 def test_custom_limits() -> None:
