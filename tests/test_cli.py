@@ -23,6 +23,11 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     hits = json.loads(out)["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and {"video_id", "score", "title"} <= set(hits[0])
+    # one shape whatever the number of queries: "results" always; "hits" too for one query (as before)
+    assert json.loads(out)["results"] == [{"query": "a red circle moving left", "hits": hits}]
+    code, out, _ = _run(capsys, "search", "--bundle", str(bundle), "red", "blue", "-k", "2", "--json")
+    results = json.loads(out)["results"]
+    assert code == 0 and [r["query"] for r in results] == ["red", "blue"] and all(len(r["hits"]) == 2 for r in results)
     code, out, _ = _run(
         capsys, "recommend", "--bundle", str(bundle), "--history", "red balls", "a red dot", "-k", "4", "--json"
     )
