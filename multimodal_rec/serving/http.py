@@ -127,8 +127,19 @@ def _problem(err: dict[str, Any]) -> str:
     return f"{_where(err.get('loc', ()))}: {text}"
 
 
-def _validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
-    """FastAPI's list of validation errors -> (status, one line): 400 for a body that is not JSON, else 422."""
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, parameters (charset) aside."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_error(errors: list[dict[str, Any]], content_type: str | None = "application/json") -> tuple[int, str]:
+    """FastAPI's list of validation errors -> (status, one line): 400 for a body that is not JSON, 415 for a body
+    sent without a JSON content-type (FastAPI then does not parse it), else 422."""
+    body_unread = any(tuple(e.get("loc", ())) == ("body",) and e.get("type") != "missing" for e in errors)
+    if body_unread and not _is_json(content_type):
+        got = f"unsupported content-type {content_type[:60]!r}" if content_type else "no content-type header"
+        return 415, _one_line(f"{got}: send the body as JSON with content-type: application/json")
     for err in errors:
         if err.get("type") == "json_invalid":
             loc = err.get("loc", ())
@@ -265,7 +276,7 @@ def _add_error_handlers(app: "FastAPI") -> None:
     from starlette.exceptions import HTTPException
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, line = _validation_error(list(exc.errors()))
+        status, line = _validation_error(list(exc.errors()), request.headers.get("content-type"))
         return JSONResponse({"error": line}, status_code=status)
 
     async def on_user_error(request: Request, exc: UserError) -> JSONResponse:

@@ -18,7 +18,7 @@ MAX_FILTERS = 50  # conditions in one request's filters object
 
 @dataclass(frozen=True)
 class ApiModels:
-    """The pydantic classes of one app; ``errors`` is the OpenAPI ``responses`` entry for 400 / 422 answers."""
+    """The pydantic classes of one app; ``errors`` is the OpenAPI ``responses`` entry for 400 / 415 / 422 answers."""
 
     search: Any  # SearchRequest
     recommend: Any  # RecommendRequest
@@ -78,7 +78,9 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
 
     r = _response_models()
-    return ApiModels(SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 422)})
+    return ApiModels(
+        SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 415, 422)}
+    )
 
 
 def _response_models() -> tuple[Any, Any, Any, Any]:
