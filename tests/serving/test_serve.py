@@ -106,6 +106,9 @@ def test_search_and_recommend_with_filters(client: TestClient, rec: Recommender)
     assert len(hits) == 4 and all(h["color"] in ("red", "blue") and h["duration_s"] <= 2.0 for h in hits)
     expected = rec.search("a red circle", 4, filters={"color": ["red", "blue"], "duration_s": (None, 2.0)})
     assert [h["video_id"] for h in hits] == [h.video_id for h in expected]
+    open_range = {**filters, "duration_s": [None, 2.0]}  # JSON's way to write (None, 2.0): null is an open end
+    r = client.post("/search", json={"query": "a red circle", "k": 4, "filters": open_range})
+    assert r.status_code == 200 and [h["video_id"] for h in r.json()["hits"]] == [h.video_id for h in expected], r.text
     body = {"history": ["a green ball moving up"], "k": 3, "filters": {"shape": "circle"}}
     hits = client.post("/recommend", json=body).json()["hits"]
     assert len(hits) == 3 and {h["shape"] for h in hits} == {"circle"}
@@ -250,6 +253,50 @@ def test_exclude_cap_is_a_one_line_4xx(rec: Recommender) -> None:
         rec.recommend(body["history"], 2, exclude=body["exclude"])
     r = c.post("/recommend", json={**body, "exclude": body["exclude"][:MAX_EXCLUDE]})
     assert r.status_code == 200 and len(r.json()["hits"]) == 2
+
+
+ACCEPTED_FILTERS = [
+    None,
+    {"title": "A red ball"},
+    {"title": ["a", "b"], "duration_s": 1.5},
+    {"duration_s": [None, 2.0]},
+    {"duration_s": [1, None]},
+    {"duration_s": {"max": 60}},
+    {"duration_s": {"min": 1, "max": None}},
+    {"added": {"min": "2024-01-01"}},
+]
+REJECTED_FILTERS = [
+    ["title"],
+    {"title": None},
+    {"title": []},
+    {"title": [[1]]},
+    {"title": [None, 1, 2]},
+    {"title": {"a": 1}},
+    {"duration_s": {"lo": 1}},
+    {"duration_s": {"min": None}},
+    {"duration_s": [None, None]},
+]
+
+
+def test_openapi_schema_says_what_the_handler_accepts() -> None:
+    """k: 3.0 is the integer 3 in JSON (schema and handler agree); filters: the schema's shapes are the handler's."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from multimodal_rec.serving.filters import filter_mask
+
+    c = TestClient(serve.create_app(StubRec()))
+    props = c.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]["properties"]
+    assert props["k"]["type"] == "integer"
+    assert c.post("/search", json={"query": "red", "k": 3.0}).status_code == 200
+    assert _error(c.post("/search", json={"query": "red", "k": 3.5}), 422) == "k: must be an integer"
+    schema = jsonschema.Draft202012Validator(props["filters"])
+    catalog = StubRec().catalog
+    for filters in ACCEPTED_FILTERS:
+        assert schema.is_valid(filters), filters
+        filter_mask(catalog, filters)
+    for filters in REJECTED_FILTERS:
+        assert not schema.is_valid(filters), filters
+        with pytest.raises(UserError):
+            filter_mask(catalog, filters)  # type: ignore[arg-type]
 
 
 def test_several_problems_in_one_line(client: TestClient) -> None:
