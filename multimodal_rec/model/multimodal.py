@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from encoders import TextTower, UserTower, VideoTower
-from encoders.text import load_tokenizer
+from encoders.text import TextModelUnavailable, load_tokenizer
 from multimodal_rec.config import ModelConfig
-from multimodal_rec.errors import UserError
+from multimodal_rec.errors import InfrastructureError, UserError
 from multimodal_rec.model.loss import InfoNCELoss
 from multimodal_rec.model.text_features import frozen_trunk_features, tokenize, trunk_features
 
@@ -112,11 +112,14 @@ def create_model(cfg: ModelConfig) -> MultimodalModel:
     """The only way to build a model: every tower from its config dataclass.
 
     A config value the towers cannot build (an unknown video trunk or temporal pooling) is a one-line
-    :class:`UserError` naming the option.
+    :class:`UserError` naming the option; a text model package that cannot be imported is a one-line
+    :class:`InfrastructureError` saying what to install.
     """
     _check_video_trunk(cfg.video.trunk)
     try:
         return MultimodalModel(cfg)
+    except TextModelUnavailable as e:  # the environment, not the input: repaired by installing the package
+        raise InfrastructureError(str(e)) from None
     except ValueError as e:  # the towers (which know nothing of UserError) refuse a value of their config
         raise UserError(f"model config refused: {str(e).splitlines()[0]}") from None
 

@@ -5,7 +5,9 @@ A condition is one of
 - a scalar: equality (``"language": "en"``, ``"fps": 24``);
 - a list (or set) of scalars: any of them (``"color": ["red", "blue"]``);
 - a range ``(lo, hi)`` tuple, or a ``{"min": lo, "max": hi}`` dict (JSON has no tuples), inclusive, ``None``
-  for an open end (``"duration_s": (None, 60)``); only for numeric and datetime columns.
+  for an open end (``"duration_s": (None, 60)``); only for numeric and datetime columns. A two-item list with a
+  ``None`` (JSON ``[null, 60]``) is the same open range: null is never a value to filter on, so it cannot mean
+  "any of".
 
 All conditions must hold (AND). Rows whose value is missing (NaN / None) never pass a condition.
 """
@@ -93,11 +95,15 @@ def condition_mask(catalog: pd.DataFrame, name: Any, cond: Any) -> np.ndarray:
         if extra or not cond:
             raise UserError(f"filter {name!r}: a range object has keys min and/or max, got {sorted(map(str, cond))}")
         return _range(name, kind, col, cond.get("min"), cond.get("max"))
+    if isinstance(cond, list) and len(cond) == 2 and None in cond:  # [null, hi] / [lo, null]: an open range
+        return _range(name, kind, col, *cond)
     if isinstance(cond, list | set | frozenset):
         if not cond:
             raise UserError(f"filter {name!r}: an empty list of values matches nothing")
         if len(cond) > MAX_VALUES:
             raise UserError(f"filter {name!r}: at most {MAX_VALUES} values, got {len(cond)}")
+        if None in cond:
+            raise UserError(f"filter {name!r}: null is not a value to filter on (a range is [min, max], null = open)")
         values = [_scalar(name, kind, v) for v in cond]
         return col.isin(values).to_numpy(dtype=bool)
     if cond is None:

@@ -8,6 +8,7 @@ this module never needs them. The service keeps no user data: it logs endpoint, 
 # the request models are built per app (schemas.py; their limits are create_app arguments), so annotations must stay
 # eager: an endpoint's ``req: m.search`` is evaluated to the app's own request class when the endpoint is defined.
 
+import errno
 import inspect
 import json
 import logging
@@ -26,7 +27,7 @@ import pandas as pd
 
 from multimodal_rec.errors import UserError
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
-from multimodal_rec.serving.validation import MAX_K
+from multimodal_rec.serving.validation import MAX_HISTORY, MAX_K, MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -126,8 +127,19 @@ def _problem(err: dict[str, Any]) -> str:
     return f"{_where(err.get('loc', ()))}: {text}"
 
 
-def _validation_error(errors: list[dict[str, Any]]) -> tuple[int, str]:
-    """FastAPI's list of validation errors -> (status, one line): 400 for a body that is not JSON, else 422."""
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, parameters (charset) aside."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_error(errors: list[dict[str, Any]], content_type: str | None = "application/json") -> tuple[int, str]:
+    """FastAPI's list of validation errors -> (status, one line): 400 for a body that is not JSON, 415 for a body
+    sent without a JSON content-type (FastAPI then does not parse it), else 422."""
+    body_unread = any(tuple(e.get("loc", ())) == ("body",) and e.get("type") != "missing" for e in errors)
+    if body_unread and not _is_json(content_type):
+        got = f"unsupported content-type {content_type[:60]!r}" if content_type else "no content-type header"
+        return 415, _one_line(f"{got}: send the body as JSON with content-type: application/json")
     for err in errors:
         if err.get("type") == "json_invalid":
             loc = err.get("loc", ())
@@ -194,15 +206,22 @@ class _Observe:
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
-def create_app(rec: "Recommender", max_query_chars: int = 1000, max_history: int = 500, max_k: int = 1000) -> "FastAPI":
+def create_app(
+    rec: "Recommender", max_query_chars: int = MAX_QUERY_CHARS, max_history: int = MAX_HISTORY, max_k: int = MAX_K
+) -> "FastAPI":
     """A FastAPI app answering search / recommend / explain over ``rec``; limits bound every request field.
 
-    Each app has its own Prometheus registry, so several apps can live in one process (tests, several bundles).
+    The limits default to the Recommender's own (serving.validation), and may only be lowered: the Recommender
+    refuses more. Each app has its own Prometheus registry, so several apps can live in one process (tests, several
+    bundles).
     """
     _require_serve_extra()
-    for name, value, top in (("max_query_chars", max_query_chars, 10**6), ("max_history", max_history, 10**5)):
-        _check_limit(name, value, top)
-    _check_limit("max_k", max_k, MAX_K)  # the Recommender refuses more
+    for name, value, top in (
+        ("max_query_chars", max_query_chars, MAX_QUERY_CHARS),
+        ("max_history", max_history, MAX_HISTORY),
+        ("max_k", max_k, MAX_K),
+    ):
+        _check_limit(name, value, top)  # the Recommender refuses more
 
     m = api_models(max_query_chars, max_history, max_k)
     app = _new_app()
@@ -257,7 +276,7 @@ def _add_error_handlers(app: "FastAPI") -> None:
     from starlette.exceptions import HTTPException
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, line = _validation_error(list(exc.errors()))
+        status, line = _validation_error(list(exc.errors()), request.headers.get("content-type"))
         return JSONResponse({"error": line}, status_code=status)
 
     async def on_user_error(request: Request, exc: UserError) -> JSONResponse:
@@ -349,6 +368,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
         raise UserError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UserError(f"port must be an integer in [0, 65535], got {port!r}")
+    check_port_free(host, port)  # before loading the bundle (seconds): a port in use is known at once
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
     if workers == 1:
@@ -365,6 +385,26 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` briefly (as uvicorn will, with SO_REUSEADDR): a one-line UserError if that cannot work."""
+    import socket
+
+    if port == 0:  # any free port: nothing to check
+        return
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"cannot serve on {host}:{port}: unknown host ({e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            in_use = e.errno == errno.EADDRINUSE
+            why = "the port is already in use (stop that server or pick another --port)" if in_use else e.strerror
+            raise UserError(f"cannot serve on {host}:{port}: {why}") from None
 
 
 def _app_from_env() -> "FastAPI":

@@ -11,12 +11,15 @@ an error, not silently ignored).
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from multimodal_rec.serving.filters import MAX_VALUES
+from multimodal_rec.serving.validation import MAX_EXCLUDE
+
 MAX_FILTERS = 50  # conditions in one request's filters object
 
 
 @dataclass(frozen=True)
 class ApiModels:
-    """The pydantic classes of one app; ``errors`` is the OpenAPI ``responses`` entry for 400 / 422 answers."""
+    """The pydantic classes of one app; ``errors`` is the OpenAPI ``responses`` entry for 400 / 415 / 422 answers."""
 
     search: Any  # SearchRequest
     recommend: Any  # RecommendRequest
@@ -31,7 +34,7 @@ class ApiModels:
 
 def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
     """Request models whose fields are bounded by the limits given, and the response models."""
-    from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+    from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
     def not_blank(text: str) -> str:
         if not text.strip():
@@ -39,7 +42,8 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         return text
 
     Text = Annotated[str, Field(min_length=1, max_length=max_query_chars), AfterValidator(not_blank)]
-    K = Annotated[int, Field(ge=1, le=max_k, description="how many hits to return")]
+    # JSON has one number type: 37.0 is the integer 37 to a JSON Schema validator, so the handler takes it too
+    K = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=max_k, description="how many hits to return")]
     History = Annotated[
         list[Text],
         Field(
@@ -58,14 +62,8 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         # strict: "10" is not an int, 3 is not a string; forbid: a misspelt field is an error, not ignored.
         model_config = ConfigDict(strict=True, extra="forbid")
 
-    Filters = Annotated[
-        dict[str, Any] | None,
-        Field(
-            max_length=MAX_FILTERS,
-            description='catalog column -> value (equal), [values] (any of) or {"min": lo, "max": hi} (inclusive)',
-            examples=[{"color": ["red", "blue"], "duration_s": {"max": 60}}],
-        ),
-    ]
+    # Checked by serving.filters (one-line 400s naming the column), documented here as exactly what it accepts.
+    Filters = Annotated[dict[str, Any] | None, Field(max_length=MAX_FILTERS), WithJsonSchema(_filters_schema())]
 
     class SearchRequest(Strict):
         query: Text = Field(examples=["a red circle moving left"])
@@ -76,7 +74,7 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
         k: K = 10
         exclude: list[Annotated[str, Field(max_length=max_query_chars)]] = Field(
-            default_factory=list, max_length=max_history, description="video ids never to return"
+            default_factory=list, max_length=MAX_EXCLUDE, description="video ids never to return"
         )
         filters: Filters = None
         exclude_seen: bool = Field(
@@ -89,7 +87,44 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         history_ids: HistoryIds = False
 
     r = _response_models()
-    return ApiModels(SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 422)})
+    return ApiModels(
+        SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 415, 422)}
+    )
+
+
+def _whole_number(v: Any) -> Any:
+    """A float with no fractional part (JSON ``37.0``) as the int it is; anything else unchanged (then refused)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _filters_schema() -> dict[str, Any]:
+    """The JSON Schema of ``filters``: what :func:`serving.filters.filter_mask` accepts, condition by condition."""
+    value: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+    null = {"type": "null"}
+    bound = {"anyOf": [value, null]}
+    condition = {
+        "anyOf": [
+            value,
+            {"type": "array", "items": value, "minItems": 1, "maxItems": MAX_VALUES},  # any of them
+            {"type": "array", "prefixItems": [null, value], "minItems": 2, "maxItems": 2},  # [null, hi]
+            {"type": "array", "prefixItems": [value, null], "minItems": 2, "maxItems": 2},  # [lo, null]
+            *(
+                {
+                    "type": "object",
+                    "properties": {"min": bound, "max": bound, key: value},
+                    "required": [key],
+                    "additionalProperties": False,
+                }
+                for key in ("min", "max")
+            ),
+        ]
+    }
+    return {
+        "anyOf": [{"type": "object", "additionalProperties": condition, "maxProperties": MAX_FILTERS}, null],
+        "description": "catalog column -> value (equal), [values] (any of), [lo, hi] with a null end or "
+        '{"min": lo, "max": hi} (inclusive range, null = open end; numeric and date columns)',
+        "examples": [{"color": ["red", "blue"], "duration_s": {"max": 60}}],
+    }
 
 
 def _response_models() -> tuple[Any, Any, Any, Any, Any]:

@@ -1,7 +1,9 @@
 """Argument checks of the serving API: every bad input becomes a one-line UserError before any work is done.
 
-The limits bound what one call may cost: ``k`` (hits asked for) at most :data:`MAX_K`, ``exclude`` at most
-:data:`MAX_EXCLUDE` video ids. The HTTP service answers a UserError with a 400 and the same line.
+The limits bound what one call may cost: ``k`` (hits asked for) at most :data:`MAX_K`, a query (or history item) at
+most :data:`MAX_QUERY_CHARS` characters, a history at most :data:`MAX_HISTORY` items, ``exclude`` at most
+:data:`MAX_EXCLUDE` video ids. They are the same for the Python API, the CLI and HTTP (whose request models take
+them as defaults). The HTTP service answers a UserError with a 400 and the same line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from multimodal_rec.errors import UserError
 
 MAX_K = 1000  # hits one query may ask for
 MAX_EXCLUDE = 10_000  # video ids one call may exclude (each costs a lookup and a mask write)
+MAX_QUERY_CHARS = 1000  # characters of one query or history item (the text model reads its first 32 tokens anyway)
+MAX_HISTORY = 500  # items of one history
 
 
 def check_k(k: Any) -> int:
@@ -30,9 +34,11 @@ def check_k(k: Any) -> int:
 
 
 def check_text(text: Any, what: str = "query") -> str:
-    """A non-blank string."""
+    """A non-blank string of at most :data:`MAX_QUERY_CHARS` characters."""
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{what} must be a non-empty string")
+    if len(text) > MAX_QUERY_CHARS:
+        raise UserError(f"{what} must have at most {MAX_QUERY_CHARS} characters, got {len(text)}")
     return text
 
 
@@ -44,9 +50,11 @@ def check_texts(texts: Any) -> list[str]:
 
 
 def check_history(history: Any) -> list[str]:
-    """A non-empty list of non-blank texts (oldest first)."""
+    """A non-empty list of at most :data:`MAX_HISTORY` non-blank texts (oldest first)."""
     if isinstance(history, str) or not isinstance(history, Sequence) or not history:
         raise UserError("history must be a non-empty list of texts (oldest first)")
+    if len(history) > MAX_HISTORY:
+        raise UserError(f"history must have at most {MAX_HISTORY} items, got {len(history)}")
     for t in history:
         check_text(t, "each history item")
     return list(history)

@@ -131,6 +131,10 @@ def cat() -> pd.DataFrame:
         ({"kids": True}, "ad"),
         ({"added": ("2024-03-01", None)}, "bc"),
         ({"video_id": ["b", "zz"]}, "b"),
+        ({"duration_s": [None, 60]}, "a"),  # JSON [null, 60]: null is an open end, as in (None, 60)
+        ({"duration_s": [61, None]}, "bc"),
+        ({"added": [None, "2024-03-01"]}, "ad"),
+        ({"fps": [24, 30]}, "abc"),  # two values, no null: any of them
     ],
 )
 def test_filter_rules(cat: pd.DataFrame, filters: dict, expected: str) -> None:
@@ -156,6 +160,9 @@ def test_no_filter_is_none(cat: pd.DataFrame) -> None:
         ({"language": 5}, "expected a string"),
         ({"language": []}, "empty list"),
         ({"language": None}, "null"),
+        ({"duration_s": [None, None]}, "at least one bound"),
+        ({"language": [None, "en"]}, "a range needs a numeric or date column"),
+        ({"duration_s": [None, 1, 2]}, "null is not a value to filter on (a range is [min, max], null = open)"),
         ({"fps": True}, "expected a number"),
         ({"kids": "yes"}, "expected true or false"),
         ({"added": "not a date"}, "not a date/time"),

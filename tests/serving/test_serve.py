@@ -106,6 +106,9 @@ def test_search_and_recommend_with_filters(client: TestClient, rec: Recommender)
     assert len(hits) == 4 and all(h["color"] in ("red", "blue") and h["duration_s"] <= 2.0 for h in hits)
     expected = rec.search("a red circle", 4, filters={"color": ["red", "blue"], "duration_s": (None, 2.0)})
     assert [h["video_id"] for h in hits] == [h.video_id for h in expected]
+    open_range = {**filters, "duration_s": [None, 2.0]}  # JSON's way to write (None, 2.0): null is an open end
+    r = client.post("/search", json={"query": "a red circle", "k": 4, "filters": open_range})
+    assert r.status_code == 200 and [h["video_id"] for h in r.json()["hits"]] == [h.video_id for h in expected], r.text
     body = {"history": ["a green ball moving up"], "k": 3, "filters": {"shape": "circle"}}
     hits = client.post("/recommend", json=body).json()["hits"]
     assert len(hits) == 3 and {h["shape"] for h in hits} == {"circle"}
@@ -237,7 +240,7 @@ def test_concurrent_requests_match_sequential(client: TestClient, rec: Recommend
         ("/recommend", {"history": ["x" * 1001]}, 422, "history[0]: must have at most 1000 characters"),
         ("/recommend", {"history": ["red"], "k": 0}, 422, "k: must be >= 1"),
         ("/recommend", {"history": ["red"], "exclude": "v1"}, 422, "exclude: must be a list"),
-        ("/recommend", {"history": ["red"], "exclude": ["v"] * 501}, 422, "exclude: must have at most 500 items"),
+        ("/recommend", {"history": ["red"], "exclude": ["v"] * 10_001}, 422, "exclude: must have at most 10000 items"),
         ("/search", {"query": "red", "filters": ["color"]}, 422, "filters: must be a JSON object"),
         ("/recommend", {"history": ["red"], "exclude_seen": "no"}, 422, "exclude_seen: must be true or false"),
         ("/explain", {"history": []}, 422, "history: must not be empty"),
@@ -269,12 +272,58 @@ def test_bad_filters_are_4xx(client: TestClient, filters: dict[str, Any], status
 
 
 def test_exclude_cap_is_a_one_line_4xx(rec: Recommender) -> None:
-    """Past the Recommender's MAX_EXCLUDE (here the request model would allow more) the answer is a 400, not work."""
-    c = TestClient(serve.create_app(rec, max_history=MAX_EXCLUDE + 1))
+    """Past MAX_EXCLUDE (the Recommender's cap, also the request model's) the answer is a 4xx, not work."""
+    c = TestClient(serve.create_app(rec))
     body = {"history": ["a green ball moving up"], "k": 2, "exclude": [f"x{i}" for i in range(MAX_EXCLUDE + 1)]}
-    assert _error(c.post("/recommend", json=body), 400) == f"exclude may list at most {MAX_EXCLUDE} video ids"
+    assert _error(c.post("/recommend", json=body), 422) == f"exclude: must have at most {MAX_EXCLUDE} items"
+    with pytest.raises(UserError, match=f"exclude may list at most {MAX_EXCLUDE} video ids"):
+        rec.recommend(body["history"], 2, exclude=body["exclude"])
     r = c.post("/recommend", json={**body, "exclude": body["exclude"][:MAX_EXCLUDE]})
     assert r.status_code == 200 and len(r.json()["hits"]) == 2
+
+
+ACCEPTED_FILTERS = [
+    None,
+    {"title": "A red ball"},
+    {"title": ["a", "b"], "duration_s": 1.5},
+    {"duration_s": [None, 2.0]},
+    {"duration_s": [1, None]},
+    {"duration_s": {"max": 60}},
+    {"duration_s": {"min": 1, "max": None}},
+    {"added": {"min": "2024-01-01"}},
+]
+REJECTED_FILTERS = [
+    ["title"],
+    {"title": None},
+    {"title": []},
+    {"title": [[1]]},
+    {"title": [None, 1, 2]},
+    {"title": {"a": 1}},
+    {"duration_s": {"lo": 1}},
+    {"duration_s": {"min": None}},
+    {"duration_s": [None, None]},
+]
+
+
+def test_openapi_schema_says_what_the_handler_accepts() -> None:
+    """k: 3.0 is the integer 3 in JSON (schema and handler agree); filters: the schema's shapes are the handler's."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from multimodal_rec.serving.filters import filter_mask
+
+    c = TestClient(serve.create_app(StubRec()))
+    props = c.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]["properties"]
+    assert props["k"]["type"] == "integer"
+    assert c.post("/search", json={"query": "red", "k": 3.0}).status_code == 200
+    assert _error(c.post("/search", json={"query": "red", "k": 3.5}), 422) == "k: must be an integer"
+    schema = jsonschema.Draft202012Validator(props["filters"])
+    catalog = StubRec().catalog
+    for filters in ACCEPTED_FILTERS:
+        assert schema.is_valid(filters), filters
+        filter_mask(catalog, filters)
+    for filters in REJECTED_FILTERS:
+        assert not schema.is_valid(filters), filters
+        with pytest.raises(UserError):
+            filter_mask(catalog, filters)  # type: ignore[arg-type]
 
 
 def test_several_problems_in_one_line(client: TestClient) -> None:
@@ -289,16 +338,30 @@ def test_several_problems_in_one_line(client: TestClient) -> None:
         (b"{'query': 'red'}", "application/json", 400, "malformed JSON body"),
         (b"\xff\xfe\xfa", "application/json", 400, ""),
         (b"", "application/json", 422, "body: is required"),
-        (b"query=red", "application/x-www-form-urlencoded", 422, "body: must be a JSON object"),
-        (b'{"query": "red"}', "text/plain", 422, "body: must be a JSON object"),
+        # without a JSON content-type FastAPI does not parse the body: say so (was "body: must be a JSON object")
+        (b"query=red", "application/x-www-form-urlencoded", 415, "unsupported content-type 'application/x-www-form"),
+        (b'{"query": "red"}', "text/plain", 415, "unsupported content-type 'text/plain': send the body as JSON with"),
+        (
+            b'{"query": "red"}',
+            None,
+            415,
+            "no content-type header: send the body as JSON with content-type: application",
+        ),
     ],
 )
 def test_malformed_bodies_are_4xx(
-    client: TestClient, content: bytes, content_type: str, status: int, message: str
+    client: TestClient, content: bytes, content_type: str | None, status: int, message: str
 ) -> None:
     for path in ("/search", "/recommend", "/explain"):
-        r = client.post(path, content=content, headers={"content-type": content_type})
+        headers = {"content-type": content_type} if content_type else {}
+        r = client.post(path, content=content, headers=headers)
         assert message in _error(r, status)
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.api+json"])
+def test_json_content_types_with_parameters_or_suffix(client: TestClient, content_type: str) -> None:
+    r = client.post("/search", content=b'{"query": "red", "k": 2}', headers={"content-type": content_type})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 2
 
 
 def test_unknown_video_route_and_method(client: TestClient) -> None:
@@ -337,6 +400,9 @@ def test_bad_limits_refused() -> None:
         serve.create_app(StubRec(), max_k=10**6)  # the Recommender refuses k > 1000
     with pytest.raises(UserError, match="max_history"):
         serve.create_app(StubRec(), max_history=0)
+    for name in ("max_query_chars", "max_history"):  # the Recommender refuses more than its own caps
+        with pytest.raises(UserError, match=name):
+            serve.create_app(StubRec(), **{name: 10**4})
 
 
 def test_custom_limits() -> None:
@@ -375,6 +441,7 @@ def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch:
     uvicorn = pytest.importorskip("uvicorn")
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)  # port 8000 may be busy on this machine
     serve.run_server(str(bundle))
     ((app, kw),) = calls
     assert kw == {"host": "127.0.0.1", "port": 8000, "access_log": False}
@@ -388,6 +455,7 @@ def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # keep this process's torch threads
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
     serve.run_server(str(bundle), host="0.0.0.0", port=9000, workers=2)
     ((target, kw),) = calls
     assert target == "multimodal_rec.serving.http:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
@@ -408,6 +476,34 @@ def test_run_server_missing_bundle(tmp_path: Path) -> None:
     pytest.importorskip("uvicorn")
     with pytest.raises(UserError, match="not a bundle"):
         serve.run_server(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_port_in_use_fails_at_once(
+    workers: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port in use is a one-line error (exit 2) before the bundle is read (was: load ~10 s, then exit 3)."""
+    pytest.importorskip("uvicorn")
+    from multimodal_rec.cli import main
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bundle was read before the port was checked")
+
+    monkeypatch.setattr(Recommender, "load", no_load)
+    monkeypatch.setattr("multimodal_rec.bundle.read_manifest", no_load)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        argv = ["serve", "--bundle", str(tmp_path / "nope"), "--port", str(port), "--workers", str(workers)]
+        code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == 2
+        and err
+        == f"mmrec serve: error: cannot serve on 127.0.0.1:{port}: the port is already in use "
+        "(stop that server or pick another --port)"
+    )
 
 
 def test_real_server_answers(bundle: Path) -> None:
