@@ -62,7 +62,7 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         k: K = 10
         filters: Filters = None
         min_score: float | None = Field(
-            None, allow_inf_nan=False, description="drop hits scoring below this (see noise_score in mmrec info)"
+            None, allow_inf_nan=False, description="drop hits scoring below this; compare the bundle's noise_score"
         )
 
     class RecommendRequest(Strict):
