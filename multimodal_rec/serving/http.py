@@ -297,12 +297,13 @@ def _add_error_handlers(app: "FastAPI") -> None:
 # when they are defined (no postponed annotations in this module), so ``m.search`` below is the request class.
 def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
     """POST /search, /recommend, /explain."""
+    from multimodal_rec.serving.queries import query_warnings
 
-    @app.post("/search", response_model=m.hits, responses=m.errors)
+    @app.post("/search", response_model=m.searched, responses=m.errors)
     def search(req: m.search) -> dict[str, Any]:
-        """Videos that match a text query, best first."""
-        hits = rec.search(req.query, req.k, filters=req.filters)
-        return {"hits": [_json_value(h.to_dict()) for h in hits]}
+        """Videos that match a text query, best first; ``warnings`` says when the scores are noise."""
+        hits = rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score)
+        return {"hits": [_json_value(h.to_dict()) for h in hits], "warnings": query_warnings(rec.query_info(req.query))}
 
     @app.post("/recommend", response_model=m.recommended, responses=m.errors)
     def recommend(req: m.recommend) -> dict[str, Any]:

@@ -3,19 +3,30 @@
 The index holds the unit video vectors plus, with the popularity prior, one more column (see
 :mod:`multimodal_rec.model.prior`). A text query carries 0 there (pure cosine); a user query carries
 ``prior_query``, so its score is ``cosine + prior_coef * log1p(count)``.
+
+Telling a match from noise: the text trunk is English-only, and any text gets a nearest video with some cosine.
+:meth:`QueryEncoder.query_info` counts a query's tokens the tokenizer does not know (a query made only of them,
+e.g. emoji, has nothing the model can read); :func:`noise_score` is the score that junk queries reach against a
+catalog, the reference for a ``min_score`` (:func:`keep_above`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel, to_numpy
 from multimodal_rec.model.prior import query_prior, with_prior_column
+
+if TYPE_CHECKING:
+    from multimodal_rec.serving.results import Hit
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +44,16 @@ class QueryEncoder:
         """Texts -> ``xq [n, D]`` float32."""
         with self._lock, torch.inference_mode():
             return to_numpy(self.model.encode_text(list(texts)))
+
+    def query_info(self, text: str) -> dict[str, Any]:
+        """``{"unknown_tokens": n, "tokens": m, "in_vocabulary": bool}`` for a query, special tokens not counted:
+        ``in_vocabulary`` is False when no token is known to the tokenizer (all ``[UNK]``, or none at all)."""
+        tok = self.model.tokenizer
+        with self._lock:  # a fast tokenizer is not safe while another thread changes its truncation settings
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        unk = tok.unk_token_id
+        n_unknown = sum(1 for i in ids if i == unk) if unk is not None else 0
+        return {"unknown_tokens": n_unknown, "tokens": len(ids), "in_vocabulary": len(ids) > n_unknown}
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Histories (oldest first) -> ``xq [n, D]`` and attention weights ``[n, S]``."""
@@ -63,3 +84,46 @@ class QueryEncoder:
         from multimodal_rec.encoding import encode_videos
 
         return encode_videos(self.model, paths, batch_size, workers, backend, self._lock)
+
+
+# Junk the catalog cannot match: emoji, symbols, random letters, digits and non-Latin scripts (the trunk is
+# English-only). Fixed, so a bundle's noise_score is the same on every load.
+NOISE_QUERIES = (
+    "🎬🐰", "🔥🔥🔥", "😀🎉🍕", "★☆★", "→←↑↓", "§¶†‡", "@@@###", "?!?!?!", "...", "~~~",
+    "xqzv kplm", "zzzz", "qwrtpsdf", "bnmlkj hgf", "asdfgh", "lorem ipsum dolor", "foo bar baz", "blorft",
+    "12345", "3.14159", "0000 9999", "a1b2c3", "赤い丸が左に動く", "日本語のテキスト", "猫が寝ている",
+    "Привет мир", "καλημέρα", "مرحبا بالعالم", "שלום", "नमस्ते दुनिया", "안녕하세요", "สวัสดี",
+)  # fmt: skip
+NOISE_PERCENTILE = 99.0
+
+
+def noise_score(search_batch: Callable[[list[str], int], list[list[Hit]]]) -> float | None:
+    """The 99th percentile of the best score of each of :data:`NOISE_QUERIES` (None for an empty catalog).
+
+    ``search_batch(texts, k)`` is the catalog's text search; a hit scoring below this is no better than junk.
+    """
+    best = [hits[0].score for hits in search_batch(list(NOISE_QUERIES), 1) if hits]
+    return round(float(np.percentile(best, NOISE_PERCENTILE)), 4) if best else None
+
+
+def query_warnings(info: dict[str, Any]) -> list[str]:
+    """What a caller should know about a query's hits, from :meth:`QueryEncoder.query_info`: one line each."""
+    if info["in_vocabulary"]:
+        return []
+    return ["the query has no word the text model knows (it reads English only): its hits are noise"]
+
+
+def check_min_score(min_score: float | None) -> float | None:
+    """A ``min_score`` is None or a finite number (UserError otherwise)."""
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, int | float) or not math.isfinite(min_score):
+        raise UserError(f"min_score must be a finite number, got {min_score!r}")
+    return float(min_score)
+
+
+def keep_above(hits: list[list[Hit]], min_score: float | None) -> list[list[Hit]]:
+    """Each hit list without the hits scoring below ``min_score`` (all of them when None)."""
+    if min_score is None:
+        return hits
+    return [[h for h in row if h.score >= min_score] for row in hits]

@@ -22,7 +22,7 @@ from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
 from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
 from multimodal_rec.serving.filters import Filters, filter_mask
-from multimodal_rec.serving.queries import QueryEncoder
+from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
@@ -32,6 +32,7 @@ from multimodal_rec.serving.validation import (
     check_history,
     check_k,
     check_query_vectors,
+    check_text,
     check_texts,
     id_list,
     new_videos,
@@ -71,6 +72,7 @@ class Recommender:
         self._state = CatalogState(
             catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped
         )
+        self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
@@ -169,22 +171,32 @@ class Recommender:
         xq = check_query_vectors(xq, self.xb.shape[1])
         return self._state.search(xq, check_k(k), check_exclude(exclude), filters)
 
-    def search(self, text: str, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+    def search(
+        self, text: str, k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+    ) -> list[Hit]:
         """Videos that match a text query, best first.
 
         ``filters`` restricts the catalog rows, e.g. ``{"duration_s": (None, 60), "language": "en"}``: per column a
         value (equality), a list of values (any of them), or a ``(min, max)`` range with None for an open end (see
         :mod:`multimodal_rec.serving.filters`). The filter runs inside the FAISS search, so ``k`` hits come back
-        whenever at least ``k`` videos pass it.
+        whenever at least ``k`` videos pass it. ``min_score`` drops hits scoring below it (fewer than ``k`` may
+        come back); ``info()["noise_score"]`` is what junk queries score on this catalog.
         """
-        return self.search_batch([text], k, filters)[0]
+        return self.search_batch([text], k, filters, min_score=min_score)[0]
 
-    def search_batch(self, texts: Sequence[str], k: int = 10, filters: Filters | None = None) -> list[list[Hit]]:
+    def search_batch(
+        self, texts: Sequence[str], k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+    ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one model call, one FAISS call); one filter for all."""
-        k = check_k(k)
+        k, min_score = check_k(k), check_min_score(min_score)
         check_texts(texts)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        return self._state.search(self.text_queries(texts), k, (), filters, passing=passing)
+        return keep_above(self._state.search(self.text_queries(texts), k, (), filters, passing=passing), min_score)
+
+    def query_info(self, text: str) -> dict[str, Any]:
+        """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
+        none of the query's tokens (e.g. only emoji); the text model is English-only, so its hits are noise."""
+        return self._queries.query_info(check_text(text))
 
     def recommend(
         self,
@@ -291,11 +303,17 @@ class Recommender:
         return out
 
     def info(self) -> dict[str, Any]:
-        """Path, videos served and the index type: for logs and health checks."""
+        """Path, videos served, the index type and ``noise_score``: the 99th percentile of the best score of fixed
+        junk queries (``queries.NOISE_QUERIES``) on this catalog, computed once (again after a catalog change)."""
+        if self._noise is None or self._noise[0] != len(self):
+            self._noise = (len(self), noise_score(self.search_batch))
+        return {**self._basic_info(), "noise_score": self._noise[1]}
+
+    def _basic_info(self) -> dict[str, Any]:
         return {"path": str(self.path), "videos": len(self), **{k: self.manifest[k] for k in ("embed_dim", "index")}}
 
     def __repr__(self) -> str:
-        return f"Recommender({json.dumps(self.info())})"
+        return f"Recommender({json.dumps(self._basic_info())})"
 
 
 def _encode_clips(

@@ -30,6 +30,7 @@ class ApiModels:
     health: Any  # HealthResponse
     error: Any  # ErrorResponse
     errors: dict[int | str, dict[str, Any]]
+    searched: Any = None  # SearchResponse: HitsResponse plus "warnings"
 
 
 def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
@@ -69,6 +70,9 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         query: Text = Field(examples=["a red circle moving left"])
         k: K = 10
         filters: Filters = None
+        min_score: float | None = Field(
+            None, allow_inf_nan=False, description="drop hits scoring below this; compare the bundle's noise_score"
+        )
 
     class RecommendRequest(Strict):
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
@@ -87,9 +91,18 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         history_ids: HistoryIds = False
 
     r = _response_models()
-    return ApiModels(
-        SearchRequest, RecommendRequest, ExplainRequest, *r, {c: {"model": r[-1]} for c in (400, 415, 422)}
-    )
+    errors = {c: {"model": r[-1]} for c in (400, 415, 422)}
+    return ApiModels(SearchRequest, RecommendRequest, ExplainRequest, *r, errors, searched=_search_response(r[0]))
+
+
+def _search_response(hits: Any) -> Any:
+    """The /search answer: the hits, and warnings about the query (e.g. no word the English-only model knows)."""
+    from pydantic import Field
+
+    class SearchResponse(hits):
+        warnings: list[str] = Field(default_factory=list, description="why the hits may be noise; empty if none")
+
+    return SearchResponse
 
 
 def _whole_number(v: Any) -> Any:

@@ -57,10 +57,15 @@ class StubRec:
     def __len__(self) -> int:
         return 2
 
-    def search(self, text: str, k: int = 10, filters: dict[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self, text: str, k: int = 10, filters: dict[str, Any] | None = None, *, min_score: float | None = None
+    ) -> list[Hit]:
         if text == "crash":
             raise RuntimeError(f"internal failure while handling {SECRET}")
         return [Hit("a", 0.5, 1, {"title": "A red ball", "duration_s": float("nan")})]
+
+    def query_info(self, text: str) -> dict[str, Any]:
+        return {"unknown_tokens": 0, "tokens": 1, "in_vocabulary": True}
 
 
 def _error(r: Any, status: int) -> str:
