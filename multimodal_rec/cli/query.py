@@ -29,7 +29,10 @@ def cmd_search(a: argparse.Namespace) -> None:
     if a.contact_sheet and len(a.query) != 1:
         raise UserError("--contact-sheet draws the hits of one query: give exactly one")
     rec = load_recommender(a.bundle)
-    results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter))
+    for q in a.query:
+        if not rec.query_info(q)["in_vocabulary"]:
+            LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
+    results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter), min_score=a.min_score)
     if a.contact_sheet:
         from multimodal_rec.serving.contact_sheet import rows_for_hits, write_contact_sheet
 
@@ -57,6 +60,13 @@ def add_search(sub: Subparsers) -> None:
     s.add_argument("query", nargs="+", help="one or more text queries")
     s.add_argument("-k", type=int, default=10, help="hits per query (1..1000)")
     s.add_argument("--filter", action="append", default=[], metavar="EXPR", help=FILTER_EXPR_HELP)
+    s.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help="drop hits scoring below S (compare the bundle's noise_score; the text model reads English only)",
+    )
     s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
     s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")
     s.add_argument("--sheet-px", type=positive_int, default=96, help="contact-sheet frame size in px (default 96)")
