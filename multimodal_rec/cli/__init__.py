@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from multimodal_rec import __version__
+import multimodal_rec
 from multimodal_rec.cli import bench, data, encode, explain, query, serve, train
 from multimodal_rec.cli import eval as evaluate
 from multimodal_rec.errors import InfrastructureError, UserError
@@ -38,7 +38,7 @@ COMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmrec`` parser: one subcommand per entry of :data:`COMMANDS`."""
     p = argparse.ArgumentParser(prog="mmrec", description="Text-to-video retrieval and recommendation engine.")
-    p.add_argument("--version", action="version", version=f"mmrec {__version__}")
+    p.add_argument("--version", action="version", version=f"mmrec {multimodal_rec.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
