@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from multimodal_rec.cli import bench, data, encode, query, serve, train
+import multimodal_rec
+from multimodal_rec.cli import bench, data, encode, explain, query, serve, train
 from multimodal_rec.cli import eval as evaluate
 from multimodal_rec.errors import InfrastructureError, UserError
 
@@ -26,6 +27,7 @@ COMMANDS = (
     encode.add_export,
     query.add_search,
     query.add_recommend,
+    explain.add_explain,
     evaluate.add_eval,
     serve.add_serve,
     bench.add_bench,
@@ -36,34 +38,57 @@ COMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmrec`` parser: one subcommand per entry of :data:`COMMANDS`."""
     p = argparse.ArgumentParser(prog="mmrec", description="Text-to-video retrieval and recommendation engine.")
+    p.add_argument("--version", action="version", version=f"mmrec {multimodal_rec.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return p
 
 
-def _quiet_libraries() -> None:
-    """Offline model loading and no third-party noise (set before any command imports transformers)."""
+def _quiet_libraries(quiet: bool) -> dict[str, str | None]:
+    """Offline model loading and no third-party noise (set before any command imports transformers).
+
+    Under ``--quiet`` also no transformers warnings and no ffmpeg/decord messages, in this process and the workers it
+    starts (they inherit the environment). Returns the variables set for ``--quiet`` with their previous values.
+    """
+    from multimodal_rec.data.frames import QUIET_ENV
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request: noise in bench serve
+    quiet_env = {QUIET_ENV: "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    saved = {k: os.environ.get(k) for k in quiet_env} if quiet else {}
+    if quiet:
+        os.environ.update(quiet_env)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
+    if quiet:
+        hf_logging.set_verbosity_error()
+    return saved
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    """Put back the environment ``_quiet_libraries`` changed (``main`` may be called in-process, e.g. by tests)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``mmrec`` command; returns the exit code (0 done, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet or args.json else logging.INFO,
+        level=logging.WARNING if args.quiet else logging.INFO,  # progress on stderr, also with --json
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    _quiet_libraries()
+    saved = _quiet_libraries(args.quiet)
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
         args.fn(args)
     except (UserError, InfrastructureError) as e:
         print(f"mmrec {args.command}: error: {e}", file=sys.stderr)
@@ -71,4 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _restore(saved)
     return 0

@@ -64,7 +64,7 @@ def _eval_dataset(a: argparse.Namespace) -> None:
         jobs=a.jobs,
         config=config,
         out_dir=a.out,
-        progress=tqdm_progress(a.quiet or a.json),
+        progress=tqdm_progress(a.quiet),  # on stderr: --json keeps stdout to one object
     )
     if a.json:
         print_json({k: v for k, v in res.items() if k != "recall_curve"})

@@ -7,6 +7,9 @@ call; no frame-by-frame seeking.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import numpy as np
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
+QUIET_ENV = "MMREC_QUIET_DECODERS"  # "1": no ffmpeg/decord messages on stderr (`mmrec --quiet`; workers inherit it)
 
 
 class VideoDecodeError(UserError):
@@ -65,15 +69,37 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:200]
 
 
+@contextmanager
+def _native_stderr_muted(mute: bool) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while decord opens a clip: its C++ log prints "ERROR opening ..." there
+    (no level controls it) and the failure is reported anyway, as a VideoDecodeError."""
+    if not mute:
+        yield
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
     import decord
+
+    quiet = os.environ.get(QUIET_ENV) == "1"
+    if quiet:
+        decord.logging.set_level(decord.logging.QUIET)  # ffmpeg's own messages (PyAV drops them by default)
 
     # what decord raises for a file it cannot read: RuntimeError ("Error reading ...") when opening, DECORDError (a
     # failed C++ check: corrupt packets, an output size it cannot produce) or DECORDLimitReachedError (too many corrupt
     # frames) when decoding; anything else propagates
     bad_file = (RuntimeError, decord.DECORDError, decord.DECORDLimitReachedError)
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=1)
+        with _native_stderr_muted(quiet):
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=1)
     except bad_file as e:  # multi-line C++ messages: keep the first line
         raise VideoDecodeError(f"cannot decode video {path}: {_first_line(e)}") from None
     try:

@@ -202,6 +202,7 @@ def evaluate_ml100k(
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
     evals = {s: LeaveOut.of(splits[s], x) for s in range(seeds)}
     runs: dict[str, list[dict[str, float]]] = {}
+    LOG.info("ml-100k: %d trainings (%d seeds) in %d processes", len(work), seeds, jobs)
     bar = progress(total=len(work), desc="ml-100k trainings", unit="run")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {(m, s): pool.submit(_job, m, s, splits[s], feats, unseen[s], cfg) for m, s in work}
