@@ -45,6 +45,11 @@ __all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommen
 LOG = logging.getLogger(__name__)
 
 
+def _read_only(part: str, name: str, doc: str) -> property:
+    """A read-only attribute of the facade that reads ``self.<part>.<name>`` (the state swaps in new objects)."""
+    return property(lambda self: getattr(getattr(self, part), name), doc=doc)
+
+
 class Recommender:
     """A loaded bundle.
 
@@ -86,45 +91,14 @@ class Recommender:
         return cls(b.path, b.model, b.manifest, b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
-    @property
-    def model(self) -> MultimodalModel:
-        """The model (with its tokenizer): encodes queries and added videos."""
-        return self._queries.model
-
-    @property
-    def prior_coef(self) -> float:
-        """The learned popularity weight, in cosine units (0.0 without the prior)."""
-        return self._queries.prior_coef
-
-    @property
-    def prior_query(self) -> float:
-        """What a user query carries in the index's prior column (``query_prior(prior_coef)``)."""
-        return self._queries.prior_query
-
-    @property
-    def catalog(self) -> pd.DataFrame:
-        """Catalog rows: ``video_id`` and metadata (removed videos stay until :meth:`save`)."""
-        return self._state.catalog
-
-    @property
-    def embeddings(self) -> np.ndarray:
-        """Video vectors ``[n, D]``, row-aligned with ``catalog``."""
-        return self._state.embeddings
-
-    @property
-    def xb(self) -> np.ndarray:
-        """What the index holds: ``embeddings`` plus, with the popularity prior, its column."""
-        return self._state.xb
-
-    @property
-    def video_ids(self) -> list[str]:
-        """The video id of each row."""
-        return self._state.video_ids
-
-    @property
-    def mapped(self) -> bool:
-        """Whether the index is memory-mapped (read-only): the first change copies it into memory."""
-        return self._state.mapped
+    model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
+    prior_coef = _read_only("_queries", "prior_coef", "The learned popularity weight, in cosine units (0.0: no prior).")
+    prior_query = _read_only("_queries", "prior_query", "What a user query carries in the index's prior column.")
+    catalog = _read_only("_state", "catalog", "Catalog rows: video_id and metadata (removed ones stay until save).")
+    embeddings = _read_only("_state", "embeddings", "Video vectors [n, D], row-aligned with catalog.")
+    xb = _read_only("_state", "xb", "What the index holds: embeddings plus, with the popularity prior, its column.")
+    video_ids = _read_only("_state", "video_ids", "The video id of each row.")
+    mapped = _read_only("_state", "mapped", "The index is memory-mapped (read-only): the first change copies it.")
 
     @property
     def index(self) -> Any:
