@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from encoders import TextTower, TextTowerConfig
+from multimodal_rec.errors import InfrastructureError
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -47,10 +48,13 @@ def frozen_trunk_features(
 
 def text_features(texts: list[str], cfg: TextTowerConfig | None = None, batch_size: int = 128) -> np.ndarray:
     """Frozen trunk features ``[N, H]`` of ``texts`` on the CPU (MiniLM by default), e.g. once per catalog item."""
-    from encoders.text import load_tokenizer
+    from encoders.text import TextModelUnavailable, load_tokenizer
 
     cfg = cfg or TextTowerConfig()
-    tower = TextTower(cfg, 8)
+    try:
+        tower = TextTower(cfg, 8)
+    except TextModelUnavailable as e:  # the environment, not the input: one line, as create_model does
+        raise InfrastructureError(str(e)) from None
     if not texts:
         return np.zeros((0, tower.feat_dim), np.float32)
     return frozen_trunk_features(tower, load_tokenizer(cfg), texts, batch_size, torch.device("cpu")).numpy()
