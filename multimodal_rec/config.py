@@ -84,8 +84,9 @@ class EncodeConfig:
         w = self.text_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 <= w <= 1.0:
             raise UserError(f"encode.text_weight must be a number in [0, 1], got {w!r}")
-        if isinstance(self.segment_seconds, bool) or not isinstance(self.segment_seconds, int | float):
-            raise UserError(f"encode.segment_seconds must be a number, got {self.segment_seconds!r}")
+        s = self.segment_seconds
+        if isinstance(s, bool) or not isinstance(s, int | float) or s != s or s in (float("inf"), float("-inf")):
+            raise UserError(f"encode.segment_seconds must be a finite number (<= 0: one segment), got {s!r}")
         if not isinstance(self.text_columns, list) or not all(isinstance(c, str) for c in self.text_columns):
             raise UserError(f"encode.text_columns must be a list of column names, got {self.text_columns!r}")
 

@@ -1,4 +1,5 @@
-"""The one place that decodes video: T frames sampled uniformly, resized inside the decoder.
+"""The one place that decodes video: T frames sampled uniformly, resized inside the decoder; a long video cut into
+segments (equal windows, :func:`segment_spans`) gets T frames per segment from the same single pass.
 
 ``decord`` (from the ``decord2`` package) reads the clip once and returns all sampled frames in one batched
 call; no frame-by-frame seeking.

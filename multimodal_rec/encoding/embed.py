@@ -231,9 +231,10 @@ def encode_videos(
 ) -> tuple[np.ndarray, list[str]]:
     """Video-tower embeddings ``[n_ok, D]`` of the clips that decoded (in order), and one error per path ("" = ok).
 
-    The same frame sampling and model call as :func:`~multimodal_rec.encoding.pipeline.encode_catalog`, without
-    shards: for a handful of videos added to a loaded bundle (``Recommender.add_videos``). ``lock`` is held around
-    each model call only, not while frames are decoded.
+    The video tower alone, one segment per video (the frames and model call of ``mmrec encode`` for a short clip):
+    what a bundle made before segments and text vectors holds. Videos added to a current bundle go through
+    :func:`~multimodal_rec.encoding.items.encode_items` (segments and text, as the bundle was made). ``lock`` is
+    held around each model call only, not while frames are decoded.
     """
     xs: list[np.ndarray] = [np.zeros((0, model.cfg.embed_dim), np.float32)]
     errors: list[str] = []

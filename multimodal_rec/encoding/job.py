@@ -239,7 +239,7 @@ def plan_encode(
     ``encode`` overrides fields of the run config's ``encode`` section (segment and text settings)."""
     shard_size = _check_sizes(batch_size, shard_size, index_shards)
     model, cfg = load_model(model_dir, pick_device(device))
-    enc = encode_settings(cfg.encode, encode)
+    cfg.encode = enc = encode_settings(cfg.encode, encode)  # the bundle's config says what was used
     if index_factory:
         cfg.index.factory = index_factory
     check_factory(cfg.index.factory, model.cfg.embed_dim + (1 if cfg.model.popularity_prior else 0))
