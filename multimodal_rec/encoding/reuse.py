@@ -87,8 +87,13 @@ def _load_previous(out: Path, fingerprint: str, enc: dict[str, Any]) -> tuple[di
         LOG.info("existing bundle %s was made by another model: encoding everything", out)
         return None, ids
     made = manifest.get("encode")
-    if made is None or DURATION_COLUMN not in prev.columns or not same_segments(made, enc):
+    if made is None or not same_segments(made, enc):
         LOG.info("existing bundle %s was made with other segment settings: encoding everything", out)
+        return None, ids
+    if DURATION_COLUMN not in prev.columns or (
+        (out / SEGMENTS_FILE).is_file() and not (out / SEGMENT_CONTENT_FILE).is_file()
+    ):  # e.g. saved by a writer that kept only the served vectors
+        LOG.info("existing bundle %s lacks the raw segment vectors or durations: encoding everything", out)
         return None, ids
     seg, spans, starts = _raw_segments(out, prev)
     catalog = pd.read_parquet(out / CATALOG_FILE)

@@ -276,3 +276,20 @@ def test_cli_flags_are_recorded_and_sharded_bundles_keep_one_segment_index(
     assert b.segments.groupby("video_id").size().max() == 2 and b.segment_index.ntotal == len(b.segments)
     assert b.index.ntotal == len(b.catalog) == 12
     assert json.loads((out / "bundle.json").read_text())["segments"] == len(b.segments)
+
+
+def test_a_bundle_without_raw_segment_vectors_is_encoded_again(
+    trained: Path, mixed: Path, mixed_bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle written with its served vectors only (no segment_content.npy, no durations) cannot give back the
+    raw segment vectors: everything is encoded again, never a wrong reuse."""
+    from multimodal_rec.bundle import Bundle, save_bundle
+
+    a = load_bundle(mixed_bundle)
+    b = Bundle(a.model, a.cfg, a.catalog, a.embeddings, a.sources, a.skipped, a.indexes, a.fields)
+    b.segments, b.segment_embeddings, b.segment_index = a.segments, a.segment_embeddings, a.segment_index
+    out = save_bundle(tmp_path / "b", b)
+    assert not (out / "segment_content.npy").exists()
+    res = encode_catalog(trained, mixed, out, batch_size=2, shard_size=4, workers=0, encode=SEG)
+    assert (res.reused, res.encoded) == (0, 12)
+    _assert_same(res.bundle, mixed_bundle)
