@@ -3,9 +3,18 @@
 ``bundle.json`` (format version, model config, dims, counts, sha256 of every file), ``model.safetensors`` +
 ``config.json``, ``tokenizer/``, ``catalog.parquet`` (ids + metadata), ``sources.parquet`` (file path, size, mtime:
 for incremental encoding), ``embeddings.npy``, ``index.faiss`` (or the shard files named in ``index_files``),
-``skipped.csv``. Written atomically (temporary directory + rename), with the permissions the umask gives any new
-file or directory (not the temporary directory's 0700), so a service account can read what CI built; every checksum
-is verified on load.
+``skipped.csv``; optional, from issue 14 on (a bundle without them loads as before: one segment per video, no text
+vectors): ``content.npy`` and ``text.npy`` ([N, D] video-tower and text-tower vectors of each video, zero rows where
+missing; written when some video has text), ``segments.parquet`` (``video_id``, ``start_s``, ``end_s``: every
+video's segments, grouped by catalog row, in time order), ``segment_embeddings.npy`` ([S, D] their search vectors),
+``segment_content.npy`` ([S, D] their raw video-tower vectors: what incremental encoding reuses) and
+``segments.faiss`` (one index over the search vectors, never sharded), these four written when some video has more
+than one segment. ``bundle.json`` then records ``encode`` (the EncodeConfig used) and ``segments`` (S);
+``sources.parquet`` a video's ``duration_s``.
+
+Written atomically (temporary directory + rename), with the permissions the umask gives any new file or directory
+(not the temporary directory's 0700), so a service account can read what CI built; every checksum is verified on
+load.
 
 A frozen pretrained text trunk is not in the bundle (it is rebuilt from the installed text-model package), so
 ``bundle.json`` pins it: ``text_trunk`` holds the package and version it came from and a sha256 over its weights,
@@ -43,6 +52,14 @@ SOURCES_FILE = "sources.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
 INDEX_FILE = "index.faiss"
 SKIPPED_FILE = "skipped.csv"
+CONTENT_FILE = "content.npy"
+TEXT_FILE = "text.npy"
+SEGMENTS_FILE = "segments.parquet"
+SEGMENT_EMBEDDINGS_FILE = "segment_embeddings.npy"
+SEGMENT_CONTENT_FILE = "segment_content.npy"
+SEGMENT_INDEX_FILE = "segments.faiss"
+SEGMENT_COLUMNS = ("video_id", "start_s", "end_s")  # segments.parquet (``row`` is derived on load)
+DURATION_COLUMN = "duration_s"  # sources.parquet, optional: the video's length (0: no video file)
 TOKENIZER_DIR = "tokenizer"
 SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
 SKIPPED_COLUMNS = ("video_id", "path", "reason")  # skipped.csv
@@ -70,9 +87,11 @@ def file_stats(paths: Sequence[str]) -> tuple[list[int], list[int]]:
 class Bundle:
     """A bundle's contents in memory: what :func:`save_bundle` writes and :func:`load_bundle` returns.
 
-    ``catalog`` rows, ``embeddings`` rows and index rows are the same videos. ``indexes`` maps each index file name
-    to its FAISS index (one ``index.faiss``, or the shards); after a load, ``index`` is the one index to search
-    (the shards merged). ``fields`` are the manifest's fields besides ``format`` and ``files``.
+    ``catalog`` rows, ``embeddings`` rows and index rows are the same videos (so are ``content`` and ``text``
+    rows); ``segments`` rows, ``segment_embeddings`` rows and ``segment_index`` rows are the same segments.
+    ``indexes`` maps each index file name to its FAISS index (one ``index.faiss``, or the shards); after a load,
+    ``index`` is the one index to search (the shards merged). ``fields`` are the manifest's fields besides
+    ``format`` and ``files``.
     """
 
     model: Any  # MultimodalModel, with its tokenizer
@@ -86,6 +105,12 @@ class Bundle:
     index: Any = None
     path: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # as read (after a load)
+    content: np.ndarray | None = None  # [N, D] video-tower vectors (aggregated)
+    text: np.ndarray | None = None  # [N, D] text-tower vectors of the text columns (zeros: no text)
+    segments: pd.DataFrame | None = None  # video_id, start_s, end_s, row (int: catalog row; derived, not stored)
+    segment_embeddings: np.ndarray | None = None  # [S, D] search vectors
+    segment_index: Any = None  # FAISS index over segment_embeddings
+    segment_content: np.ndarray | None = None  # [S, D] raw video-tower vectors (for incremental encoding)
 
 
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
@@ -194,19 +219,52 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
             tmp / CATALOG_FILE, index=False
         )
         if b.sources is not None:
-            b.sources[list(SOURCE_COLUMNS)].to_parquet(tmp / SOURCES_FILE, index=False)
+            cols = [*SOURCE_COLUMNS, *([DURATION_COLUMN] if DURATION_COLUMN in b.sources.columns else [])]
+            b.sources[cols].to_parquet(tmp / SOURCES_FILE, index=False)
         np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(b.embeddings, dtype=np.float32))
         for name, index in b.indexes.items():
             faiss.write_index(index, str(tmp / name))
+        extra = _save_optional(tmp, b)
         with (tmp / SKIPPED_FILE).open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(SKIPPED_COLUMNS), extrasaction="ignore")
             w.writeheader()
             w.writerows(b.skipped)
         fields = {k: v for k, v in b.fields.items() if k != TRUNK_FIELD}  # a loaded bundle's pin is recomputed
         pin = trunk_pin(b.model)
-        return {**fields, **({TRUNK_FIELD: pin} if pin else {}), "count": len(b.catalog), "skipped": len(b.skipped)}
+        fields = {**fields, **({TRUNK_FIELD: pin} if pin else {}), **extra}
+        return {**fields, "count": len(b.catalog), "skipped": len(b.skipped)}
 
     return write_bundle(out, fill)
+
+
+def _save_optional(tmp: Path, b: Bundle) -> dict[str, Any]:
+    """Write the optional per-video and per-segment files ``b`` has; the manifest fields they add."""
+    import faiss
+
+    for name, x in ((CONTENT_FILE, b.content), (TEXT_FILE, b.text)):
+        if x is not None:
+            np.save(tmp / name, np.ascontiguousarray(x, dtype=np.float32))
+    if b.segments is None:
+        return {}
+    if b.segment_embeddings is None or b.segment_index is None or len(b.segments) != len(b.segment_embeddings):
+        raise ValueError("a bundle's segments need their embeddings and index, one row per segment")
+    b.segments[list(SEGMENT_COLUMNS)].to_parquet(tmp / SEGMENTS_FILE, index=False)
+    np.save(tmp / SEGMENT_EMBEDDINGS_FILE, np.ascontiguousarray(b.segment_embeddings, dtype=np.float32))
+    if b.segment_content is not None:
+        np.save(tmp / SEGMENT_CONTENT_FILE, np.ascontiguousarray(b.segment_content, dtype=np.float32))
+    faiss.write_index(b.segment_index, str(tmp / SEGMENT_INDEX_FILE))
+    return {"segments": len(b.segments)}
+
+
+def encode_config_of(manifest: dict[str, Any]) -> Any:
+    """The EncodeConfig a bundle was made with (``add_videos`` encodes new videos the same way). A bundle made
+    before segments and text vectors existed: one segment per video, content only (how its vectors were made)."""
+    from multimodal_rec.config import EncodeConfig, build_config
+
+    made = manifest.get("encode")
+    if made is None:
+        return EncodeConfig(segment_seconds=0.0, text_weight=0.0)
+    return build_config(EncodeConfig, made, "encode")
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -267,4 +325,32 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap
     )
     fields = {k: v for k, v in manifest.items() if k not in ("format", "files")}
     indexes = dict(zip(names, parts, strict=True))
-    return Bundle(model, cfg, catalog, embeddings, sources, skipped, indexes, fields, index, path, manifest)
+    b = Bundle(model, cfg, catalog, embeddings, sources, skipped, indexes, fields, index, path, manifest)
+    _load_optional(b, path, mmap)
+    return b
+
+
+def _load_optional(b: Bundle, path: Path, mmap: bool) -> None:
+    """Fill ``b``'s optional fields from the files present (a bundle made before them has none: all stay None)."""
+    from multimodal_rec.index.build import read_index
+
+    mode = "r" if mmap else None
+    N, D = b.embeddings.shape
+    for name, attr in ((CONTENT_FILE, "content"), (TEXT_FILE, "text")):
+        if (path / name).is_file():
+            setattr(b, attr, np.load(path / name, mmap_mode=mode))
+            if getattr(b, attr).shape != (N, D):
+                raise UserError(f"bundle {path} is inconsistent: {name} does not have one row per video")
+    if not (path / SEGMENTS_FILE).is_file():
+        return
+    segs = pd.read_parquet(path / SEGMENTS_FILE)
+    row_of = {v: i for i, v in enumerate(b.catalog["video_id"])}
+    segs["row"] = np.array([row_of.get(v, -1) for v in segs["video_id"]], np.int64)
+    b.segments = segs
+    b.segment_embeddings = np.load(path / SEGMENT_EMBEDDINGS_FILE, mmap_mode=mode)
+    b.segment_index = read_index(path / SEGMENT_INDEX_FILE, mmap=mmap)
+    if (path / SEGMENT_CONTENT_FILE).is_file():
+        b.segment_content = np.load(path / SEGMENT_CONTENT_FILE, mmap_mode=mode)
+    S = len(segs)
+    if (segs["row"] < 0).any() or not (S == len(b.segment_embeddings) == b.segment_index.ntotal):
+        raise UserError(f"bundle {path} is inconsistent: segments, their embeddings and index differ")

@@ -70,11 +70,34 @@ class IndexConfig:
 
 
 @dataclass
+class EncodeConfig:
+    segment_seconds: float = 5.0  # windows of about this length; <= 0: one segment per video
+    max_segments: int = 64  # cap per video (equal windows covering the whole video)
+    text_columns: list[str] = field(default_factory=lambda: ["title", "description", "tags"])  # catalog text
+    # encoded by the text tower (only the columns present; non-blank values joined with ". ")
+    text_weight: float = 0.5  # weight of the video's text in its item vector (0: content only)
+
+    def check(self) -> None:
+        """Refuse settings that cannot be meant, in one line each."""
+        if not isinstance(self.max_segments, int) or isinstance(self.max_segments, bool) or self.max_segments < 1:
+            raise UserError(f"encode.max_segments must be an integer >= 1, got {self.max_segments!r}")
+        w = self.text_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 <= w <= 1.0:
+            raise UserError(f"encode.text_weight must be a number in [0, 1], got {w!r}")
+        s = self.segment_seconds
+        if isinstance(s, bool) or not isinstance(s, int | float) or s != s or s in (float("inf"), float("-inf")):
+            raise UserError(f"encode.segment_seconds must be a finite number (<= 0: one segment), got {s!r}")
+        if not isinstance(self.text_columns, list) or not all(isinstance(c, str) for c in self.text_columns):
+            raise UserError(f"encode.text_columns must be a list of column names, got {self.text_columns!r}")
+
+
+@dataclass
 class RunConfig:
     name: str = "custom"  # preset name, recorded in checkpoints and bundles
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)  # how `mmrec encode` cuts and describes videos
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

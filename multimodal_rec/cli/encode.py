@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from multimodal_rec.cli.common import Subparsers, add_command, positive_int, print_json
 from multimodal_rec.progress import tqdm_progress
+
+
+def _encode_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """The ``encode`` config fields given as flags (the rest come from the model's run config)."""
+    cols = None if a.text_columns is None else [c.strip() for c in a.text_columns.split(",") if c.strip()]
+    given = {
+        "segment_seconds": a.segment_seconds,
+        "max_segments": a.max_segments,
+        "text_columns": cols,
+        "text_weight": a.text_weight,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def cmd_encode(a: argparse.Namespace) -> None:
@@ -28,6 +41,7 @@ def cmd_encode(a: argparse.Namespace) -> None:
         ray_address=a.ray_address,
         ray_cpus=a.ray_cpus,
         index_shards=a.index_shards,
+        encode=_encode_overrides(a),
     )
     info = {
         "bundle": str(res.bundle),
@@ -100,7 +114,33 @@ def add_encode(sub: Subparsers) -> None:
         "--index-shards",
         type=positive_int,
         default=1,
-        help="split the index into N shards by a hash of the video id (search merges them)",
+        help="split the index into N shards by a hash of the video id (search merges them; the segment index "
+        "stays one file)",
+    )
+    _add_encode_flags(s)
+
+
+def _add_encode_flags(s: argparse.ArgumentParser) -> None:
+    """Flags overriding the run config's ``encode`` section (segments and the video's own text)."""
+    s.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=None,
+        help="cut videos into windows of about this many seconds (<= 0: one segment per video; default: config, 5)",
+    )
+    s.add_argument("--max-segments", type=int, default=None, help="most segments per video (default: config, 64)")
+    s.add_argument(
+        "--text-columns",
+        default=None,
+        metavar="COLS",
+        help="comma-separated catalog columns holding a video's text (only those present are used; "
+        "default: config, title,description,tags; '' for none)",
+    )
+    s.add_argument(
+        "--text-weight",
+        type=float,
+        default=None,
+        help="weight of the video's text in its vector, in [0, 1] (0: content only; default: config, 0.5)",
     )
 
 

@@ -8,12 +8,13 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from multimodal_rec.data.frames import VideoDecodeError, read_frames
+from multimodal_rec.data.frames import VideoDecodeError, read_frames, read_segments
 from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class ClipDataset(Dataset):
             return i, None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
+def _collate(batch: list[Any]) -> list[Any]:
     return batch
 
 
@@ -54,6 +55,55 @@ def iter_clips(
         collate_fn=_collate,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+    )
+    yield from loader
+
+
+Segments = tuple[int, np.ndarray | None, np.ndarray | None, str]  # (index, frames [S, T, H, W, 3], spans [S, 2], error)
+
+
+class SegmentDataset(Dataset):
+    """Decodes video ``i`` cut into segments (:func:`~multimodal_rec.data.frames.read_segments`) in a DataLoader
+    worker. A bad file yields an error string instead of frames, as in :class:`ClipDataset`; an empty path (a
+    catalog row served from its text alone) yields zero segments and no error."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        num_frames: int,
+        size: int,
+        segment_seconds: float,
+        max_segments: int,
+        backend: str = "auto",
+    ) -> None:
+        self.paths, self.num_frames, self.size, self.backend = list(paths), num_frames, size, backend
+        self.segment_seconds, self.max_segments = segment_seconds, max_segments
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Segments:
+        if not self.paths[i]:
+            T, s = self.num_frames, self.size
+            return i, np.zeros((0, T, s, s, 3), np.uint8), np.zeros((0, 2), np.float64), ""
+        try:
+            frames, spans = read_segments(
+                self.paths[i], self.num_frames, self.size, self.segment_seconds, self.max_segments, self.backend
+            )
+            return i, frames, spans, ""
+        except (VideoDecodeError, OSError) as e:  # a bad file must never stop the job: report it and go on
+            return i, None, None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def iter_segments(dataset: SegmentDataset, workers: int = 0, batch_size: int = 16) -> Iterable[list[Segments]]:
+    """Batches of ``batch_size`` consecutive videos' :data:`Segments`; decoding overlaps the consumer via workers."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,  # a batch of long videos is large: fewer batches ahead
     )
     yield from loader
 

@@ -1,4 +1,5 @@
-"""The one place that decodes video: T frames sampled uniformly, resized inside the decoder.
+"""The one place that decodes video: T frames sampled uniformly, resized inside the decoder; a long video cut into
+segments (equal windows, :func:`segment_spans`) gets T frames per segment from the same single pass.
 
 ``decord`` (from the ``decord2`` package) reads the clip once and returns all sampled frames in one batched
 call; no frame-by-frame seeking.
@@ -6,11 +7,15 @@ call; no frame-by-frame seeking.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +43,53 @@ def sample_indices(num_available: int, num_frames: int) -> np.ndarray:
 
 
 BACKENDS = ("auto", "decord", "pyav")
+Picker = Callable[[int, float], np.ndarray]  # (frame count, fps) -> the frame indices to decode, in order
+
+
+def segment_spans(n_frames: int, fps: float, segment_seconds: float, max_segments: int) -> list[tuple[int, int]]:
+    """Frame ranges ``[start, end)`` of a video's segments: equal windows covering all ``n_frames``.
+
+    ``n = max(1, round(duration / segment_seconds))`` windows, at most ``max_segments`` (then each is longer: the
+    whole video stays covered) and at most one per frame. ``segment_seconds <= 0`` or an unknown frame rate: one
+    window, the whole video (the frames of :func:`sample_indices`, as before segments existed).
+    """
+    if n_frames < 1:
+        raise ValueError("a clip needs at least one frame")
+    n = 1
+    if segment_seconds > 0 and math.isfinite(fps) and fps > 0:
+        n = max(1, math.floor(n_frames / fps / segment_seconds + 0.5))
+    n = max(1, min(n, max_segments, n_frames))
+    bounds = [round(k * n_frames / n) for k in range(n + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def segment_indices(spans: list[tuple[int, int]], num_frames: int) -> np.ndarray:
+    """``num_frames`` indices per span (:func:`sample_indices` offset to the window), all spans in order: ``[S*T]``."""
+    return np.concatenate([start + sample_indices(end - start, num_frames) for start, end in spans])
+
+
+def _check(path: Path, backend: str) -> None:
+    if not path.is_file():
+        raise VideoDecodeError(f"video file not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"video file is empty: {path}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown decode backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def _decode(path: Path, size: int, pick: Picker, backend: str) -> tuple[np.ndarray, int, float]:
+    """``(frames [len(pick(n, fps)), size, size, 3], n, fps)`` by the chosen backend (``auto``: PyAV where decord
+    fails)."""
+    _check(path, backend)
+    if backend == "pyav":
+        return _read_pyav(path, size, pick)
+    try:
+        return _read_decord(path, size, pick)
+    except VideoDecodeError as e:
+        if backend == "decord":
+            raise
+        LOG.debug("decord failed on %s (%s); trying PyAV", path, e)
+        return _read_pyav(path, size, pick)
 
 
 def read_frames(path: str | Path, num_frames: int, size: int, backend: str = "auto") -> np.ndarray:
@@ -46,22 +98,32 @@ def read_frames(path: str | Path, num_frames: int, size: int, backend: str = "au
     ``auto`` uses decord and falls back to PyAV for a clip decord cannot read (decord2 3.4 fails on some
     output widths with "The size must exactly match"); ``decord`` or ``pyav`` force one backend.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(f"video file not found: {path}")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(f"video file is empty: {path}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown decode backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if backend == "pyav":
-        return _read_pyav(path, num_frames, size)
-    try:
-        return _read_decord(path, num_frames, size)
-    except VideoDecodeError as e:
-        if backend == "decord":
-            raise
-        LOG.debug("decord failed on %s (%s); trying PyAV", path, e)
-        return _read_pyav(path, num_frames, size)
+    return _decode(Path(path), size, lambda n, _fps: sample_indices(n, num_frames), backend)[0]
+
+
+def read_segments(
+    path: str | Path,
+    num_frames: int,
+    size: int,
+    segment_seconds: float,
+    max_segments: int,
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """A video cut into segments (:func:`segment_spans`): frames uint8 ``[S, T, size, size, 3]`` and the spans
+    ``[S, 2]`` (start_s, end_s). All segments' frames come from one pass (decord: one batched call).
+
+    A short clip is one segment holding exactly the frames of :func:`read_frames`. Without a usable frame rate the
+    video is one segment with the span (0, 0).
+    """
+
+    def pick(n: int, fps: float) -> np.ndarray:
+        return segment_indices(segment_spans(n, fps, segment_seconds, max_segments), num_frames)
+
+    frames, n, fps = _decode(Path(path), size, pick, backend)
+    windows = segment_spans(n, fps, segment_seconds, max_segments)  # the windows pick() sampled
+    known = math.isfinite(fps) and fps > 0
+    spans = np.array([(a / fps, b / fps) if known else (0.0, 0.0) for a, b in windows], np.float64)
+    return frames.reshape(len(windows), num_frames, size, size, 3), spans
 
 
 def _first_line(e: BaseException) -> str:
@@ -86,7 +148,7 @@ def _native_stderr_muted(mute: bool) -> Iterator[None]:
         os.close(devnull)
 
 
-def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
+def _read_decord(path: Path, size: int, pick: Picker) -> tuple[np.ndarray, int, float]:
     import decord
 
     quiet = os.environ.get(QUIET_ENV) == "1"
@@ -106,20 +168,46 @@ def _read_decord(path: Path, num_frames: int, size: int) -> np.ndarray:
         n = len(reader)
         if n < 1:
             raise VideoDecodeError(f"video has no frames: {path}")
+        fps = float(reader.get_avg_fps())
         try:
-            frames = reader.get_batch(sample_indices(n, num_frames).tolist()).asnumpy()  # [T, H, W, 3]
+            frames = reader.get_batch(pick(n, fps).tolist()).asnumpy()  # [T, H, W, 3] (segments: [S*T, ...])
         except bad_file as e:
             raise VideoDecodeError(f"cannot decode frames of {path}: {_first_line(e)}") from None
     finally:
         del reader  # release the demuxer/decoder now, not at some later GC
-    return np.ascontiguousarray(frames, dtype=np.uint8)
+    return np.ascontiguousarray(frames, dtype=np.uint8), n, fps
 
 
-def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
+KEEP_ALL_FRAMES = 3000  # PyAV without a declared frame count: above this many estimated frames, keep only the
+# frames the estimate picks (a long film kept whole, even small, would not fit in memory)
+
+
+def _stream_facts(stream: Any, container: Any) -> tuple[int, float, int]:
+    """(declared frame count or 0, frame rate or NaN, frames estimated from the duration or 0) of a PyAV stream."""
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else math.nan
+    seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+    seconds = seconds or (container.duration or 0) / 1e6
+    estimate = round(seconds * fps) if math.isfinite(fps) else 0
+    return int(stream.frames or 0), fps, estimate
+
+
+def _nearest(kept: dict[int, np.ndarray], wanted: np.ndarray) -> list[int]:
+    """For each wanted index the nearest kept one (the earlier on a tie)."""
+    order = sorted(kept)
+    out = []
+    for i in wanted.tolist():
+        pos = bisect.bisect_left(order, i)
+        out.append(min(order[max(0, pos - 1) : pos + 1], key=lambda j: abs(j - i)))
+    return out
+
+
+def _read_pyav(path: Path, size: int, pick: Picker) -> tuple[np.ndarray, int, float]:
     """One sequential pass over the clip; swscale resizes each kept frame.
 
-    When the container states its frame count, only the sampled frames are converted and kept; otherwise
-    every frame is kept at the small output size (never at full resolution) and sampled at the end.
+    When the container states its frame count (or a long one's duration estimates it), only the picked frames are
+    converted and kept; otherwise every frame is kept at the small output size (never at full resolution) and
+    picked at the end.
     """
     import av
 
@@ -130,8 +218,9 @@ def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
                 raise VideoDecodeError(f"no video stream in {path}")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            declared = int(stream.frames or 0)
-            wanted = set(sample_indices(declared, num_frames).tolist()) if declared > 0 else None
+            declared, fps, estimate = _stream_facts(stream, container)
+            guess = declared or (estimate if estimate > KEEP_ALL_FRAMES else 0)
+            wanted = set(pick(guess, fps).tolist()) if guess > 0 else None
             kept: dict[int, np.ndarray] = {}
             n = 0
             for frame in container.decode(stream):
@@ -142,11 +231,7 @@ def _read_pyav(path: Path, num_frames: int, size: int) -> np.ndarray:
                 raise VideoDecodeError(f"video has no frames: {path}")
     except bad_file as e:
         raise VideoDecodeError(f"cannot decode video {path}: {_first_line(e)}") from None
-    if wanted is None or n != declared:  # no or wrong frame count: sample what was actually decoded
-        if wanted is not None:  # only the guessed indices were kept; take the nearest kept frame instead
-            order = sorted(kept)
-            picks = [min(order, key=lambda j: abs(j - i)) for i in sample_indices(n, num_frames)]
-        else:
-            picks = sample_indices(n, num_frames).tolist()
-        return np.stack([kept[i] for i in picks]).astype(np.uint8, copy=False)
-    return np.stack([kept[i] for i in sample_indices(n, num_frames)]).astype(np.uint8, copy=False)
+    picks = pick(n, fps)
+    if wanted is not None and n != guess:  # a wrong frame count: only the guessed indices were kept; the nearest
+        picks = np.array(_nearest(kept, picks))
+    return np.stack([kept[i] for i in picks.tolist()]).astype(np.uint8, copy=False), n, fps

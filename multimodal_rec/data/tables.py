@@ -97,7 +97,8 @@ def read_table(path: str | Path, required: tuple[str, ...], what: str) -> pd.Dat
 
 
 def read_catalog(path: str | Path) -> pd.DataFrame:
-    """The catalog with ``path`` resolved against the catalog file's folder (``abs_path`` column)."""
+    """The catalog with ``path`` resolved against the catalog file's folder (``abs_path`` column; "" where ``path``
+    is empty: the encoder serves such a row from its text columns, or skips it when it has no text)."""
     path = Path(path)
     df = _load(path, "catalog")
     missing = _missing_columns(df, CATALOG_COLUMNS)
@@ -116,7 +117,11 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
         problems.append(f"repeats video_id {first!r} ({dup.sum()} rows share an id, at {_rows(path, df.index[dup])})")
     _raise_problems(path, "catalog", problems)
     base = path.resolve().parent
-    df["abs_path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].astype(str)]
+    # an empty path stays "" (a video served from its catalog text alone, or skipped when it has none)
+    df["abs_path"] = [
+        "" if e else str(p if Path(p).is_absolute() else base / p)
+        for p, e in zip(df["path"].astype(str), _empty(df, "path"), strict=True)
+    ]
     return df.reset_index(drop=True)
 
 

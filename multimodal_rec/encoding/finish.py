@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import INDEX_FILE, Bundle, save_bundle
+from multimodal_rec.bundle import DURATION_COLUMN, INDEX_FILE, Bundle, save_bundle
+from multimodal_rec.encoding.embed import EncodedRows
+from multimodal_rec.encoding.items import ItemVectors, combine
 from multimodal_rec.encoding.job import EncodeJob
 from multimodal_rec.errors import UserError
 from multimodal_rec.index.build import build_index, choose_factory
@@ -38,25 +40,43 @@ class EncodeResult:
     total: int = 0  # videos in the new bundle
 
 
-def assemble(job: EncodeJob) -> tuple[np.ndarray, list[str]]:
-    """(embedding of every catalog row ``[N, D]``, zeros where it failed; one error per row, "" where encoded).
-
-    A shard holds embeddings for its encoded rows only: the ``i``-th row without an error owns ``xb[i]``.
-    """
-    emb = np.zeros((len(job.cat), job.model.cfg.embed_dim), np.float32)
-    errors = [""] * len(job.cat)
-    for r, x in job.reuse.items():
-        emb[r] = x
+def assemble(job: EncodeJob) -> EncodedRows:
+    """The raw outputs of every catalog row, in catalog order: kept from the previous bundle or from the shards."""
+    per_row: dict[int, EncodedRows] = dict(job.reuse)
     for k in range(job.n_shards):
-        xb, errs = job.done[k]
         rows = job.shard_rows(k)
-        for r, err in zip(rows, errs, strict=True):
-            errors[r] = err
-        good = [r for r, err in zip(rows, errs, strict=True) if not err]
-        if len(good) != len(xb):  # a row shift would give every later clip a neighbour's embedding
-            raise RuntimeError(f"shard {k}: {len(xb)} embeddings for {len(good)} encoded rows")
-        emb[np.array(good, dtype=np.int64)] = xb
-    return emb, errors
+        parts = job.done[k].split()
+        if len(parts) != len(rows):  # a row shift would give every later video a neighbour's vectors
+            raise RuntimeError(f"shard {k}: {len(parts)} encoded rows for {len(rows)} catalog rows")
+        per_row.update(zip(rows, parts, strict=True))
+    return EncodedRows.concat([per_row[r] for r in range(len(job.cat))], job.model.cfg.embed_dim)
+
+
+def _segment_parts(rows: EncodedRows, iv: ItemVectors, ids: list[str]) -> dict[str, Any]:
+    """The bundle's segment fields when some video has more than one segment, else none."""
+    counts = np.bincount(iv.seg_row, minlength=len(ids))
+    if not len(counts) or counts.max() <= 1:
+        return {}
+    D = iv.seg_vectors.shape[1]
+    raw = [p.seg if len(p.seg) else np.zeros((1, D), np.float32) for p in rows.split() if not p.errors[0]]
+    segments = pd.DataFrame(
+        {"video_id": [ids[r] for r in iv.seg_row], "start_s": iv.spans[:, 0], "end_s": iv.spans[:, 1]}
+    )
+    segments["row"] = iv.seg_row
+    factory = choose_factory(len(iv.seg_vectors), D)
+    return {
+        "segments": segments,
+        "segment_embeddings": iv.seg_vectors,
+        "segment_content": np.concatenate(raw).astype(np.float32, copy=False),
+        "segment_index": build_index(iv.seg_vectors, factory),
+    }
+
+
+def _durations(iv: ItemVectors, n: int) -> np.ndarray:
+    """Each encoded video's length in seconds (the end of its last segment; 0 without a video file)."""
+    dur = np.zeros(n)
+    np.maximum.at(dur, iv.seg_row, iv.spans[:, 1])
+    return dur
 
 
 def _indexes(job: EncodeJob, vectors: np.ndarray, encoded: pd.DataFrame, fields: dict[str, Any]) -> dict[str, Any]:
@@ -82,28 +102,36 @@ def _skipped(cat: pd.DataFrame, errors: list[str]) -> list[dict[str, str]]:
 def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
     """Assemble the embeddings (previous bundle + shards), write the bundle atomically, drop the work directory."""
     cat, cfg = job.cat, job.cfg
-    emb, errors = assemble(job)
+    rows = assemble(job)
+    errors = rows.errors
+    iv = combine(rows, job.enc.text_weight, job.text_known)
     ok = np.array([not e for e in errors], dtype=bool)
     skipped = _skipped(cat, errors)
     if not ok.any():
         first = skipped[0]["reason"] if skipped else "empty catalog"
         raise UserError(f"no video of {job.catalog} could be encoded ({len(skipped)} skipped; first: {first})")
-    xb = emb[ok]
+    xb = iv.item
     if job.index_shards > len(xb):
         raise UserError(f"{job.index_shards} index shards for {len(xb)} videos: use at most one shard per video")
     encoded = cat[ok].reset_index(drop=True)
     counts = read_counts(job.model_dir / COUNTS_FILE)
     encoded[PRIOR_COLUMN] = [counts.get(v, 0) for v in encoded["video_id"]]
+    sources = encoded.assign(**{DURATION_COLUMN: _durations(iv, len(encoded))})
     fields: dict[str, Any] = {
         "model": cfg.to_dict(),
         "model_fingerprint": job.fingerprint,
         "embed_dim": int(xb.shape[1]),
         "index": cfg.index.factory,
         "catalog_source": str(job.catalog.resolve()),
+        "encode": asdict(job.enc),
     }
     indexes = _indexes(job, index_vectors(xb, encoded, cfg.model.popularity_prior), encoded, fields)
     meta = encoded.drop(columns=["size", "mtime_ns"])
-    bundle = Bundle(job.model, cfg, meta, xb, sources=encoded, skipped=skipped, indexes=indexes, fields=fields)
+    bundle = Bundle(job.model, cfg, meta, xb, sources=sources, skipped=skipped, indexes=indexes, fields=fields)
+    if iv.text is not None and any(job.texts[r] for r in np.flatnonzero(ok)):
+        bundle.content, bundle.text = iv.content, iv.text
+    for name, value in _segment_parts(rows, iv, list(encoded["video_id"])).items():
+        setattr(bundle, name, value)
     path = save_bundle(job.out, bundle)
     shutil.rmtree(job.shards.work, ignore_errors=True)  # the bundle holds everything now
     new_rows = [r for k in range(job.n_shards) if k not in job.resumed_shards for r in job.shard_rows(k)]

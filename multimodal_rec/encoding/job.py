@@ -1,12 +1,16 @@
-"""An encode job: the rows of a catalog to run through the video tower, cut into resumable shards.
+"""An encode job: the rows of a catalog to run through the towers, cut into resumable shards.
 
-Embeddings are written in shards as they are produced, into a work directory beside the bundle
+Each row is cut into segments (``encode.segment_seconds``, ``encode.max_segments``) and has a text (its
+``encode.text_columns``). A shard stores every row's raw outputs (:class:`~multimodal_rec.encoding.embed.EncodedRows`:
+segment vectors, spans, text vector, error), so resuming is at segment granularity.
+Shards are written as they are produced, into a work directory beside the bundle
 (``.<bundle>.work/``). A job killed at any moment and started again with the same command continues from
 the last complete shard and ends with exactly the embeddings an uninterrupted run gives: shards start on
 batch boundaries, so every clip is encoded in the same batch either way. Shards are kept only for the very
-same job (model fingerprint, batch and shard size, and the rows to encode with their files' sizes and mtimes):
-any other job discards them. An existing bundle made by the same model is updated incrementally: unchanged
-videos keep their embeddings, new or changed ones are encoded, removed ones are dropped.
+same job (model fingerprint, batch and shard size, the segment and text settings, and the rows to encode with their
+files' sizes and mtimes and their texts): any other job discards them. An existing bundle made by the same model is
+updated incrementally (:mod:`~multimodal_rec.encoding.reuse`): unchanged videos keep their segments, new or changed
+ones are encoded, removed ones are dropped.
 
 The engines (:mod:`~multimodal_rec.encoding.local`, :mod:`~multimodal_rec.encoding.ray_engine`) fill the
 job's shards; :mod:`~multimodal_rec.encoding.finish` turns a complete job into a bundle.
@@ -19,16 +23,21 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import EMBEDDINGS_FILE, MANIFEST, SOURCES_FILE, file_stats, read_manifest
+from multimodal_rec.bundle import file_stats
+from multimodal_rec.config import EncodeConfig, build_config
 from multimodal_rec.data.tables import read_catalog
-from multimodal_rec.encoding.embed import encode_videos  # noqa: F401 (re-exported: its historical home)
+from multimodal_rec.encoding.embed import (
+    EncodedRows,
+    encode_videos,  # noqa: F401 (re-exported: its historical home)
+)
+from multimodal_rec.encoding.items import row_texts, text_columns
+from multimodal_rec.encoding.reuse import previous_bundle, source_keys
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.checkpoint import load_model, model_fingerprint
 from multimodal_rec.runtime import pick_device
@@ -50,43 +59,9 @@ def check_factory(factory: str, d: int) -> None:
         raise UserError(f"invalid FAISS index factory {factory!r}: {msg[:160]}") from None
 
 
-def _source_key(video_id: Any, path: Any, size: Any, mtime_ns: Any) -> tuple[str, str, int, int]:
-    """What identifies the content of a catalog row: same key, same file, same embedding."""
-    return str(video_id), str(path), int(size), int(mtime_ns)
-
-
-def _source_keys(df: pd.DataFrame) -> list[tuple[str, str, int, int]]:
-    cols = (df["video_id"], df["abs_path"], df["size"], df["mtime_ns"])
-    return [_source_key(*k) for k in zip(*cols, strict=True)]
-
-
-def previous_bundle(out: Path, fingerprint: str, cat: pd.DataFrame) -> tuple[dict[int, np.ndarray], set[str]]:
-    """(catalog row -> embedding kept from an existing bundle of the same model for unchanged files, the ids
-    that bundle held). A missing, corrupt or other-model bundle reuses nothing."""
-    if not (out / MANIFEST).is_file():
-        return {}, set()
-    try:
-        manifest = read_manifest(out, verify=True)
-        prev = pd.read_parquet(out / SOURCES_FILE)
-    except (UserError, OSError, ValueError) as e:
-        LOG.warning("not reusing %s: %s", out, e)
-        return {}, set()
-    prev_ids = set(prev["video_id"])
-    if manifest.get("model_fingerprint") != fingerprint:
-        LOG.info("existing bundle %s was made by another model: encoding everything", out)
-        return {}, prev_ids
-    xb = np.load(out / EMBEDDINGS_FILE)
-    row_of = {k: i for i, k in enumerate(_source_keys(prev))}
-    reuse = {}
-    for row, k in enumerate(_source_keys(cat)):
-        i = row_of.get(k)
-        if i is not None:
-            reuse[row] = xb[i]
-    return reuse, prev_ids
-
-
 class ShardWriter:
-    """Complete shards of one job in ``work``: ``shard-K.npy`` (embeddings) then ``shard-K.json`` (the marker).
+    """Complete shards of one job in ``work``: ``shard-K.npz`` (:class:`EncodedRows`) then ``shard-K.json`` (the
+    marker, with the rows' errors).
 
     ``job`` is the job's key: shards left in ``work`` by a job with another key are deleted, never reused.
     """
@@ -108,20 +83,22 @@ class ShardWriter:
             tmp.write_text(json.dumps(job))
             tmp.replace(job_path)
 
-    def load(self, k: int) -> tuple[np.ndarray, list[str]] | None:
-        """(embeddings of the shard's rows, error per row with "" for encoded rows) if shard ``k`` is complete."""
+    def load(self, k: int) -> EncodedRows | None:
+        """The raw outputs of shard ``k``'s rows if it is complete."""
         marker = self.work / f"shard-{k:06d}.json"
         if not marker.is_file():
             return None
-        meta = json.loads(marker.read_text())
-        return np.load(self.work / f"shard-{k:06d}.npy"), meta["errors"]
+        rows = EncodedRows.from_bytes((self.work / f"shard-{k:06d}.npz").read_bytes())
+        if rows.errors != json.loads(marker.read_text())["errors"]:
+            return None  # not the marker's shard: encode it again
+        return rows
 
-    def save(self, k: int, xb: np.ndarray, errors: list[str]) -> None:
-        tmp = self.work / f".shard-{k:06d}.tmp.npy"
-        np.save(tmp, xb)
-        os.replace(tmp, self.work / f"shard-{k:06d}.npy")
+    def save(self, k: int, rows: EncodedRows) -> None:
+        tmp = self.work / f".shard-{k:06d}.tmp.npz"
+        tmp.write_bytes(rows.to_bytes())
+        os.replace(tmp, self.work / f"shard-{k:06d}.npz")
         tmp_meta = self.work / f".shard-{k:06d}.json.tmp"
-        tmp_meta.write_text(json.dumps({"errors": errors}))
+        tmp_meta.write_text(json.dumps({"errors": rows.errors}))
         os.replace(tmp_meta, self.work / f"shard-{k:06d}.json")  # the shard counts as complete from here on
 
 
@@ -131,9 +108,9 @@ class EncodeJob:
 
     ``todo`` are the catalog rows not reused from a previous bundle; shard ``k`` is ``todo[k * shard_size :
     (k + 1) * shard_size]`` and its model batches are consecutive ``batch_size`` slices of it, so every engine
-    puts each clip in the same batch (and gets the same embedding). ``done`` maps a complete shard to its
-    embeddings (encoded rows only) and one error per row ("" for encoded rows); :meth:`open_shards` fills it with
-    the shards an interrupted run of this very job left.
+    puts each video in the same batch (and gets the same vectors). ``done`` maps a complete shard to its rows' raw
+    outputs; :meth:`open_shards` fills it with the shards an interrupted run of this very job left. ``texts`` is
+    each catalog row's text ("" = none).
     """
 
     model_dir: Path
@@ -143,15 +120,18 @@ class EncodeJob:
     cfg: Any  # RunConfig
     fingerprint: str
     cat: pd.DataFrame
-    reuse: dict[int, np.ndarray]  # catalog row -> embedding kept from the previous bundle
+    reuse: dict[int, EncodedRows]  # catalog row -> its raw outputs kept from the previous bundle
     prev_ids: set[str]  # the video ids of the previous bundle
     batch_size: int
     shard_size: int
     backend: str
     index_shards: int = 1
+    enc: EncodeConfig = field(default_factory=EncodeConfig)
+    texts: list[str] = field(default_factory=list)
+    text_known: bool = False  # the catalog has one of the text columns
     todo: list[int] = field(init=False)  # the rows to encode: every row not reused
     shards: ShardWriter = field(init=False)
-    done: dict[int, tuple[np.ndarray, list[str]]] = field(init=False, default_factory=dict)
+    done: dict[int, EncodedRows] = field(init=False, default_factory=dict)
     resumed_shards: frozenset[int] = field(init=False, default=frozenset())  # complete before this call
 
     def __post_init__(self) -> None:
@@ -160,6 +140,7 @@ class EncodeJob:
     def open_shards(self) -> None:
         """Discard the work directory's shards if another job left them, else take its complete shards as done."""
         key = job_key(self.fingerprint, self.cat, self.todo, self.batch_size, self.shard_size)
+        key.update(encode=asdict(self.enc), texts=_digest([self.texts[r] for r in self.todo]))
         self.shards = ShardWriter(self.out.parent / f".{self.out.name}.work", key)
         self.done = {k: s for k in range(self.n_shards) if (s := self.shards.load(k)) is not None}
         self.resumed_shards = frozenset(self.done)
@@ -194,25 +175,29 @@ class EncodeJob:
             if err:
                 LOG.warning("skipped %s: %s", self.cat["video_id"][r], err)
 
-    def complete(self, k: int, parts: list[tuple[np.ndarray, list[str]]]) -> None:
-        """Record shard ``k`` from its model batches' ``(xb, errors)``, in batch order: written to the work
-        directory first, so a kill after this keeps it."""
-        errors = [e for _, errs in parts for e in errs]
-        xb = np.concatenate([np.zeros((0, self.model.cfg.embed_dim), np.float32), *(x for x, _ in parts)])
-        if len(errors) != len(self.shard_rows(k)) or len(xb) != errors.count(""):
-            raise RuntimeError(f"shard {k}: {len(xb)} embeddings, {len(errors)} rows with {errors.count('')} encoded")
-        self.shards.save(k, xb, errors)
-        self.done[k] = (xb, errors)
+    def complete(self, k: int, parts: list[EncodedRows]) -> None:
+        """Record shard ``k`` from its model batches' outputs, in batch order: written to the work directory
+        first, so a kill after this keeps it."""
+        rows = EncodedRows.concat(parts, self.model.cfg.embed_dim)
+        rows.check()
+        if len(rows.errors) != len(self.shard_rows(k)):
+            raise RuntimeError(f"shard {k}: {len(rows.errors)} rows encoded for {len(self.shard_rows(k))}")
+        self.shards.save(k, rows)
+        self.done[k] = rows
+
+
+def _digest(values: list[str]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
 def job_key(fingerprint: str, cat: pd.DataFrame, todo: list[int], batch_size: int, shard_size: int) -> dict[str, Any]:
     """What a job's shards depend on: the model, how rows are batched, and which files fill each row."""
-    sources = _source_keys(cat.iloc[todo])
+    sources = source_keys(cat.iloc[todo])
     return {
         "model": fingerprint,
         "batch_size": batch_size,
         "shard_size": shard_size,
-        "rows": hashlib.sha256(json.dumps([list(k) for k in sources]).encode()).hexdigest(),
+        "rows": _digest([list(k) for k in sources]),  # type: ignore[misc]
     }
 
 
@@ -228,6 +213,14 @@ def _check_sizes(batch_size: int, shard_size: int | None, index_shards: int) -> 
     return shard_size
 
 
+def encode_settings(base: EncodeConfig, overrides: dict[str, Any] | None) -> EncodeConfig:
+    """``base`` with ``overrides`` applied (None values ignored), checked: one-line errors for bad values."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    enc = build_config(EncodeConfig, {**asdict(base), **given}, "encode")
+    enc.check()
+    return enc
+
+
 def plan_encode(
     model_dir: str | Path,
     catalog: str | Path,
@@ -239,10 +232,14 @@ def plan_encode(
     backend: str = "auto",
     index_factory: str | None = None,
     index_shards: int = 1,
+    encode: dict[str, Any] | None = None,
 ) -> EncodeJob:
-    """Validate the arguments, load the model and catalog, find what a previous bundle or shards already hold."""
+    """Validate the arguments, load the model and catalog, find what a previous bundle or shards already hold.
+
+    ``encode`` overrides fields of the run config's ``encode`` section (segment and text settings)."""
     shard_size = _check_sizes(batch_size, shard_size, index_shards)
     model, cfg = load_model(model_dir, pick_device(device))
+    cfg.encode = enc = encode_settings(cfg.encode, encode)  # the bundle's config says what was used
     if index_factory:
         cfg.index.factory = index_factory
     check_factory(cfg.index.factory, model.cfg.embed_dim + (1 if cfg.model.popularity_prior else 0))
@@ -252,8 +249,10 @@ def plan_encode(
         raise UserError(f"{index_shards} index shards for {len(cat)} videos: use at most one shard per video")
     cat["size"], cat["mtime_ns"] = file_stats(list(cat["abs_path"]))
     out = Path(out).resolve()
-
-    reuse, prev_ids = previous_bundle(out, fingerprint, cat)
+    cols = text_columns(cat, enc)
+    LOG.info("video text from column(s): %s", ", ".join(cols) if cols else "none (content vectors only)")
+    texts = row_texts(cat, cols)
+    reuse, prev_ids = previous_bundle(out, fingerprint, cat, texts, asdict(enc), model, rebuild)
     job = EncodeJob(
         Path(model_dir),
         Path(catalog),
@@ -262,12 +261,15 @@ def plan_encode(
         cfg=cfg,
         fingerprint=fingerprint,
         cat=cat,
-        reuse={} if rebuild else reuse,
+        reuse=reuse,
         prev_ids=prev_ids,
         batch_size=batch_size,
         shard_size=shard_size,
         backend=backend,
         index_shards=index_shards,
+        enc=enc,
+        texts=texts,
+        text_known=bool(cols),
     )
     job.open_shards()
     return job

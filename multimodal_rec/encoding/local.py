@@ -1,4 +1,4 @@
-"""The local engine of ``mmrec encode``: DataLoader workers decode, the model runs in this process."""
+"""The local engine of ``mmrec encode``: DataLoader workers decode segments, the towers run in this process."""
 
 from __future__ import annotations
 
@@ -7,25 +7,22 @@ import os
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-from multimodal_rec.encoding.embed import embed_paths
+from multimodal_rec.encoding.embed import EncodedRows, embed_rows
 from multimodal_rec.encoding.job import EncodeJob
 from multimodal_rec.progress import Bar, ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
 
 
-def _shard_results(
-    job: EncodeJob, batches: Iterator[tuple[np.ndarray, list[str]]], k: int, bar: Bar
-) -> list[tuple[np.ndarray, list[str]]]:
+def _shard_results(job: EncodeJob, batches: Iterator[EncodedRows], k: int, bar: Bar) -> list[EncodedRows]:
     """The next model batches of ``batches``, one per batch of shard ``k``."""
     parts = []
     for rows in job.shard_batches(k):
-        xb, errors = next(batches)
-        job.warn_skipped(rows, errors)  # raises if the batch is not the shard's batch (a different length)
-        parts.append((xb, errors))
+        part = next(batches)
+        job.warn_skipped(rows, part.errors)  # raises if the batch is not the shard's batch (a different length)
+        parts.append(part)
         bar.update(len(rows))
     return parts
 
@@ -36,12 +33,13 @@ def run_local(job: EncodeJob, workers: int = 1, progress: ProgressFn = no_progre
     # One loader over the rows of every missing shard; each shard but the job's last is whole batches, so the
     # loader's batches are the shards' batches, and those of a resumed run are those of an uninterrupted one.
     paths = [cat["abs_path"][r] for k in missing for r in job.shard_rows(k)]
+    texts = [job.texts[r] for k in missing for r in job.shard_rows(k)]
     bar = progress(total=len(job.todo), desc="encode videos", unit="video")
     bar.update(job.resumed)
     threads, t0 = torch.get_num_threads(), time.perf_counter()
     if model.device.type == "cpu" and workers > 0:  # decoding workers take cores: don't oversubscribe them
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
-    batches = embed_paths(model, paths, job.batch_size, workers, job.backend)
+    batches = embed_rows(model, paths, texts, job.enc, job.batch_size, workers, job.backend)
     try:
         for k in missing:
             job.complete(k, _shard_results(job, batches, k, bar))

@@ -1,8 +1,10 @@
 """``encode_catalog``: plan the job, run an engine (local or Ray) over its missing shards, write the bundle.
 
 The path of a video: catalog row -> :func:`~multimodal_rec.encoding.job.plan_encode` (reuse from a previous bundle
-or an interrupted run's shards) -> an engine decodes and embeds the rest (:mod:`~multimodal_rec.encoding.embed`) ->
-:func:`~multimodal_rec.encoding.finish.finish_encode` writes embeddings and index into the bundle.
+or an interrupted run's shards) -> an engine cuts the rest into segments, decodes and embeds them
+(:mod:`~multimodal_rec.encoding.embed`) -> :func:`~multimodal_rec.encoding.finish.finish_encode` combines segments
+and text into each video's vectors (:func:`~multimodal_rec.encoding.items.combine`) and writes them with the
+indexes into the bundle.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +49,7 @@ def encode_catalog(
     ray_address: str | None = None,
     ray_cpus: int | None = None,
     index_shards: int = 1,
+    encode: dict[str, Any] | None = None,
 ) -> EncodeResult:
     """Encode every video of ``catalog`` with the trained model in ``model_dir`` into the bundle ``out``.
 
@@ -57,7 +61,9 @@ def encode_catalog(
     ``engine="ray"`` runs decoding and the model as a Ray Data pipeline (``ray_address`` or ``RAY_ADDRESS``;
     neither: a local Ray with ``ray_cpus`` CPUs; ``workers`` is then unused; the model runs on the cluster's
     GPUs unless ``device="cpu"``); the bundle is the same.
-    ``index_shards`` > 1 splits the index by a stable hash of the video id (search merges the shards).
+    ``index_shards`` > 1 splits the index by a stable hash of the video id (search merges the shards); the segment
+    index stays one file. ``encode`` overrides fields of the run config's ``encode`` section (``segment_seconds``,
+    ``max_segments``, ``text_columns``, ``text_weight``); the bundle records the settings used.
     """
     t0 = time.time()
     if engine not in ENGINES:
@@ -68,7 +74,7 @@ def encode_catalog(
         require_ray()  # before loading anything: a missing extra is a one-line error
         use_gpus, device = device != "cpu", "cpu"  # the driver only assembles the bundle; Ray actors run the model
     job = plan_encode(
-        model_dir, catalog, out, batch_size, device, shard_size, rebuild, backend, index_factory, index_shards
+        model_dir, catalog, out, batch_size, device, shard_size, rebuild, backend, index_factory, index_shards, encode
     )
     if engine == "ray":
         from multimodal_rec.encoding.ray_engine import run_ray

@@ -1,29 +1,33 @@
 """The Ray engine of ``mmrec encode``: the job of :func:`~multimodal_rec.encoding.local.run_local` as Ray Data.
 
-model batches of catalog rows -> decode (CPU tasks, :class:`multimodal_rec.data.cache.ClipDataset`, the one frame
-loader) -> encode (:func:`~multimodal_rec.encoding.embed.embed_clips` in an actor pool holding the model: one actor
-per GPU, else CPU actors) -> rows back to this process, which writes each shard as soon as its batches are in
+model batches of catalog rows -> decode into segments (CPU tasks, :class:`multimodal_rec.data.cache.SegmentDataset`,
+the one frame loader) -> encode (:func:`~multimodal_rec.encoding.embed.embed_batch`, the local engine's per-batch
+function, in an actor pool holding the model: one actor per GPU, else CPU actors) -> rows back to this process,
+which writes each shard as soon as its batches are in
 (resumable by shard, like the local engine); then :func:`~multimodal_rec.encoding.finish.finish_encode` writes the
 bundle.
 
 Each item of the dataset is one *model batch* (the same ``batch_size`` slices of a shard as the local engine),
-so every clip is embedded in the same batch as with the local engine: identical embeddings. Frames and
-embeddings travel as raw bytes plus shape (a batch's clip count varies when files are bad; raw bytes need no
-ragged-tensor conversion and are exact). On a cluster, video paths and the model directory must be readable
+so every video is embedded in the same batch as with the local engine: identical vectors. Frames and outputs
+travel as uncompressed ``.npz`` bytes (a batch's segment count varies with video lengths and bad files; bytes need
+no ragged-tensor conversion and are exact). On a cluster, video paths and the model directory must be readable
 by every node (shared storage) and the package importable there (``runtime_env``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from multimodal_rec.encoding.embed import embed_clips, split_batch
+from multimodal_rec.data.cache import Segments
+from multimodal_rec.encoding.embed import EncodedRows, embed_batch
 from multimodal_rec.encoding.job import EncodeJob
 from multimodal_rec.errors import InfrastructureError, UserError
 from multimodal_rec.progress import ProgressFn, no_progress
@@ -43,26 +47,51 @@ def require_ray() -> Any:
     return ray
 
 
-def _decode(item: dict[str, Any], num_frames: int, size: int, backend: str) -> dict[str, Any]:
-    """One model batch of paths -> the decoded clips (raw uint8 bytes) and one error per row ("" if decoded)."""
-    from multimodal_rec.data.cache import ClipDataset
+def _pack(batch: list[Segments], num_frames: int, size: int) -> bytes:
+    """A decoded batch as an uncompressed ``.npz`` (exact, no pickle, no ragged tensors): all segments' frames and
+    spans concatenated, each row's segment count (-1: failed) and error."""
+    empty = (np.zeros((0, num_frames, size, size, 3), np.uint8), np.zeros((0, 2)))
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        frames=np.concatenate([empty[0], *(f for _, f, _, _ in batch if f is not None)]),
+        spans=np.concatenate([empty[1], *(s for _, f, s, _ in batch if f is not None)]),
+        nseg=np.array([len(f) if f is not None else -1 for _, f, _, _ in batch], np.int64),
+        errors=np.array([e for _, _, _, e in batch], dtype=np.str_).reshape(len(batch)),
+    )
+    return buf.getvalue()
 
-    dataset = ClipDataset(list(item["paths"]), num_frames, size, backend)
-    clips, errors = split_batch([dataset[i] for i in range(len(dataset))])
-    frames = np.stack(clips) if clips else np.zeros((0, num_frames, size, size, 3), np.uint8)
+
+def _unpack(raw: bytes) -> list[Segments]:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        frames, spans, nseg, errors = z["frames"], z["spans"], z["nseg"], z["errors"]
+    starts = np.concatenate([[0], np.cumsum(np.maximum(nseg, 0))])
+    return [
+        (i, frames[starts[i] : starts[i + 1]], spans[starts[i] : starts[i + 1]], "")
+        if n >= 0
+        else (i, None, None, str(errors[i]))
+        for i, n in enumerate(nseg.tolist())
+    ]
+
+
+def _decode(item: dict[str, Any], num_frames: int, size: int, backend: str, enc: dict[str, Any]) -> dict[str, Any]:
+    """One model batch of paths -> its decoded segments (:func:`_pack`), the rows' texts passed along."""
+    from multimodal_rec.data.cache import SegmentDataset
+
+    paths = list(item["paths"])
+    data = SegmentDataset(paths, num_frames, size, enc["segment_seconds"], enc["max_segments"], backend)
     return {
         "shard": int(item["shard"]),
         "batch": int(item["batch"]),
-        "frames": frames.tobytes(),
-        "n": len(clips),
-        "errors": json.dumps(errors),
+        "decoded": _pack([data[i] for i in range(len(data))], num_frames, size),
+        "texts": json.dumps(list(item["texts"])),
     }
 
 
 class _Encoder:
-    """Ray Data actor: loads the model once, embeds one decoded model batch per call."""
+    """Ray Data actor: loads the model once, embeds one decoded model batch per call (:func:`embed_batch`)."""
 
-    def __init__(self, model_dir: str, device: str, threads: int, num_frames: int, size: int) -> None:
+    def __init__(self, model_dir: str, device: str, threads: int, chunk: int) -> None:
         import torch
 
         from multimodal_rec.model.checkpoint import load_model
@@ -70,20 +99,14 @@ class _Encoder:
         if device == "cpu":
             torch.set_num_threads(threads)
         self.model, _ = load_model(model_dir, device)
-        self.shape = (num_frames, size, size, 3)
+        self.chunk = chunk
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        embs = []
-        for raw, n in zip(batch["frames"], batch["n"], strict=True):
-            frames = np.frombuffer(raw, np.uint8).reshape(int(n), *self.shape)  # [n, T, H, W, 3]
-            x = embed_clips(self.model, list(frames))
-            embs.append(np.ascontiguousarray(x, np.float32).tobytes())
-        return {
-            "shard": batch["shard"],
-            "batch": batch["batch"],
-            "emb": np.array(embs, dtype=object),
-            "errors": batch["errors"],
-        }
+        out = []
+        for raw, texts in zip(batch["decoded"], batch["texts"], strict=True):
+            rows = embed_batch(self.model, _unpack(raw), json.loads(texts), self.chunk)
+            out.append(rows.to_bytes())
+        return {"shard": batch["shard"], "batch": batch["batch"], "rows": np.array(out, dtype=object)}
 
 
 def _pool(ray: Any, use_gpus: bool = True) -> tuple[int, float, float]:
@@ -134,12 +157,13 @@ def _items(job: EncodeJob) -> tuple[list[dict[str, Any]], dict[int, int]]:
         batches = job.shard_batches(k)
         n_batches[k] = len(batches)
         for j, rows in enumerate(batches):
-            items.append({"shard": k, "batch": j, "paths": [str(job.cat["abs_path"][r]) for r in rows]})
+            paths = [str(job.cat["abs_path"][r]) for r in rows]
+            items.append({"shard": k, "batch": j, "paths": paths, "texts": [job.texts[r] for r in rows]})
     return items, n_batches
 
 
 def _dataset(ray: Any, job: EncodeJob, items: list[dict[str, Any]], use_gpus: bool) -> Any:
-    """The Ray Data pipeline: items -> decode tasks -> encode actors -> rows of (shard, batch, emb, errors)."""
+    """The Ray Data pipeline: items -> decode tasks -> encode actors -> rows of (shard, batch, encoded rows)."""
     vcfg = job.model.cfg.video
     actors, cpus, gpus = _pool(ray, use_gpus)
     LOG.info("ray: %d model batches, %d encode actor(s) with %g CPU / %g GPU each", len(items), actors, cpus, gpus)
@@ -148,7 +172,12 @@ def _dataset(ray: Any, job: EncodeJob, items: list[dict[str, Any]], use_gpus: bo
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
     ds = ds.map(
         _decode,
-        fn_kwargs={"num_frames": vcfg.num_frames, "size": vcfg.image_size, "backend": job.backend},
+        fn_kwargs={
+            "num_frames": vcfg.num_frames,
+            "size": vcfg.image_size,
+            "backend": job.backend,
+            "enc": asdict(job.enc),
+        },
         num_cpus=1,
         # Memory a decode task holds (a batch of frames and the decoders' buffers, 4x as a margin) so Ray does
         # not start more of them than a node holds. Resources unlike the actors' also keep Ray Data from
@@ -166,14 +195,12 @@ def _dataset(ray: Any, job: EncodeJob, items: list[dict[str, Any]], use_gpus: bo
             "model_dir": str(job.model_dir.resolve()),
             "device": "cuda" if gpus else "cpu",
             "threads": int(cpus),
-            "num_frames": vcfg.num_frames,
-            "size": vcfg.image_size,
+            "chunk": job.batch_size,
         },
     )
 
 
 def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None:
-    D = job.model.cfg.embed_dim
     items, n_batches = _items(job)
     bar = progress(total=len(job.todo), desc="encode videos (ray)", unit="video")
     bar.update(job.resumed)
@@ -182,16 +209,15 @@ def _run(ray: Any, job: EncodeJob, use_gpus: bool, progress: ProgressFn) -> None
         return
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts videos; Ray's print per operator
-    pending: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {k: {} for k in n_batches}
+    pending: dict[int, dict[int, EncodedRows]] = {k: {} for k in n_batches}
     n, t0 = 0, time.perf_counter()
     try:
         for row in _dataset(ray, job, items, use_gpus).iter_rows():
             k, j = int(row["shard"]), int(row["batch"])
-            errors = json.loads(row["errors"])
-            pending[k][j] = (np.frombuffer(row["emb"], np.float32).reshape(-1, D), errors)
-            job.warn_skipped(job.shard_batches(k)[j], errors)
-            bar.update(len(errors))
-            n += len(errors)
+            pending[k][j] = rows = EncodedRows.from_bytes(row["rows"])
+            job.warn_skipped(job.shard_batches(k)[j], rows.errors)
+            bar.update(len(rows.errors))
+            n += len(rows.errors)
             if len(pending[k]) == n_batches[k]:  # the shard is complete: save it now (resumable by shard)
                 job.complete(k, [pending[k][b] for b in range(n_batches[k])])
                 del pending[k]

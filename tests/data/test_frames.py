@@ -106,3 +106,61 @@ def test_a_bug_inside_decoding_is_not_a_skipped_clip(
     good = world / pd.read_csv(world / "catalog.csv").iloc[0]["path"]
     with pytest.raises(TypeError, match="widht"):
         _clips([good], backend=backend)
+
+
+# --- segments (issue 14) ---------------------------------------------------------------------------------------
+def test_a_short_clip_is_one_segment_sampling_todays_frames() -> None:
+    from multimodal_rec.data.frames import segment_indices, segment_spans
+
+    for n, fps in ((10, 10.0), (30, 25.0), (170, 25.0)):  # 1 s, 1.2 s, 6.8 s (rounds to one 5 s window)
+        spans = segment_spans(n, fps, 5.0, 64)
+        assert spans == [(0, n)]
+        assert segment_indices(spans, 8).tolist() == sample_indices(n, 8).tolist()
+
+
+def test_a_long_video_gets_equal_windows_covering_it() -> None:
+    from multimodal_rec.data.frames import segment_spans
+
+    spans = segment_spans(600, 10.0, 5.0, 64)  # 60 s
+    assert len(spans) == 12 and spans[0][0] == 0 and spans[-1][1] == 600
+    assert all(b - a == 50 for a, b in spans) and all(spans[i][1] == spans[i + 1][0] for i in range(11))
+    capped = segment_spans(36_000, 10.0, 5.0, 64)  # an hour: 720 windows wanted, 64 kept, still covering it all
+    assert len(capped) == 64 and capped[0][0] == 0 and capped[-1][1] == 36_000
+    assert {b - a for a, b in capped} <= {562, 563} and all(capped[i][1] == capped[i + 1][0] for i in range(63))
+    assert segment_spans(600, 10.0, 0.0, 64) == segment_spans(600, 10.0, -1.0, 64) == [(0, 600)]
+    assert segment_spans(600, 0.0, 5.0, 64) == [(0, 600)]  # no usable frame rate: one window
+    assert len(segment_spans(3, 1.0, 0.5, 64)) == 3  # never more windows than frames
+
+
+def test_read_segments_of_a_short_clip_equals_read_frames(world: Path) -> None:
+    from multimodal_rec.data.frames import read_segments
+
+    path = world / pd.read_csv(world / "catalog.csv").iloc[2]["path"]
+    for backend in ("decord", "pyav"):
+        frames, spans = read_segments(path, 8, 64, 5.0, 64, backend)
+        assert frames.shape == (1, 8, 64, 64, 3) and spans.shape == (1, 2) and spans[0, 0] == 0 and spans[0, 1] > 0
+        np.testing.assert_array_equal(frames[0], read_frames(path, 8, 64, backend))
+
+
+def _colour_share(frames: np.ndarray, rgb: tuple[int, int, int]) -> float:
+    return float((np.abs(frames.astype(int) - np.array(rgb)).sum(-1) < 90).mean())
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_read_segments_of_a_long_video(tmp_path: Path, backend: str) -> None:
+    from long_video import PARTS, make_long_video
+
+    from multimodal_rec.data.frames import read_segments
+    from multimodal_rec.data.synth.render import RGB
+
+    duration = make_long_video(tmp_path / "long.mp4")  # three 3.3 s parts, 10 fps
+    frames, spans = read_segments(tmp_path / "long.mp4", 4, 64, 3.3, 64, backend)
+    assert frames.shape == (3, 4, 64, 64, 3) and duration == 9.9
+    np.testing.assert_allclose(spans, [[0, 3.3], [3.3, 6.6], [6.6, 9.9]], atol=1e-9)
+    for i, (colour, _, _) in enumerate(PARTS):  # each segment shows its own part
+        shares = {c: _colour_share(frames[i], RGB[c]) for c, _, _ in PARTS}
+        assert max(shares, key=shares.get) == colour, (i, shares)
+    frames, spans = read_segments(tmp_path / "long.mp4", 4, 64, 3.3, 2, backend)  # capped: 2 windows, all covered
+    assert frames.shape[0] == 2 and spans[0, 0] == 0 and spans[-1, 1] == pytest.approx(9.9)
+    frames, spans = read_segments(tmp_path / "long.mp4", 4, 64, 0.0, 64, backend)
+    np.testing.assert_array_equal(frames[0], read_frames(tmp_path / "long.mp4", 4, 64, backend))

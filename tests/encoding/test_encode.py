@@ -77,16 +77,17 @@ class StopAfter:
         pass
 
 
-def bundle_vectors(bundle: Path) -> dict[str, np.ndarray]:
+def bundle_vectors(bundle: Path, name: str = "embeddings.npy") -> dict[str, np.ndarray]:
     """video id -> its embedding in ``bundle``."""
     ids = pd.read_parquet(bundle / "catalog.parquet")["video_id"]
-    return dict(zip(ids, np.load(bundle / "embeddings.npy"), strict=True))
+    return dict(zip(ids, np.load(bundle / name), strict=True))
 
 
 def assert_own_embeddings(bundle: Path, model_dir: Path, paths: dict[str, str]) -> None:
-    """Each video of ``paths`` (id -> file) is in ``bundle`` with the embedding of its own clip encoded alone."""
+    """Each video of ``paths`` (id -> file) is in ``bundle`` with the embedding of its own clip encoded alone (the
+    video tower's vector: ``content.npy`` where the catalog's titles are mixed into the item vectors)."""
     model, _ = load_model(model_dir)
-    got = bundle_vectors(bundle)
+    got = bundle_vectors(bundle, "content.npy" if (bundle / "content.npy").is_file() else "embeddings.npy")
     assert set(got) == set(paths)
     for v, p in paths.items():
         alone, errors = encode_videos(model, [p], batch_size=1)

@@ -92,3 +92,30 @@ def test_missing_ray_is_a_one_line_error(monkeypatch, trained: Path, world: Path
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="unknown encode engine"):
         encode_catalog(trained, world / "catalog.csv", tmp_path / "b", engine="spark")
+
+
+def test_ray_engine_with_long_videos_and_text_gives_the_local_bundle(
+    ray_session, trained: Path, world: Path, tmp_path: Path
+) -> None:
+    """Segments, spans and text vectors go through the same per-batch function (embed_batch) on Ray actors."""
+    from long_video import make_long_video
+
+    make_long_video(tmp_path / "long.mp4", seed=4)
+    cat = pd.read_csv(world / "catalog.csv").head(5)[["video_id", "path", "title"]]
+    cat["path"] = [str(world / p) for p in cat["path"]]
+    extra = pd.DataFrame(
+        {"video_id": ["long", "textonly"], "path": [str(tmp_path / "long.mp4"), ""], "title": ["Long one", "Words"]}
+    )
+    pd.concat([cat.iloc[:2], extra, cat.iloc[2:]], ignore_index=True).to_csv(tmp_path / "c.csv", index=False)
+    kw = {"batch_size": 2, "shard_size": 4, "encode": {"segment_seconds": 3.3}}
+    local = encode_catalog(trained, tmp_path / "c.csv", tmp_path / "local", workers=0, **kw)
+    dist = encode_catalog(trained, tmp_path / "c.csv", tmp_path / "ray", engine="ray", **kw)
+    for name in ("content", "segment_content"):  # the video tower: bit for bit, as for short clips
+        np.testing.assert_array_equal(np.load(dist.bundle / f"{name}.npy"), np.load(local.bundle / f"{name}.npy"))
+    for name in ("text", "embeddings", "segment_embeddings"):  # the text trunk runs on another thread count there
+        np.testing.assert_allclose(
+            np.load(dist.bundle / f"{name}.npy"), np.load(local.bundle / f"{name}.npy"), atol=1e-6
+        )
+    segs = pd.read_parquet(dist.bundle / "segments.parquet")
+    pd.testing.assert_frame_equal(segs, pd.read_parquet(local.bundle / "segments.parquet"))
+    assert (segs["video_id"] == "long").sum() == 3 and dist.total == 7

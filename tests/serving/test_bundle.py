@@ -102,3 +102,51 @@ def test_listed_file_missing_is_refused(bundle: Path, tmp_path: Path, name: str)
     _assert_refused(lambda: Recommender.load(b), "missing", name)
     if name == "sources.parquet":
         _assert_one_line_error(_cli_search(b), "missing", name)
+
+
+@pytest.fixture(scope="module")
+def segment_bundle(trained: Path, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with every optional file: titled short clips and a long video cut into three segments."""
+    from long_video import make_long_video
+
+    from multimodal_rec.encoding import encode_catalog
+
+    d = tmp_path_factory.mktemp("segment_bundle")
+    make_long_video(d / "long.mp4")
+    cat = pd.read_csv(world / "catalog.csv").head(4)[["video_id", "path", "title"]]
+    cat["path"] = [str(world / p) for p in cat["path"]]
+    long = pd.DataFrame({"video_id": ["long"], "path": [str(d / "long.mp4")], "title": ["Three parts"]})
+    pd.concat([cat, long], ignore_index=True).to_csv(d / "c.csv", index=False)
+    return encode_catalog(trained, d / "c.csv", d / "b", workers=0, encode={"segment_seconds": 3.3}).bundle
+
+
+OPTIONAL = ["content.npy", "text.npy", "segments.parquet", "segment_embeddings.npy", "segment_content.npy"]
+
+
+@pytest.mark.parametrize("name", [*OPTIONAL, "segments.faiss"])
+def test_optional_files_are_checksummed_like_the_others(segment_bundle: Path, tmp_path: Path, name: str) -> None:
+    from multimodal_rec.bundle import load_bundle
+
+    b = _copy(segment_bundle, tmp_path)
+    assert name in read_manifest(b, verify=True)["files"]
+    _flip_byte(b / name, (b / name).stat().st_size - 3)
+    _assert_refused(lambda: load_bundle(b), "checksum", name)
+    (b / name).unlink()
+    _assert_refused(lambda: load_bundle(b), "missing", name)
+
+
+def test_optional_parts_survive_a_load_and_save(segment_bundle: Path, tmp_path: Path) -> None:
+    """``Recommender.save`` writes what ``load_bundle`` read: the segment level and the text vectors included."""
+    from multimodal_rec.bundle import Bundle, load_bundle, save_bundle
+
+    a = load_bundle(segment_bundle)
+    assert a.segments["row"].tolist() == [0, 1, 2, 3, 4, 4, 4] and a.fields["segments"] == 7
+    copy = Bundle(a.model, a.cfg, a.catalog, a.embeddings, a.sources, a.skipped, a.indexes, a.fields)
+    for f in ("content", "text", "segments", "segment_embeddings", "segment_index", "segment_content"):
+        setattr(copy, f, getattr(a, f))
+    b = load_bundle(save_bundle(tmp_path / "again", copy))
+    for f in ("content", "text", "segment_embeddings", "segment_content"):
+        np.testing.assert_array_equal(getattr(b, f), getattr(a, f), err_msg=f)
+    pd.testing.assert_frame_equal(b.segments, a.segments)
+    assert b.segment_index.ntotal == 7 and b.manifest["encode"] == a.manifest["encode"]
+    assert "duration_s" in pd.read_parquet(tmp_path / "again" / "sources.parquet").columns

@@ -119,13 +119,31 @@ def test_old_bundle_loads_and_answers_the_same(old: Path) -> None:
 
 
 def test_new_encode_of_old_run_gives_the_old_embeddings(old: Path, tmp_path: Path) -> None:
-    """The checkpoint format still loads: ``mmrec encode`` of the old run reproduces the old bundle's vectors."""
-    out = tmp_path / "bundle"
-    argv = ["encode", "--model", str(old / "run"), "--catalog", str(old / "world" / "catalog.csv"), "--out", str(out)]
-    assert main([*argv, "--workers", "0", "--quiet"]) == 0
-    new, before = Recommender.load(out), Recommender.load(old / "bundle")
-    assert list(new.catalog["video_id"]) == list(before.catalog["video_id"])
-    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(old / "bundle" / "embeddings.npy"), atol=1e-5)
+    """The checkpoint format still loads: ``mmrec encode`` of the old run reproduces the old bundle's vectors.
+
+    The old world's catalog has titles, which the item vector now mixes in (``encode.text_weight``, 0.5 by default):
+    with ``--text-weight 0`` the item vectors are the old ones; by default the content vectors are."""
+    argv = ["encode", "--model", str(old / "run"), "--catalog", str(old / "world" / "catalog.csv")]
+    before = Recommender.load(old / "bundle")
+    want = np.load(old / "bundle" / "embeddings.npy")
+    for flags, name in ((["--text-weight", "0"], "embeddings.npy"), ([], "content.npy")):
+        out = tmp_path / f"bundle{len(flags)}"
+        assert main([*argv, "--out", str(out), "--workers", "0", "--quiet", *flags]) == 0
+        new = Recommender.load(out)
+        assert list(new.catalog["video_id"]) == list(before.catalog["video_id"])
+        np.testing.assert_allclose(np.load(out / name), want, atol=1e-5)
+
+
+def test_old_bundle_has_no_new_files_and_its_settings_reproduce_it(old: Path) -> None:
+    """A bundle made before segments and text vectors loads with none of them; the settings it was made with are
+    one segment per video, content only (what ``add_videos`` must use for it)."""
+    from multimodal_rec.bundle import encode_config_of, load_bundle
+
+    b = load_bundle(old / "bundle")
+    assert b.content is None and b.text is None and b.segments is None
+    assert b.segment_embeddings is None and b.segment_index is None
+    enc = encode_config_of(b.manifest)
+    assert enc.segment_seconds <= 0 and enc.text_weight == 0
 
 
 def test_old_run_loads_and_resumes(old: Path, tmp_path: Path) -> None:
