@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from multimodal_rec.data import synth
+from multimodal_rec.data.synth import names as synth_names
 from multimodal_rec.data.synth import world as synth_world
 
 SEED = 2  # with 20 videos this seed covers every colour, shape and motion (asserted below)
@@ -100,9 +101,28 @@ def test_files_columns_and_summary(world: tuple[Path, synth.WorldSummary], catal
 
 
 def test_titles(catalog: pd.DataFrame) -> None:
-    row = catalog.iloc[0]
-    assert row.title.lower().startswith(f"{row['color']} {row['shape']}")
-    assert row.title[0].isupper()
+    """ "<Name>: <Color> <shape> <motion phrase>": unique per video, the name two made-up words of no query."""
+    assert catalog.title.is_unique
+    reserved = synth_names.reserved_words()
+    assert {"red", "circle", "moving", "left", "crimson", "orb", "footage"} <= reserved
+    name_words: list[str] = []
+    for row in catalog.itertuples():
+        name, _, rest = row.title.partition(": ")
+        assert rest == f"{row.color.capitalize()} {row.shape} {synth.vocab.motion_phrase(row.motion)}", row.title
+        words = name.split(" ")
+        assert len(words) == 2 and all(w[0].isupper() and w[1:].islower() and len(w) >= 4 for w in words), name
+        assert not {w.lower() for w in words} & reserved, name
+        name_words += words
+    assert len(set(name_words)) == len(name_words)  # every name word belongs to one video
+
+
+def test_names_are_seeded_and_avoid_reserved_words() -> None:
+    a = synth_names.made_up_names(50, np.random.default_rng([3, 7]))
+    assert a == synth_names.made_up_names(50, np.random.default_rng([3, 7]))
+    assert a != synth_names.made_up_names(50, np.random.default_rng([4, 7]))
+    first = synth_names.made_up_names(1, np.random.default_rng([3, 7]))[0].split()[0].lower()
+    again = synth_names.made_up_names(1, np.random.default_rng([3, 7]), reserved={first})[0]
+    assert first not in again.lower().split()
 
 
 def test_paths_relative_and_resolve(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
@@ -267,8 +287,11 @@ def test_sessions_make_recent_history_predictive(monkeypatch: pytest.MonkeyPatch
 
 # sha256 of the CSVs of make_world(videos=300, users=100, seed=0) as the code before the synth/ split wrote them:
 # the world (and so every number in the README) is pinned; a change here means a change in the random streams.
+# Issue 14 gave each title a made-up name ("Bebridri Drushafin: Red square moving left"), drawn from a stream of
+# its own: captions and interactions are unchanged, and catalog.csv with the names taken out is the old file.
+PINNED_CATALOG_WITHOUT_NAMES_SHA256 = "40cb01939094d8e872cc824d4a19db879a89ed57cb8c3b69dd97780dd20b7b9f"
 PINNED_CSV_SHA256 = {
-    "catalog.csv": "40cb01939094d8e872cc824d4a19db879a89ed57cb8c3b69dd97780dd20b7b9f",
+    "catalog.csv": "7201bf548a2942d2518bb7e8ac6913b5a034df48021fe704568449e974f66382",
     "captions.csv": "9513e8d2aa32fbabaa207ff14878e76db78584369691afbca2593f67a6dd58e5",
     "interactions.csv": "96b4a8eaf32b70d5f0427a208c2791b4b7a22a814fd8a581deacd3f071d82274",
 }
@@ -279,6 +302,8 @@ def test_world_tables_are_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     synth.make_world(tmp_path, videos=300, users=100, seed=0)
     got = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in PINNED_CSV_SHA256}
     assert got == PINNED_CSV_SHA256
+    unnamed = re.sub(r",[A-Z][a-z]+ [A-Z][a-z]+: ", ",", (tmp_path / "catalog.csv").read_text())
+    assert hashlib.sha256(unnamed.encode()).hexdigest() == PINNED_CATALOG_WITHOUT_NAMES_SHA256
 
 
 def test_progress_called_per_video(tmp_path: Path) -> None:

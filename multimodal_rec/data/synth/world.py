@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multimodal_rec.data.synth.names import made_up_names, titled
 from multimodal_rec.data.synth.render import ClipSpec, write_clip
 from multimodal_rec.data.synth.vocab import COMBOS, interest_query, make_captions, motion_phrase, pick
 
@@ -204,11 +205,12 @@ def make_world(
         if progress is not None:
             progress(done, videos)
 
+    names = made_up_names(len(specs), np.random.default_rng([seed, 7]))  # its own stream: nothing else moves
     catalog_rows = [
         (
             s.video_id,
             f"videos/{s.video_id}.mp4",
-            f"{s.color.capitalize()} {s.shape} {motion_phrase(s.motion)}",
+            titled(name, s.color, s.shape, motion_phrase(s.motion)),
             s.color,
             s.shape,
             s.motion,
@@ -218,7 +220,7 @@ def make_world(
             s.height,
             split,
         )
-        for s, split in zip(specs, splits, strict=True)
+        for s, split, name in zip(specs, splits, names, strict=True)
     ]
     _write_csv_atomic(
         out / "catalog.csv",
