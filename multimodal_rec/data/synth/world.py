@@ -160,7 +160,8 @@ def _simulate_users(
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Write a CSV (header + rows, "\\n" line ends) to ``path`` atomically (temp + rename)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -222,15 +223,15 @@ def make_world(
         )
         for s, split, name in zip(specs, splits, names, strict=True)
     ]
-    _write_csv_atomic(
+    write_csv_atomic(
         out / "catalog.csv",
         ("video_id", "path", "title", "color", "shape", "motion", "duration_s", "fps", "width", "height", "split"),
         catalog_rows,
     )
     caption_rows = [(s.video_id, c) for s, caps in zip(specs, captions, strict=True) for c in caps]
-    _write_csv_atomic(out / "captions.csv", ("video_id", "caption"), caption_rows)
+    write_csv_atomic(out / "captions.csv", ("video_id", "caption"), caption_rows)
     interactions = _simulate_users(specs, captions, users, seed)
-    _write_csv_atomic(out / "interactions.csv", ("user_id", "video_id", "timestamp", "text"), interactions)
+    write_csv_atomic(out / "interactions.csv", ("user_id", "video_id", "timestamp", "text"), interactions)
     LOG.info(
         "world at %s: %d videos, %d users, %d interactions, %d captions",
         out,
