@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,3 +122,49 @@ def test_videos_not_served_are_not_relevant() -> None:
     rec.row_of = {"a": 0, "c": 2}  # b was removed
     r = long_retrieval(rec, MOMENTS, [RED_LEFT], k=5)
     assert r["relevant"] == 1.0 and r["p@5"] == pytest.approx(1 / 5) and r["r@1_iou>=0.7"] == 1.0
+
+
+class _OracleRec:
+    """Answers every query with its relevant videos first, each hit's moment the matching part's span moved by
+    ``shift`` seconds; text vectors are random (text->video is only smoke-tested here)."""
+
+    def __init__(self, data: Path, shift: float) -> None:
+        from multimodal_rec.data.synth import paraphrase_queries, vocab_queries
+
+        self.catalog = pd.read_csv(data / "catalog.csv", dtype={"video_id": str})
+        self.video_ids = list(self.catalog["video_id"])
+        self.row_of = {v: i for i, v in enumerate(self.video_ids)}
+        self.embeddings = np.eye(len(self.video_ids), 4, dtype=np.float32)
+        self.moments, self.shift = pd.read_csv(data / "moments.csv", dtype={"video_id": str}), shift
+        self.attrs = {q["query"]: q for q in vocab_queries() + paraphrase_queries()}
+        self.model = SimpleNamespace(cache_text_features=False, clear_text_cache=lambda: None)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return np.random.default_rng(0).normal(size=(len(texts), 4)).astype(np.float32)
+
+    def search_batch(self, texts: list[str], k: int, mode: str | None = None) -> list[list[_Hit]]:
+        out = []
+        for t in texts:
+            truth = relevant_spans(self.moments, self.attrs[t])
+            hits = [_Hit(v, _m(s + self.shift, e + self.shift)) for v, [(s, e)] in truth.items()]
+            hits += [_Hit(v, _m(0, 1)) for v in self.video_ids if v not in truth]
+            out.append(hits[:k])
+        return out
+
+
+@pytest.mark.parametrize(("shift", "r_at_1"), [(0.0, 1.0), (10.0, 0.0)])
+def test_evaluate_finds_moments_csv_and_scores_an_oracle(tmp_path: Path, shift: float, r_at_1: float) -> None:
+    from multimodal_rec.data.synth.long import make_long_world
+    from multimodal_rec.evaluation.bundle_eval import evaluate, format_report
+
+    make_long_world(tmp_path, videos=3, parts=2, seed=0)
+    res = evaluate(_OracleRec(tmp_path, shift), tmp_path, id_baselines=False)
+    assert "semantic_retrieval" not in res and res["user_to_video"] == {} and res["text_to_video"]["queries"] == 6
+    lv = res["long_videos"]
+    assert lv["parts"] == 6 and lv["vocabulary"]["queries"] == 6 and lv["vocabulary"]["relevant"] == 1.0
+    assert lv["vocabulary"]["p@5"] == pytest.approx(1 / 5) and lv["paraphrase"]["queries"] == 18
+    assert lv["vocabulary"]["r@1_iou>=0.5"] == r_at_1 and lv["paraphrase"]["r@1_iou>=0.5"] == r_at_1
+    assert "long videos (6 parts" in format_report(res)
