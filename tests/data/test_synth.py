@@ -116,6 +116,14 @@ def test_titles(catalog: pd.DataFrame) -> None:
         assert not {w.lower() for w in words} & reserved, name
         name_words += words
     assert len(set(name_words)) == len(name_words)  # every name word belongs to one video
+    # a title states its clip in the captions' words (its vocabulary query, "a" aside), and no paraphrase shares
+    # a word with any title
+    vocab = {(q["color"], q["shape"], q["motion"]): q["query"] for q in synth.vocab_queries()}
+    for row in catalog.itertuples():
+        assert set(_words(vocab[row.color, row.shape, row.motion])) - {"a", "an"} <= set(_words(row.title)), row.title
+    title_words = {w for t in catalog.title for w in _words(t)}
+    for q in synth.paraphrase_queries():
+        assert not set(_words(q["query"])) & title_words, q["query"]
 
 
 def test_names_are_seeded_and_avoid_reserved_words() -> None:
