@@ -41,7 +41,7 @@ def _replicated_catalog(cat: pd.DataFrame, times: int, path: Path) -> Path:
     return path
 
 
-def _peak_rss_mb(cmd: list[str]) -> float:
+def peak_rss_mb(cmd: list[str]) -> float:
     """Peak resident memory (MiB) of ``cmd`` and its worker processes, measured by a fresh launcher."""
     launcher = (
         "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -62,7 +62,7 @@ def _decode_only(model: Any, paths: list[str], batch_size: int) -> tuple[int, fl
     return decoded, len(paths) / (time.perf_counter() - t)
 
 
-def _model_only(model: Any, paths: list[str], batch_size: int) -> float:
+def model_only(model: Any, paths: list[str], batch_size: int) -> float:
     """Model-only throughput M (videos/s): one batch of pre-decoded frames run as many times as there are paths."""
     vcfg = model.cfg.video
     sample = [
@@ -89,11 +89,18 @@ def _model_only(model: Any, paths: list[str], batch_size: int) -> float:
         return n / (time.perf_counter() - t)
 
 
-def _peak_memory(
-    model_dir: str | Path, catalog: str | Path, cat: pd.DataFrame, tmp: Path, batch_size: int, workers: int, device: str
-) -> dict[str, float]:
-    """Peak RSS (MiB) of ``mmrec encode`` over the catalog and over 4 times it, and the growth between them."""
-    base = [
+def ceiling_of(D: float, M: float, cuda: bool) -> tuple[str, float]:
+    """The end-to-end ceiling from decode-only ``D`` and model-only ``M`` (same unit): on a GPU decoding (CPU) and
+    the model overlap on different hardware, ``min(D, M)``; on the CPU they share the cores, so the two jobs run
+    back to back at full speed, ``1/(1/D + 1/M)``."""
+    if cuda:
+        return "min(D, M)", min(D, M)
+    return "1/(1/D + 1/M)", 1 / (1 / D + 1 / M)
+
+
+def encode_cmd(model_dir: str | Path, out: Path, batch_size: int, workers: int, device: str) -> list[str]:
+    """``mmrec encode`` as a fresh process (for its peak memory), rebuilding ``out``; the catalog is appended."""
+    return [
         sys.executable,
         "-m",
         "multimodal_rec.cli",
@@ -101,7 +108,7 @@ def _peak_memory(
         "--model",
         str(model_dir),
         "--out",
-        str(tmp / "mem"),
+        str(out),
         "--batch-size",
         str(batch_size),
         "--workers",
@@ -111,8 +118,15 @@ def _peak_memory(
         "--rebuild",
         "-q",
     ]
-    small = _peak_rss_mb([*base, "--catalog", str(catalog)])
-    big = _peak_rss_mb([*base, "--catalog", str(_replicated_catalog(cat, 4, tmp / "x4.csv"))])
+
+
+def _peak_memory(
+    model_dir: str | Path, catalog: str | Path, cat: pd.DataFrame, tmp: Path, batch_size: int, workers: int, device: str
+) -> dict[str, float]:
+    """Peak RSS (MiB) of ``mmrec encode`` over the catalog and over 4 times it, and the growth between them."""
+    base = encode_cmd(model_dir, tmp / "mem", batch_size, workers, device)
+    small = peak_rss_mb([*base, "--catalog", str(catalog)])
+    big = peak_rss_mb([*base, "--catalog", str(_replicated_catalog(cat, 4, tmp / "x4.csv"))])
     return {"N": round(small, 1), "4N": round(big, 1), "growth": round(big / small - 1, 3)}
 
 
@@ -139,7 +153,7 @@ def bench_encode(
     cat = read_catalog(catalog)
     paths = list(cat["abs_path"])
     decoded, D = _decode_only(model, paths, batch_size)
-    M = _model_only(model, paths, batch_size)
+    M = model_only(model, paths, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         t, kw = time.perf_counter(), {"batch_size": batch_size, "workers": workers, "device": device}
         res = encode_catalog(model_dir, catalog, Path(tmp) / "bundle", rebuild=True, **kw)
@@ -156,12 +170,8 @@ def bench_encode(
             "model_only_vps": round(M, 2),
             "end_to_end_vps": round(E, 2),
         }
-        if model.device.type == "cuda":  # decoding (CPU) and the model (GPU) overlap on different hardware
-            out["ceiling"] = "min(D, M)"
-            out["ceiling_vps"] = round(min(D, M), 2)
-        else:  # they share the same cores: the ceiling is the two jobs back to back at full speed
-            out["ceiling"] = "1/(1/D + 1/M)"
-            out["ceiling_vps"] = round(1 / (1 / D + 1 / M), 2)
+        out["ceiling"], ceiling = ceiling_of(D, M, model.device.type == "cuda")
+        out["ceiling_vps"] = round(ceiling, 2)
         out["e_over_ceiling"] = round(E / out["ceiling_vps"], 3)
         out["e_over_d"] = round(E / D, 3)
         if memory:

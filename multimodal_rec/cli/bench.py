@@ -12,6 +12,8 @@ from multimodal_rec.errors import UserError
 def _bench_encode(a: argparse.Namespace) -> None:
     from multimodal_rec.bench import encode as bench
 
+    if a.long:
+        return _bench_encode_long(a)
     if not a.model or not a.catalog:
         raise UserError("bench encode needs --model RUN and --catalog CATALOG")
     res = bench.bench_encode(
@@ -24,6 +26,25 @@ def _bench_encode(a: argparse.Namespace) -> None:
         repeat=a.repeat,
     )
     print(json.dumps(res) if a.json else bench.format_encode(res))
+
+
+def _bench_encode_long(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench import encode_long as bench
+
+    if not a.model:
+        raise UserError("bench encode --long needs --model RUN (and --catalog of long videos, or one is made)")
+    res = bench.bench_encode_long(
+        a.model,
+        a.catalog,
+        sizes=a.long_sizes,
+        parts=a.parts,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        workers=a.workers,
+        memory=not a.no_memory,
+        device=a.device,
+    )
+    print(json.dumps(res) if a.json else bench.format_encode_long(res))
 
 
 def _bench_index(a: argparse.Namespace) -> None:
@@ -83,6 +104,16 @@ def add_bench(sub: Subparsers) -> None:
     )
     s.add_argument("--repeat", type=positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
+    g = s.add_argument_group("bench encode --long")
+    g.add_argument(
+        "--long",
+        action="store_true",
+        help="encode: long videos (segments) of --catalog, or of a long world made for the run (mmrec synth --long)",
+    )
+    g.add_argument(
+        "--long-sizes", type=positive_int, nargs="+", default=[1, 2, 4], help="videos per run (default 1 2 4)"
+    )
+    g.add_argument("--parts", type=positive_int, default=6, help="parts per made long video (default 6)")
     s.add_argument("--device", default="auto", help="encode, search: auto, cpu or cuda (where the model runs)")
     s.add_argument("-k", type=positive_int, default=10, help="index, search, serve: recall@k / hits (default 10)")
     s.add_argument("--seed", type=int, default=0, help="index, search, serve: seed of the vectors or queries")

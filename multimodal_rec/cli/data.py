@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from multimodal_rec.cli.common import Subparsers, add_command, positive_int, print_json
 from multimodal_rec.errors import UserError
 
 
-def cmd_synth(a: argparse.Namespace) -> None:
-    from multimodal_rec.data.synth import make_world
+def _bar(total: int, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A tqdm bar on stderr (none when ``quiet``): its ``progress(done, total)`` and ``close()``."""
+    if quiet:
+        return (lambda done, total: None), (lambda: None)
+    from tqdm import tqdm
 
-    bar = None
-    if not a.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=a.videos, desc="write videos", unit="video", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="write videos", unit="video", file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
+        bar.n = done
+        bar.refresh()
 
+    return progress, bar.close
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    if a.long is not None:
+        return _synth_long(a)
+    from multimodal_rec.data.synth import make_world
+
+    progress, close = _bar(a.videos, a.quiet)
     try:
         s = make_world(a.out, videos=a.videos, users=a.users, seed=a.seed, holdout=a.holdout, progress=progress)
     except ValueError as e:
         raise UserError(str(e)) from None
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     info = {
         "out": str(s.out),
         "videos": s.videos,
@@ -43,6 +50,22 @@ def cmd_synth(a: argparse.Namespace) -> None:
         print(f"wrote {s.videos} videos, {s.captions} captions, {s.users} users / {s.interactions} events to {s.out}")
 
 
+def _synth_long(a: argparse.Namespace) -> None:
+    from multimodal_rec.data.synth.long import make_long_world
+
+    progress, close = _bar(a.long, a.quiet)
+    try:
+        s = make_long_world(a.out, videos=a.long, parts=a.parts, seed=a.seed, progress=progress)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    finally:
+        close()
+    if a.json:
+        print_json({"out": str(s.out), "videos": s.videos, "parts": s.parts, "seconds": round(s.seconds, 3)})
+    else:
+        print(f"wrote {s.videos} long videos of {s.parts} parts ({s.seconds / 60:.1f} min of video) to {s.out}")
+
+
 def add_synth(sub: Subparsers) -> None:
     s = add_command(sub, "synth", "make the synthetic demo world (videos, catalog, captions, interactions)", cmd_synth)
     s.add_argument("--out", required=True, help="output directory")
@@ -52,6 +75,14 @@ def add_synth(sub: Subparsers) -> None:
     s.add_argument(
         "--holdout", type=float, default=0.34, help="share of each combination's videos held out (split=test)"
     )
+    s.add_argument(
+        "--long",
+        type=positive_int,
+        metavar="N",
+        help="instead: N long videos, each --parts clips of 4-8 s back to back, with moments.csv (which plays when); "
+        "126 x 6 parts puts every combination in 6 videos",
+    )
+    s.add_argument("--parts", type=positive_int, default=6, help="--long: parts per video (default 6)")
 
 
 def cmd_presets(a: argparse.Namespace) -> None:

@@ -78,7 +78,9 @@ def add_eval(sub: Subparsers) -> None:
         sub, "eval", "full-ranking evaluation: a bundle on its data directory, or --dataset ml-100k", cmd_eval
     )
     s.add_argument("--bundle", help="bundle to evaluate (with --data)")
-    s.add_argument("--data", help="data directory (held-out split + last events)")
+    s.add_argument(
+        "--data", help="data directory (held-out split + last events; with moments.csv: the long-video evaluation)"
+    )
     s.add_argument(
         "--dataset",
         choices=["ml-100k"],

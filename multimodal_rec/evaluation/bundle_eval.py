@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.data.tables import history_examples, item_counts, load_dataset, training_events
+from multimodal_rec.evaluation.long_eval import evaluate_long, format_long, read_moments
 from multimodal_rec.evaluation.metrics import leave_out_metrics, relevance_metrics, target_ranks
 from multimodal_rec.evaluation.simple import (
     mean_history_scores,
@@ -25,11 +26,20 @@ from multimodal_rec.evaluation.simple import (
     seen_mask,
     target_not_seen,
 )
+from multimodal_rec.evaluation.text_search import compare_modes, format_modes
 from multimodal_rec.serving.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
 ATTRS = ("color", "shape", "motion")
-__all__ = ["evaluate", "format_report", "plot_user_recall", "semantic_retrieval", "text_to_video", "user_to_video"]
+__all__ = [
+    "ablation",
+    "evaluate",
+    "format_report",
+    "plot_user_recall",
+    "semantic_retrieval",
+    "text_to_video",
+    "user_to_video",
+]
 
 
 def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str, float]:
@@ -49,9 +59,12 @@ def text_to_video(rec: Recommender, captions: list[tuple[str, str]]) -> dict[str
     }
 
 
-def semantic_retrieval(rec: Recommender, queries: list[dict], rows: np.ndarray, k: int = 5) -> dict[str, float]:
+def semantic_retrieval(
+    rec: Recommender, queries: list[dict], rows: np.ndarray, k: int = 5, xb: np.ndarray | None = None
+) -> dict[str, float]:
     """P@k, R@k, hit rate@k, NDCG@k and MRR where every video matching the query's color, shape and motion
-    is relevant, ranked among catalog ``rows``; queries without a matching video are skipped.
+    is relevant, ranked among catalog ``rows``; queries without a matching video are skipped. ``xb`` scores the
+    videos with other vectors than ``rec.embeddings`` (the content-only / text-only ablation).
 
     On the held-out videos a query has two relevant videos, so R@5 is the share of them found and P@5 is at
     most 0.4; ``hit_rate@k`` divides by ``min(k, relevant)`` (kept for comparison with older reports).
@@ -64,7 +77,8 @@ def semantic_retrieval(rec: Recommender, queries: list[dict], rows: np.ndarray, 
     if not some.any():
         return {"queries": 0}
     xq = rec.encode_queries([q["query"] for q, ok in zip(queries, some, strict=True) if ok])
-    per_query = relevance_metrics(xq @ rec.embeddings[rows].T, relevant[some], k)
+    xb = rec.embeddings if xb is None else xb
+    per_query = relevance_metrics(xq @ xb[rows].T, relevant[some], k)
     out = {"queries": int(some.sum()), "relevant": float(relevant[some].sum(1).mean())}
     return out | {("mrr" if m == "rr" else m): float(v.mean()) for m, v in per_query.items()}
 
@@ -164,6 +178,11 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
     caps = [(v, c) for v, c in zip(ds.captions["video_id"], ds.captions["caption"], strict=True) if v in test_ids]
     out: dict[str, Any] = {"videos": len(rec), "held_out_videos": len(test_ids & set(rec.row_of))}
     out["text_to_video"] = text_to_video(rec, caps)
+    moments = read_moments(data_dir)
+    if moments is not None:  # a long-video world: no users, no per-video attributes; moments instead
+        out["long_videos"] = evaluate_long(rec, moments)
+        out["user_to_video"] = {}
+        return out
     if all(a in rec.catalog.columns for a in ATTRS):
         from multimodal_rec.data.synth import paraphrase_queries, vocab_queries
 
@@ -175,12 +194,29 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
             "vocabulary_whole_catalog": semantic_retrieval(rec, vocab_queries(), everything),
             "paraphrase_whole_catalog": semantic_retrieval(rec, paraphrase_queries(), everything),
         }
+        out["ablation"] = ablation(rec, everything, vocab_queries(), paraphrase_queries())
+    out["search_modes"] = compare_modes(rec)
     runs, out["users_target_seen"] = user_to_video(rec, ds, seeds, id_baselines)
     if runs:
         out["seeds"] = seeds
         out["user_to_video"], out["user_to_video_std"] = _mean_std(runs)
     else:
         out["user_to_video"] = {}
+    return out
+
+
+def ablation(rec: Recommender, rows: np.ndarray, vocab: list[dict], para: list[dict]) -> dict[str, Any]:
+    """Semantic retrieval over ``rows`` scored by the bundle's content vectors alone (``rec.content``) and by its
+    text vectors alone (``rec.text``), next to the item vectors; ``{}`` when the bundle has neither."""
+    parts = {"content_only": getattr(rec, "content", None), "text_only": getattr(rec, "text", None)}
+    parts = {name: xb for name, xb in parts.items() if xb is not None}
+    if not parts:
+        return {}
+    parts = {"item": rec.embeddings, **parts}
+    queries = {"vocabulary": vocab, "paraphrase": para}
+    out: dict[str, Any] = {}
+    for name, xb in parts.items():
+        out[name] = {q: semantic_retrieval(rec, qs, rows, xb=xb) for q, qs in queries.items()}
     return out
 
 
@@ -209,6 +245,18 @@ def _format_semantic(sem: dict[str, dict[str, float]]) -> list[str]:
             lines.append(
                 f"  {label:<44}{r['relevant']:>9.1f}{r['p@5']:>8.3f}{r['r@5']:>8.3f}{r['ndcg@5']:>8.3f}{r['mrr']:>8.3f}"
             )
+    return lines
+
+
+def _format_ablation(abl: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    lines = [
+        "ablation, semantic P@5 / NDCG@5 over the whole catalog by which vectors score the videos:",
+        f"  {'vectors':<14}{'vocab P@5':>11}{'NDCG@5':>8}{'para P@5':>10}{'NDCG@5':>8}",
+    ]
+    for name, r in abl.items():
+        v, p = r["vocabulary"], r["paraphrase"]
+        if v.get("queries") and p.get("queries"):
+            lines.append(f"  {name:<14}{v['p@5']:>11.3f}{v['ndcg@5']:>8.3f}{p['p@5']:>10.3f}{p['ndcg@5']:>8.3f}")
     return lines
 
 
@@ -256,6 +304,12 @@ def format_report(res: dict[str, Any]) -> str:
         )
     if res.get("semantic_retrieval"):
         lines += _format_semantic(res["semantic_retrieval"])
+    if res.get("ablation"):
+        lines += _format_ablation(res["ablation"])
+    if res.get("search_modes"):
+        lines += format_modes(res["search_modes"])
+    if res.get("long_videos"):
+        lines += format_long(res["long_videos"])
     if res.get("user_to_video"):
         lines += _format_users(res)
     elif res.get("users_target_seen"):

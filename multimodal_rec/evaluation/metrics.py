@@ -32,6 +32,8 @@ user has fewer than ``K`` candidates, in a tiny catalog, every list is cut to th
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import numpy as np
 
 CURVE_KS = (1, 2, 5, 10, 20, 30, 50, 75, 100)  # where Recall@K curves are sampled
@@ -177,3 +179,19 @@ def leave_out_metrics(
     out |= {f"curve@{k}": v for k, v in recall_curve(ranks).items()}
     top = ranked_items(scores, min(k, int(candidates.min())), exclude)  # shorter only in a catalog smaller than k
     return out | beyond_accuracy(top, item_vectors, train_counts, label_k=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranked id lists (what Recommender.search returns), for the mode comparisons and known-item search
+# ---------------------------------------------------------------------------------------------
+def precision_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """``P@k = hits / k``: relevant ids among the first ``k`` of ``ranked`` (a shorter list still divides by k)."""
+    return sum(1 for v in ranked[:k] if v in relevant) / k
+
+
+def reciprocal_rank(ranked: Sequence[str], target: str, k: int) -> float:
+    """``1 / position`` of ``target`` in the first ``k`` of ``ranked``; 0 when it is not there (MRR@k's term)."""
+    for i, v in enumerate(ranked[:k], start=1):
+        if v == target:
+            return 1.0 / i
+    return 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pandas as pd
 import pytest
 
 from multimodal_rec.data import synth
+from multimodal_rec.data.synth import long as synth_long
+from multimodal_rec.data.synth import names as synth_names
 from multimodal_rec.data.synth import world as synth_world
 
 SEED = 2  # with 20 videos this seed covers every colour, shape and motion (asserted below)
@@ -100,9 +103,36 @@ def test_files_columns_and_summary(world: tuple[Path, synth.WorldSummary], catal
 
 
 def test_titles(catalog: pd.DataFrame) -> None:
-    row = catalog.iloc[0]
-    assert row.title.lower().startswith(f"{row['color']} {row['shape']}")
-    assert row.title[0].isupper()
+    """ "<Name>: <Color> <shape> <motion phrase>": unique per video, the name two made-up words of no query."""
+    assert catalog.title.is_unique
+    reserved = synth_names.reserved_words()
+    assert {"red", "circle", "moving", "left", "crimson", "orb", "footage"} <= reserved
+    name_words: list[str] = []
+    for row in catalog.itertuples():
+        name, _, rest = row.title.partition(": ")
+        assert rest == f"{row.color.capitalize()} {row.shape} {synth.vocab.motion_phrase(row.motion)}", row.title
+        words = name.split(" ")
+        assert len(words) == 2 and all(w[0].isupper() and w[1:].islower() and len(w) >= 4 for w in words), name
+        assert not {w.lower() for w in words} & reserved, name
+        name_words += words
+    assert len(set(name_words)) == len(name_words)  # every name word belongs to one video
+    # a title states its clip in the captions' words (its vocabulary query, "a" aside), and no paraphrase shares
+    # a word with any title
+    vocab = {(q["color"], q["shape"], q["motion"]): q["query"] for q in synth.vocab_queries()}
+    for row in catalog.itertuples():
+        assert set(_words(vocab[row.color, row.shape, row.motion])) - {"a", "an"} <= set(_words(row.title)), row.title
+    title_words = {w for t in catalog.title for w in _words(t)}
+    for q in synth.paraphrase_queries():
+        assert not set(_words(q["query"])) & title_words, q["query"]
+
+
+def test_names_are_seeded_and_avoid_reserved_words() -> None:
+    a = synth_names.made_up_names(50, np.random.default_rng([3, 7]))
+    assert a == synth_names.made_up_names(50, np.random.default_rng([3, 7]))
+    assert a != synth_names.made_up_names(50, np.random.default_rng([4, 7]))
+    first = synth_names.made_up_names(1, np.random.default_rng([3, 7]))[0].split()[0].lower()
+    again = synth_names.made_up_names(1, np.random.default_rng([3, 7]), reserved={first})[0]
+    assert first not in again.lower().split()
 
 
 def test_paths_relative_and_resolve(world: tuple[Path, synth.WorldSummary], catalog: pd.DataFrame) -> None:
@@ -267,8 +297,11 @@ def test_sessions_make_recent_history_predictive(monkeypatch: pytest.MonkeyPatch
 
 # sha256 of the CSVs of make_world(videos=300, users=100, seed=0) as the code before the synth/ split wrote them:
 # the world (and so every number in the README) is pinned; a change here means a change in the random streams.
+# Issue 14 gave each title a made-up name ("Bebridri Drushafin: Red square moving left"), drawn from a stream of
+# its own: captions and interactions are unchanged, and catalog.csv with the names taken out is the old file.
+PINNED_CATALOG_WITHOUT_NAMES_SHA256 = "40cb01939094d8e872cc824d4a19db879a89ed57cb8c3b69dd97780dd20b7b9f"
 PINNED_CSV_SHA256 = {
-    "catalog.csv": "40cb01939094d8e872cc824d4a19db879a89ed57cb8c3b69dd97780dd20b7b9f",
+    "catalog.csv": "7201bf548a2942d2518bb7e8ac6913b5a034df48021fe704568449e974f66382",
     "captions.csv": "9513e8d2aa32fbabaa207ff14878e76db78584369691afbca2593f67a6dd58e5",
     "interactions.csv": "96b4a8eaf32b70d5f0427a208c2791b4b7a22a814fd8a581deacd3f071d82274",
 }
@@ -279,6 +312,8 @@ def test_world_tables_are_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     synth.make_world(tmp_path, videos=300, users=100, seed=0)
     got = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in PINNED_CSV_SHA256}
     assert got == PINNED_CSV_SHA256
+    unnamed = re.sub(r",[A-Z][a-z]+ [A-Z][a-z]+: ", ",", (tmp_path / "catalog.csv").read_text())
+    assert hashlib.sha256(unnamed.encode()).hexdigest() == PINNED_CATALOG_WITHOUT_NAMES_SHA256
 
 
 def test_progress_called_per_video(tmp_path: Path) -> None:
@@ -294,3 +329,77 @@ def test_progress_called_per_video(tmp_path: Path) -> None:
 def test_invalid_arguments(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         synth.make_world(tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long videos (mmrec synth --long): parts back to back, moments.csv as the ground truth
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def long_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("long")
+    synth_long.make_long_world(out, videos=2, parts=3, seed=SEED)
+    return out
+
+
+def test_long_world_files_and_ground_truth(long_world: Path) -> None:
+    cat = pd.read_csv(long_world / "catalog.csv")
+    moments = pd.read_csv(long_world / "moments.csv")
+    caps = pd.read_csv(long_world / "captions.csv")
+    assert list(cat.columns) == list(synth_long.CATALOG_COLUMNS)
+    assert list(moments.columns) == list(synth_long.MOMENT_COLUMNS)
+    assert list(cat.video_id) == ["lv0000", "lv0001"] and cat.title.is_unique
+    assert len(caps) == len(moments) == 6 and list(caps.video_id) == list(moments.video_id)
+    assert len(pd.read_csv(long_world / "interactions.csv")) == 0
+    assert not [p for p in long_world.rglob("*") if p.name.startswith(".")]
+    for row in cat.itertuples():
+        parts = moments[moments.video_id == row.video_id]
+        first = parts.iloc[0]
+        assert row.title.endswith(
+            f": {first.color.capitalize()} {first['shape']} {synth.vocab.motion_phrase(first.motion)}"
+        )
+        assert list(parts.part) == [0, 1, 2] and 10 <= row.fps <= 15
+        assert parts.start_s.iloc[0] == 0 and parts.end_s.iloc[-1] == pytest.approx(row.duration_s, abs=1e-3)
+        assert np.allclose(parts.start_s.to_numpy()[1:], parts.end_s.to_numpy()[:-1])  # back to back
+        assert ((parts.end_s - parts.start_s).between(4 - 1e-3, 8 + 1e-3)).all()
+        assert len(set(zip(parts.color, parts["shape"], parts.motion, strict=True))) == 3  # none repeats
+        frames = _decode(long_world / row.path)
+        assert frames.shape[1:] == (row.height, row.width, 3)
+        assert len(frames) == pytest.approx(row.duration_s * row.fps, abs=0.01)
+        for p in parts.itertuples():  # the object's colour in each part's middle frame is that part's colour
+            frame = frames[int((p.start_s + p.end_s) / 2 * row.fps)]
+            mean = frame[_erode(_object_mask(frame))].astype(np.float32).mean(axis=0)
+            dists = {name: float(np.linalg.norm(mean - np.array(rgb))) for name, rgb in synth.RGB.items()}
+            assert min(dists, key=dists.get) == p.color, (row.video_id, p.part)
+
+
+def test_long_world_is_reproducible(long_world: Path, tmp_path: Path) -> None:
+    synth_long.make_long_world(tmp_path, videos=2, parts=3, seed=SEED)
+    for name in ("catalog.csv", "moments.csv", "captions.csv", "interactions.csv"):
+        assert (long_world / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    for vid in ("lv0000", "lv0001"):
+        assert np.array_equal(
+            _decode(long_world / "videos" / f"{vid}.mp4"), _decode(tmp_path / "videos" / f"{vid}.mp4")
+        )
+
+
+def test_long_parts_are_dealt_evenly_and_never_repeat_in_a_video() -> None:
+    dealt = synth_long.assign_parts(126, 6, np.random.default_rng(0))
+    counts = pd.Series([c for video in dealt for c in video]).value_counts()
+    assert len(counts) == 126 and (counts == 6).all()  # every combination in 6 videos, like the short world
+    assert all(len(set(video)) == 6 for video in dealt)
+    uneven = synth_long.assign_parts(50, 4, np.random.default_rng(1))
+    counts = pd.Series([c for video in uneven for c in video]).value_counts()
+    assert counts.max() - counts.min() <= 1 and all(len(set(video)) == 4 for video in uneven)
+    long_ones = synth_long.assign_parts(2, 100, np.random.default_rng(2))  # least-used alone would repeat here
+    assert [len(set(video)) for video in long_ones] == [100, 100]
+
+
+def test_synth_long_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from multimodal_rec.cli import main
+
+    assert main(["synth", "--long", "1", "--parts", "2", "--out", str(tmp_path), "--json", "-q"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["videos"], info["parts"]) == (1, 2) and info["seconds"] > 8
+    assert (tmp_path / "videos" / "lv0000.mp4").is_file() and len(pd.read_csv(tmp_path / "moments.csv")) == 2
+    assert main(["synth", "--long", "1", "--parts", "127", "--out", str(tmp_path), "-q"]) == 2
+    assert "parts must be in [1, 126]" in capsys.readouterr().err

@@ -9,8 +9,12 @@ that stick to one interest, so recent history predicts the next item better than
 - :mod:`.vocab`: colours, shapes, motions and every word the captions, queries and paraphrases use
 - :mod:`.render`: one clip's frames and its reproducible h264 file
 - :mod:`.world`: the catalog (combinations, splits, captions), the simulated users, the files (:func:`make_world`)
+- :mod:`.names`: made-up video names; titles are "<Name>: <Color> <shape> <motion phrase>", unique per video,
+  stating the clip in the captions' words (paraphrases share no word with them)
+- :mod:`.long`: long videos of several clips back to back with ``moments.csv`` (:func:`make_long_world`)
 """
 
+from multimodal_rec.data.synth.long import LongSummary, make_long_world
 from multimodal_rec.data.synth.render import RGB
 from multimodal_rec.data.synth.vocab import (
     CAPTION_MOTIONS,
@@ -31,8 +35,10 @@ __all__ = [
     "MOTIONS",
     "RGB",
     "SHAPES",
+    "LongSummary",
     "WorldSummary",
     "caption_vocabulary",
+    "make_long_world",
     "make_world",
     "paraphrase_queries",
     "vocab_queries",

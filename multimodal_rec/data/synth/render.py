@@ -122,12 +122,17 @@ def _encode(frames: np.ndarray, fps: int, path: Path) -> None:
             container.mux(packet)
 
 
-def write_clip(spec: ClipSpec, video_dir: Path) -> None:
-    """Render and encode ``spec`` to ``video_dir/<video_id>.mp4`` (temp + rename: never a half-written clip)."""
-    final = video_dir / f"{spec.video_id}.mp4"
-    tmp = video_dir / f".{spec.video_id}.{os.getpid()}.tmp.mp4"
+def write_frames(frames: np.ndarray, fps: int, video_dir: Path, video_id: str) -> None:
+    """Encode ``frames`` to ``video_dir/<video_id>.mp4`` (temp + rename: never a half-written clip)."""
+    final = video_dir / f"{video_id}.mp4"
+    tmp = video_dir / f".{video_id}.{os.getpid()}.tmp.mp4"
     try:
-        _encode(render_clip(spec), spec.fps, tmp)
+        _encode(frames, fps, tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_clip(spec: ClipSpec, video_dir: Path) -> None:
+    """Render and encode ``spec`` to ``video_dir/<video_id>.mp4``."""
+    write_frames(render_clip(spec), spec.fps, video_dir, spec.video_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multimodal_rec.data.synth.names import made_up_names, titled
 from multimodal_rec.data.synth.render import ClipSpec, write_clip
 from multimodal_rec.data.synth.vocab import COMBOS, interest_query, make_captions, motion_phrase, pick
 
@@ -159,7 +160,8 @@ def _simulate_users(
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Write a CSV (header + rows, "\\n" line ends) to ``path`` atomically (temp + rename)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -204,11 +206,12 @@ def make_world(
         if progress is not None:
             progress(done, videos)
 
+    names = made_up_names(len(specs), np.random.default_rng([seed, 7]))  # its own stream: nothing else moves
     catalog_rows = [
         (
             s.video_id,
             f"videos/{s.video_id}.mp4",
-            f"{s.color.capitalize()} {s.shape} {motion_phrase(s.motion)}",
+            titled(name, s.color, s.shape, motion_phrase(s.motion)),
             s.color,
             s.shape,
             s.motion,
@@ -218,17 +221,17 @@ def make_world(
             s.height,
             split,
         )
-        for s, split in zip(specs, splits, strict=True)
+        for s, split, name in zip(specs, splits, names, strict=True)
     ]
-    _write_csv_atomic(
+    write_csv_atomic(
         out / "catalog.csv",
         ("video_id", "path", "title", "color", "shape", "motion", "duration_s", "fps", "width", "height", "split"),
         catalog_rows,
     )
     caption_rows = [(s.video_id, c) for s, caps in zip(specs, captions, strict=True) for c in caps]
-    _write_csv_atomic(out / "captions.csv", ("video_id", "caption"), caption_rows)
+    write_csv_atomic(out / "captions.csv", ("video_id", "caption"), caption_rows)
     interactions = _simulate_users(specs, captions, users, seed)
-    _write_csv_atomic(out / "interactions.csv", ("user_id", "video_id", "timestamp", "text"), interactions)
+    write_csv_atomic(out / "interactions.csv", ("user_id", "video_id", "timestamp", "text"), interactions)
     LOG.info(
         "world at %s: %d videos, %d users, %d interactions, %d captions",
         out,
