@@ -29,7 +29,7 @@ def test_bundle_layout_and_search(bundle: Path, world: Path) -> None:
         assert name in manifest["files"]
     rec = Recommender.load(bundle)
     assert len(rec) == len(pd.read_csv(world / "catalog.csv"))
-    hits = rec.search("a red circle moving left", k=5)
+    hits = rec.search("a red circle moving left", k=5, mode="vector")  # the default is hybrid: the world has titles
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     assert {"title", "color", "shape", "motion"} <= set(hits[0].metadata)

@@ -32,7 +32,8 @@ def cmd_search(a: argparse.Namespace) -> None:
     for q in a.query:
         if not rec.query_info(q)["in_vocabulary"]:
             LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
-    results = rec.search_batch(a.query, k=a.k, filters=_filters(rec, a.filter), min_score=a.min_score)
+    filters = _filters(rec, a.filter)
+    results = rec.search_batch(a.query, k=a.k, filters=filters, min_score=a.min_score, mode=a.mode)
     if a.contact_sheet:
         from multimodal_rec.serving.contact_sheet import rows_for_hits, write_contact_sheet
 
@@ -66,6 +67,13 @@ def add_search(sub: Subparsers) -> None:
         default=None,
         metavar="S",
         help="drop hits scoring below S (compare the bundle's noise_score; the text model reads English only)",
+    )
+    s.add_argument(
+        "--mode",
+        choices=("vector", "lexical", "hybrid"),
+        default=None,
+        help="vector (text tower), lexical (BM25 over the catalog's title/description/tags) or hybrid (both, fused "
+        "by reciprocal rank); default: hybrid when the catalog has text, else vector",
     )
     s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
     s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -140,6 +140,19 @@ class CatalogState:
             excluded = [self._row[v] for v in exclude if v in self._row] + self._seen_rows(seen)
             mask = self._mask(filters, excluded, passing)
             D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
+            return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
+
+    def rank_rows(
+        self,
+        ranker: Callable[[pd.DataFrame, np.ndarray | None], tuple[np.ndarray, np.ndarray]],
+        filters: Filters | None = None,
+        passing: np.ndarray | None = None,
+    ) -> list[list[Hit]]:
+        """Hits from another ranker over the rows (e.g. the lexical index), masked exactly as :meth:`search` is
+        (filters, tombstones): ``ranker(catalog, mask)`` returns FAISS-style ``D, I`` over ``catalog``'s rows; it
+        runs under the read lock, so the catalog, the mask and the hits are of one state."""
+        with self._rw.read():
+            D, I = ranker(self.catalog, self._mask(filters, [], passing))  # noqa: E741
             return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
 
     def _mask(self, filters: Filters | None, excluded: list[int], passing: np.ndarray | None) -> np.ndarray | None:

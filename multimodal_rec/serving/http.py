@@ -113,6 +113,7 @@ def _problem(err: dict[str, Any]) -> str:
         "list_type": "must be a list",
         "dict_type": "must be a JSON object",
         "bool_type": "must be true or false",
+        "literal_error": f"must be one of {ctx.get('expected')}",
         "model_type": "must be a JSON object",
         "model_attributes_type": "must be a JSON object",
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
@@ -302,7 +303,7 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
     @app.post("/search", response_model=m.searched, responses=m.errors)
     def search(req: m.search) -> dict[str, Any]:
         """Videos that match a text query, best first; ``warnings`` says when the scores are noise."""
-        hits = rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score)
+        hits = rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score, mode=req.mode)
         return {"hits": [_json_value(h.to_dict()) for h in hits], "warnings": query_warnings(rec.query_info(req.query))}
 
     @app.post("/recommend", response_model=m.recommended, responses=m.errors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,9 @@ from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
 from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
 from multimodal_rec.serving.filters import Filters, filter_mask
-from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
+from multimodal_rec.serving.fusion import Rankers, ranked
+from multimodal_rec.serving.lexical import LexicalIndex, text_columns
+from multimodal_rec.serving.queries import QueryEncoder, check_min_score, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
@@ -78,6 +81,7 @@ class Recommender:
             catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
+        self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog)  # BM25, built now, never stored
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
@@ -99,6 +103,7 @@ class Recommender:
     xb = _read_only("_state", "xb", "What the index holds: embeddings plus, with the popularity prior, its column.")
     video_ids = _read_only("_state", "video_ids", "The video id of each row.")
     mapped = _read_only("_state", "mapped", "The index is memory-mapped (read-only): the first change copies it.")
+    text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
 
     @property
     def index(self) -> Any:
@@ -146,7 +151,13 @@ class Recommender:
         return self._state.search(xq, check_k(k), check_exclude(exclude), filters)
 
     def search(
-        self, text: str, k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+        self,
+        text: str,
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        min_score: float | None = None,
+        mode: str | None = None,
     ) -> list[Hit]:
         """Videos that match a text query, best first.
 
@@ -154,18 +165,29 @@ class Recommender:
         value (equality), a list of values (any of them), or a ``(min, max)`` range with None for an open end (see
         :mod:`multimodal_rec.serving.filters`). The filter runs inside the FAISS search, so ``k`` hits come back
         whenever at least ``k`` videos pass it. ``min_score`` drops hits scoring below it (fewer than ``k`` may
-        come back); ``info()["noise_score"]`` is what junk queries score on this catalog.
+        come back); ``info()["noise_score"]`` is what junk queries score on this catalog. ``mode``: ``"vector"``,
+        ``"lexical"`` or ``"hybrid"`` (None: :attr:`search_mode`); see :func:`multimodal_rec.serving.fusion.ranked`.
         """
-        return self.search_batch([text], k, filters, min_score=min_score)[0]
+        return self.search_batch([text], k, filters, min_score=min_score, mode=mode)[0]
 
     def search_batch(
-        self, texts: Sequence[str], k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        min_score: float | None = None,
+        mode: str | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one model call, one FAISS call); one filter for all."""
         k, min_score = check_k(k), check_min_score(min_score)
         check_texts(texts)
+        mode = self._lexical.mode(mode, self.catalog)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        return keep_above(self._state.search(self.text_queries(texts), k, (), filters, passing=passing), min_score)
+        rank = Rankers(self._state, self._lexical, self.text_queries, texts, filters, passing)
+        return ranked(mode, k, min_score, rank.vector, rank.lexical)
+
+    search_mode = property(lambda self: self._lexical.mode(None, self.catalog), doc="hybrid if the catalog has text")
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
@@ -242,6 +264,7 @@ class Recommender:
             first = skipped[0]["reason"] if skipped else "nothing to add"
             raise UserError(f"no video could be added ({len(skipped)} skipped; first: {first})")
         added = self._state.add(df, xb, skipped, files_read=embeddings is None)
+        self._lexical.index_for(self.catalog)  # extended now rather than by the next search
         LOG.info("added %d videos (%d skipped): %d served", len(added), len(skipped), len(self))
         return AddResult(added, skipped)
 
@@ -273,15 +296,17 @@ class Recommender:
             out = save_bundle(path, contents)
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
+            self._lexical.index_for(self.catalog)  # rebuilt over the compacted rows
         LOG.info("saved %d videos to %s", len(snap.catalog), out)
         return out
 
     def info(self) -> dict[str, Any]:
-        """Path, videos served, the index type and ``noise_score``: the 99th percentile of the best score of fixed
-        junk queries (``queries.NOISE_QUERIES``) on this catalog, computed once (again after a catalog change)."""
+        """Path, videos served, index type, ``search_mode``, ``text_columns``, ``noise_score``: the 99th percentile of
+        the best cosine of junk queries (``queries.NOISE_QUERIES``, vector mode), computed once per catalog size."""
         if self._noise is None or self._noise[0] != len(self):
-            self._noise = (len(self), noise_score(self.search_batch))
-        return {**self._basic_info(), "noise_score": self._noise[1]}
+            self._noise = (len(self), noise_score(partial(self.search_batch, mode="vector")))
+        modes = {"search_mode": self.search_mode, "text_columns": list(self.text_columns)}
+        return {**self._basic_info(), **modes, "noise_score": self._noise[1]}
 
     def _basic_info(self) -> dict[str, Any]:
         return {"path": str(self.path), "videos": len(self), **{k: self.manifest[k] for k in ("embed_dim", "index")}}

@@ -14,10 +14,14 @@ class Hit:
     score: float
     rank: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    scores: dict | None = None  # hybrid search: {"vector": cosine or None, "lexical": BM25 or None}
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-ready dict: video_id, score, rank and the metadata columns."""
-        return {"video_id": self.video_id, "score": round(self.score, 6), "rank": self.rank, **self.metadata}
+        """Flat JSON-ready dict: video_id, score, rank and the metadata columns (and ``scores`` when set)."""
+        out = {"video_id": self.video_id, "score": round(self.score, 6), "rank": self.rank, **self.metadata}
+        if self.scores is not None:
+            out["scores"] = {name: None if s is None else round(s, 6) for name, s in self.scores.items()}
+        return out
 
 
 @dataclass

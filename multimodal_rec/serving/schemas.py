@@ -9,7 +9,7 @@ an error, not silently ignored).
 # function against that function's locals, so they must stay eager.
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from multimodal_rec.serving.filters import MAX_VALUES
 from multimodal_rec.serving.validation import MAX_EXCLUDE
@@ -66,6 +66,14 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
     # Checked by serving.filters (one-line 400s naming the column), documented here as exactly what it accepts.
     Filters = Annotated[dict[str, Any] | None, Field(max_length=MAX_FILTERS), WithJsonSchema(_filters_schema())]
 
+    SearchMode = Annotated[
+        Literal["vector", "lexical", "hybrid"] | None,
+        Field(
+            description="vector (text tower), lexical (BM25 over the catalog's text) or hybrid (both, fused by "
+            "reciprocal rank; each hit's scores holds both parts); null: hybrid when the catalog has text, else vector"
+        ),
+    ]
+
     class SearchRequest(Strict):
         query: Text = Field(examples=["a red circle moving left"])
         k: K = 10
@@ -73,6 +81,7 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
         min_score: float | None = Field(
             None, allow_inf_nan=False, description="drop hits scoring below this; compare the bundle's noise_score"
         )
+        mode: SearchMode = None
 
     class RecommendRequest(Strict):
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])

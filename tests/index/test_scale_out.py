@@ -108,7 +108,7 @@ def test_export_to_qdrant_finds_our_top_hit(bundle: Path, tmp_path: Path) -> Non
         assert client.count("videos").count == len(rec)
         for q in ("a red circle moving left", "a blue square growing", "a white triangle moving up"):
             xq = rec.encode_queries([q])[0]
-            ours = rec.search(q, k=3)
+            ours = rec.search(q, k=3, mode="vector")  # the vectors exported (the default is hybrid: titles)
             got = client.query_points("videos", query=xq.tolist(), limit=3, with_payload=True).points
             assert got[0].payload["video_id"] == ours[0].video_id
             assert got[0].score == pytest.approx(ours[0].score, abs=1e-5)

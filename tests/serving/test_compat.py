@@ -109,7 +109,7 @@ def test_old_bundle_loads_and_answers_the_same(old: Path) -> None:
     rec = Recommender.load(old / "bundle")
     assert len(rec) == 24
     for q, hits in zip(want["queries"], want["search"], strict=True):
-        got = rec.search(q, k=5)
+        got = rec.search(q, k=5, mode="vector")  # the old code's only mode (the default is hybrid: titles)
         assert [h.video_id for h in got] == [v for v, _ in hits], q
         np.testing.assert_allclose([h.score for h in got], [s for _, s in hits], rtol=0, atol=1e-5)
     for hist, hits in zip(want["histories"], want["recommend"], strict=True):

@@ -36,15 +36,15 @@ def test_a_vocabulary_query_is_not_flagged(rec: Recommender) -> None:
 
 
 def test_min_score_drops_the_hits_below_it(rec: Recommender) -> None:
-    hits = rec.search(ENGLISH, k=10)
+    hits = rec.search(ENGLISH, k=10, mode="vector")  # min_score is a cosine (hybrid: test_hybrid.py)
     cut = hits[3].score
-    kept = rec.search(ENGLISH, k=10, min_score=cut)
+    kept = rec.search(ENGLISH, k=10, min_score=cut, mode="vector")
     assert kept and all(h.score >= cut for h in kept)
     assert [h.video_id for h in kept] == [h.video_id for h in hits if h.score >= cut]
     assert len(kept) < len(hits)  # the weaker ones are gone
-    assert rec.search(ENGLISH, k=10, min_score=2.0) == []  # cosine never reaches 2
-    assert rec.search(ENGLISH, k=10, min_score=-2.0) == hits  # nothing below -2: all kept
-    batch = rec.search_batch([ENGLISH, "🎬🐰"], k=5, min_score=cut)
+    assert rec.search(ENGLISH, k=10, min_score=2.0, mode="vector") == []  # cosine never reaches 2
+    assert rec.search(ENGLISH, k=10, min_score=-2.0, mode="vector") == hits  # nothing below -2: all kept
+    batch = rec.search_batch([ENGLISH, "🎬🐰"], k=5, min_score=cut, mode="vector")
     assert all(h.score >= cut for row in batch for h in row)
 
 
@@ -56,7 +56,7 @@ def test_min_score_must_be_a_finite_number(rec: Recommender, bad: object) -> Non
 
 def test_noise_score_is_the_junk_queries_best_score_percentile(rec: Recommender) -> None:
     info = rec.info()
-    best = [hits[0].score for hits in rec.search_batch(list(NOISE_QUERIES), k=1)]
+    best = [hits[0].score for hits in rec.search_batch(list(NOISE_QUERIES), k=1, mode="vector")]
     assert info["noise_score"] == pytest.approx(np.percentile(best, NOISE_PERCENTILE), abs=1e-4)
     assert -1.0 <= info["noise_score"] <= 1.0
     assert rec.info()["noise_score"] == info["noise_score"]  # computed once, same after
@@ -74,5 +74,5 @@ def test_http_search_warns_and_filters(rec: Recommender) -> None:
         assert len(junk["hits"]) == 3 and len(junk["warnings"]) == 1 and "English" in junk["warnings"][0]
         ok = c.post("/search", json={"query": ENGLISH, "k": 3}).json()
         assert ok["warnings"] == []
-        assert c.post("/search", json={"query": ENGLISH, "k": 3, "min_score": 2}).json()["hits"] == []
+        assert c.post("/search", json={"query": ENGLISH, "k": 3, "min_score": 2, "mode": "vector"}).json()["hits"] == []
         assert c.post("/search", json={"query": ENGLISH, "min_score": "high"}).status_code == 422

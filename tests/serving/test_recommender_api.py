@@ -39,8 +39,9 @@ def _ids(hits: list) -> list[str]:
 
 
 def _all_results(r: Recommender) -> list[tuple[list[str], np.ndarray]]:
-    """(ids, scores) of every query over the whole catalog, and of one recommendation."""
-    out = [r.search(q, k=len(r)) for q in QUERIES] + [r.recommend(HISTORY, k=10)]
+    """(ids, scores) of every query over the whole catalog (vector mode: BM25's corpus statistics move with every
+    add and compaction, see test_hybrid.py), and of one recommendation."""
+    out = [r.search(q, k=len(r), mode="vector") for q in QUERIES] + [r.recommend(HISTORY, k=10)]
     return [(_ids(hits), np.array([h.score for h in hits])) for hits in out]
 
 
@@ -55,12 +56,12 @@ def test_search_filters_equal_exact_search_over_passing_rows(rec: Recommender) -
     cat = rec.catalog
     passing = np.flatnonzero(cat["color"].isin(["red", "blue"]) & (cat["duration_s"] <= 2.0))
     assert 3 <= len(passing) < len(cat)
-    hits = rec.search("a red circle moving left", k=len(passing) + 5, filters=filters)
+    hits = rec.search("a red circle moving left", k=len(passing) + 5, filters=filters, mode="vector")
     assert len(hits) == len(passing) and [h.rank for h in hits] == list(range(1, len(hits) + 1))
     assert all(h.metadata["color"] in ("red", "blue") and h.metadata["duration_s"] <= 2.0 for h in hits)
     xq = rec.encode_queries(["a red circle moving left"])
     D, I = exact_search(rec.embeddings[passing], xq, 3)  # noqa: E741
-    top = rec.search("a red circle moving left", k=3, filters=filters)
+    top = rec.search("a red circle moving left", k=3, filters=filters, mode="vector")
     assert _ids(top) == [rec.video_ids[passing[i]] for i in I[0]]
     np.testing.assert_allclose([h.score for h in top], D[0], atol=1e-4)
     batch = rec.search_batch(QUERIES[:2], k=3, filters={"shape": "circle"})

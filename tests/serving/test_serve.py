@@ -58,7 +58,13 @@ class StubRec:
         return 2
 
     def search(
-        self, text: str, k: int = 10, filters: dict[str, Any] | None = None, *, min_score: float | None = None
+        self,
+        text: str,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        *,
+        min_score: float | None = None,
+        mode: str | None = None,
     ) -> list[Hit]:
         if text == "crash":
             raise RuntimeError(f"internal failure while handling {SECRET}")
