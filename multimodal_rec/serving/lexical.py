@@ -129,8 +129,11 @@ class LexicalIndex:
     """The BM25 index of the served catalog: rebuilt when the catalog object changes (a change swaps in a new
     one), reusing the token lists of rows that were already there when videos were appended. Thread-safe."""
 
-    def __init__(self, columns: Sequence[str], catalog: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[str], catalog: pd.DataFrame | None = None, *, hybrid_default: bool = True
+    ) -> None:
         self.columns = tuple(columns)
+        self.hybrid_default = hybrid_default  # False: a bundle made before hybrid search keeps vector as its default
         self._lock = threading.Lock()
         self._catalog: pd.DataFrame | None = None
         self._index: BM25Index | None = None
@@ -161,7 +164,7 @@ class LexicalIndex:
 
     def mode(self, mode: Any, catalog: pd.DataFrame) -> str:
         """:func:`resolve_mode` for ``catalog``: the default when ``mode`` is None, else ``mode`` checked."""
-        return resolve_mode(mode, self.has_text(catalog), self.columns)
+        return resolve_mode(mode, self.has_text(catalog), self.columns, self.hybrid_default)
 
     def search(
         self, texts: Sequence[str], k: int, catalog: pd.DataFrame, mask: np.ndarray | None
@@ -173,12 +176,12 @@ class LexicalIndex:
         return np.stack([d for d, _ in out]), np.stack([i for _, i in out])
 
 
-def resolve_mode(mode: Any, has_text: bool, columns: Sequence[str]) -> str:
+def resolve_mode(mode: Any, has_text: bool, columns: Sequence[str], hybrid_default: bool = True) -> str:
     """The search mode to run: ``mode`` checked (one of :data:`MODES`), or for None the default, ``"hybrid"`` when
-    the catalog has text and ``"vector"`` otherwise. UserError for an unknown mode, or a word-based one on a
-    catalog without text."""
+    the catalog has text (and ``hybrid_default``) and ``"vector"`` otherwise. UserError for an unknown mode, or a
+    word-based one on a catalog without text."""
     if mode is None:
-        return "hybrid" if has_text else "vector"
+        return "hybrid" if has_text and hybrid_default else "vector"
     if not isinstance(mode, str) or mode not in MODES:
         raise UserError(f"unknown search mode {str(mode)[:40]!r}: use one of {', '.join(MODES)}")
     if mode != "vector" and not has_text:

@@ -81,7 +81,10 @@ class Recommender:
             catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
-        self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog)  # BM25, built now, never stored
+        # BM25, built now, never stored; a bundle made before hybrid search (no "encode" in its manifest) keeps
+        # answering as it did: vector by default, the word-based modes on request
+        hybrid = "encode" in manifest
+        self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default=hybrid)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:

@@ -108,8 +108,9 @@ def test_old_bundle_loads_and_answers_the_same(old: Path) -> None:
     read_manifest(old / "bundle", verify=True)  # format and every checksum accepted
     rec = Recommender.load(old / "bundle")
     assert len(rec) == 24
+    assert rec.search_mode == "vector"  # titled, but made before hybrid search: the default stays what it was
     for q, hits in zip(want["queries"], want["search"], strict=True):
-        got = rec.search(q, k=5, mode="vector")  # the old code's only mode (the default is hybrid: titles)
+        got = rec.search(q, k=5)  # the default: a bundle made before hybrid search keeps vector search
         assert [h.video_id for h in got] == [v for v, _ in hits], q
         np.testing.assert_allclose([h.score for h in got], [s for _, s in hits], rtol=0, atol=1e-5)
     for hist, hits in zip(want["histories"], want["recommend"], strict=True):
