@@ -24,6 +24,7 @@ from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedH
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
+from multimodal_rec.serving.segments import NewRows, bundle_parts, encode_config, segment_table
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -39,7 +40,7 @@ from multimodal_rec.serving.validation import (
 )
 
 if TYPE_CHECKING:
-    from multimodal_rec.config import RunConfig
+    from multimodal_rec.config import EncodeConfig, RunConfig
 
 __all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommender", "ResolvedHistory"]
 LOG = logging.getLogger(__name__)
@@ -70,12 +71,29 @@ class Recommender:
         mapped: bool = False,
         sources: pd.DataFrame | None = None,
         skipped: list[dict[str, str]] | None = None,
+        *,
+        segments: pd.DataFrame | None = None,
+        segment_embeddings: np.ndarray | None = None,
+        segment_index: Any = None,
+        content: np.ndarray | None = None,
+        text: np.ndarray | None = None,
     ) -> None:
+        """``segments`` (``video_id, start_s, end_s``, optionally ``row``) with ``segment_embeddings [S, D]`` and
+        their ``segment_index``: the bundle's segments (none: one whole-video segment per video)."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
         self._queries = QueryEncoder(model)
-        prior = model.cfg.popularity_prior
+        seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped)
         self._state = CatalogState(
-            catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped
+            catalog,
+            embeddings,
+            index,
+            popularity_prior=model.cfg.popularity_prior,
+            sources=sources,
+            skipped=skipped,
+            mapped=mapped,
+            segments=seg,
+            content=content,
+            text=text,
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
 
@@ -88,7 +106,10 @@ class Recommender:
         """
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
-        return cls(b.path, b.model, b.manifest, b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
+        parts = {"content": b.content, "text": b.text, "segment_index": b.segment_index}
+        segments = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, **parts}
+        state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
+        return cls(b.path, b.model, b.manifest, *state, **segments)
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -99,6 +120,13 @@ class Recommender:
     xb = _read_only("_state", "xb", "What the index holds: embeddings plus, with the popularity prior, its column.")
     video_ids = _read_only("_state", "video_ids", "The video id of each row.")
     mapped = _read_only("_state", "mapped", "The index is memory-mapped (read-only): the first change copies it.")
+    content = _read_only("_state", "content", "Video-tower vectors [n, D] (None: not in the bundle), for ablations.")
+    text = _read_only("_state", "text", "Text-tower vectors of each video's text [n, D] (zeros: none; None: not kept).")
+
+    @property
+    def segments(self) -> pd.DataFrame:
+        """``video_id, start_s, end_s, row``: each video's segments in time order (one per video without them)."""
+        return self._state.segments.frame(self._state.video_ids)
 
     @property
     def index(self) -> Any:
@@ -165,7 +193,18 @@ class Recommender:
         k, min_score = check_k(k), check_min_score(min_score)
         check_texts(texts)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        return keep_above(self._state.search(self.text_queries(texts), k, (), filters, passing=passing), min_score)
+        return keep_above(self._state.search_text(self.text_queries(texts), k, filters, passing), min_score)
+
+    def search_moments(
+        self, text: str, k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+    ) -> list[Hit]:
+        """The ``k`` segments that best match a text query, best first: a video may come back once per matching
+        segment, each hit's ``moment`` the segment's span. ``filters`` and ``min_score`` as in :meth:`search`; a
+        bundle without segments answers as :meth:`search` (one whole-video segment per video)."""
+        k, min_score = check_k(k), check_min_score(min_score)
+        text = check_text(text)
+        passing = filter_mask(self.catalog, filters)
+        return keep_above(self._state.search_moments(self.text_queries([text]), k, filters, passing), min_score)[0]
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
@@ -226,22 +265,26 @@ class Recommender:
 
         ``catalog``: a DataFrame (paths relative to the working directory) or a catalog file (paths relative to
         it) with ``video_id``, ``path`` and any of the bundle's metadata columns. Without ``embeddings`` every clip
-        is decoded and encoded with the bundle's own video tower (unreadable clips are skipped and reported);
-        with ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded and
-        ``path`` is optional. A video id already served raises UserError and nothing is added. New videos have
+        is decoded and encoded as ``mmrec encode`` did for this bundle (segments, text: ``encoding.items``; a bundle
+        from before segments: one segment, content only) and unreadable clips are skipped and reported; with
+        ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded, ``path`` is
+        optional and each video is one segment spanning ``[0, duration_s]`` (end unknown without that column).
+        A video id already served raises UserError and nothing is added. New videos have
         popularity count 0. Searches see the new videos as soon as this returns; :meth:`save` persists them.
         """
         _require_unsharded(self.manifest, "add_videos")
         df = new_videos(catalog, self.catalog, need_paths=embeddings is None)
         self._state.check_new_ids(df["video_id"])
+        extra = None
         if embeddings is None:
-            df, xb, skipped = _encode_clips(self._queries, df, batch_size, workers, backend)
+            enc = encode_config(self.manifest)
+            df, xb, extra, skipped = _encode_items(self._queries, df, enc, batch_size, workers, backend)
         else:
             xb, skipped = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), []
         if df.empty:
             first = skipped[0]["reason"] if skipped else "nothing to add"
             raise UserError(f"no video could be added ({len(skipped)} skipped; first: {first})")
-        added = self._state.add(df, xb, skipped, files_read=embeddings is None)
+        added = self._state.add(df, xb, skipped, files_read=embeddings is None, extra=extra)
         LOG.info("added %d videos (%d skipped): %d served", len(added), len(skipped), len(self))
         return AddResult(added, skipped)
 
@@ -268,8 +311,13 @@ class Recommender:
         with self._state.mutation():
             snap = self._state.compacted()
             index = {INDEX_FILE: snap.index}
-            contents = Bundle(self.model, self.cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index)
-            contents.fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
+            parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
+            contents = Bundle(
+                self.model, self.cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts
+            )
+            contents.fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files", "segments")}
+            if parts["segments"] is not None:
+                contents.fields["segments"] = len(parts["segments"])
             out = save_bundle(path, contents)
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
@@ -290,16 +338,18 @@ class Recommender:
         return f"Recommender({json.dumps(self._basic_info())})"
 
 
-def _encode_clips(
-    queries: QueryEncoder, df: pd.DataFrame, batch_size: int, workers: int, backend: str
-) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, str]]]:
-    """Encode the clips of videos to add: (the rows that decoded, their vectors, the skipped ones and why)."""
-    xb, errors = queries.encode_videos(list(df["abs_path"]), batch_size, workers, backend)
-    rows = zip(df["video_id"], df["path"], errors, strict=True)
+def _encode_items(
+    queries: QueryEncoder, df: pd.DataFrame, enc: EncodeConfig, batch_size: int, workers: int, backend: str
+) -> tuple[pd.DataFrame, np.ndarray, NewRows, list[dict[str, str]]]:
+    """Encode the videos to add: (the rows that decoded, their item vectors, their segments and vector parts, the
+    skipped ones and why)."""
+    vecs, errors = queries.encode_items(df, enc, batch_size, workers, backend)
+    rows = zip(df["video_id"], df["path"] if "path" in df else [""] * len(df), errors, strict=True)
     skipped = [{"video_id": v, "path": str(p), "reason": e} for v, p, e in rows if e]
     for s in skipped:
         LOG.warning("not added %s: %s", s["video_id"], s["reason"])
-    return df[[not e for e in errors]].reset_index(drop=True), xb, skipped
+    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text)
+    return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
 
 
 def _require_unsharded(manifest: Mapping[str, Any], what: str) -> None:

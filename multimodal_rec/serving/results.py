@@ -8,16 +8,27 @@ from typing import Any
 
 @dataclass
 class Hit:
-    """One ranked video: id, score (cosine; plus the popularity prior for recommend), 1-based rank, metadata."""
+    """One ranked video: id, score (cosine; plus the popularity prior for recommend), 1-based rank, metadata.
+
+    ``moment`` (text search): where in the video the query matches, ``{"start_s", "end_s", "score"}`` (``end_s``
+    None when the video's duration is unknown); ``scores`` (hybrid search): the parts of a fused score.
+    """
 
     video_id: str
     score: float
     rank: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    moment: dict[str, Any] | None = None  # {"start_s": float, "end_s": float | None, "score": float}
+    scores: dict[str, Any] | None = None  # hybrid: {"vector": cosine | None, "lexical": bm25 | None}
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-ready dict: video_id, score, rank and the metadata columns."""
-        return {"video_id": self.video_id, "score": round(self.score, 6), "rank": self.rank, **self.metadata}
+        """Flat JSON-ready dict: video_id, score, rank, the metadata columns, and ``moment`` / ``scores`` when set."""
+        out = {"video_id": self.video_id, "score": round(self.score, 6), "rank": self.rank, **self.metadata}
+        if self.moment is not None:
+            out["moment"] = dict(self.moment)
+        if self.scores is not None:
+            out["scores"] = dict(self.scores)
+        return out
 
 
 @dataclass
