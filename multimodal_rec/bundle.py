@@ -86,6 +86,12 @@ class Bundle:
     index: Any = None
     path: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # as read (after a load)
+    # issue 14 (B1 stand-in for helper A's fields, so serving can be tested; the lead keeps A's version)
+    content: np.ndarray | None = None
+    text: np.ndarray | None = None
+    segments: pd.DataFrame | None = None
+    segment_embeddings: np.ndarray | None = None
+    segment_index: Any = None
 
 
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
@@ -198,6 +204,13 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
         np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(b.embeddings, dtype=np.float32))
         for name, index in b.indexes.items():
             faiss.write_index(index, str(tmp / name))
+        for name, arr in (("content.npy", b.content), ("text.npy", b.text)):
+            if arr is not None:
+                np.save(tmp / name, np.ascontiguousarray(arr, dtype=np.float32))
+        if b.segments is not None:
+            b.segments[["video_id", "start_s", "end_s"]].to_parquet(tmp / "segments.parquet", index=False)
+            np.save(tmp / "segment_embeddings.npy", np.ascontiguousarray(b.segment_embeddings, dtype=np.float32))
+            faiss.write_index(b.segment_index, str(tmp / "segments.faiss"))
         with (tmp / SKIPPED_FILE).open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(SKIPPED_COLUMNS), extrasaction="ignore")
             w.writeheader()
@@ -267,4 +280,14 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap
     )
     fields = {k: v for k, v in manifest.items() if k not in ("format", "files")}
     indexes = dict(zip(names, parts, strict=True))
-    return Bundle(model, cfg, catalog, embeddings, sources, skipped, indexes, fields, index, path, manifest)
+    b = Bundle(model, cfg, catalog, embeddings, sources, skipped, indexes, fields, index, path, manifest)
+    for name in ("content", "text"):
+        if (path / f"{name}.npy").is_file():
+            setattr(b, name, np.load(path / f"{name}.npy"))
+    if (path / "segments.parquet").is_file():
+        b.segments = pd.read_parquet(path / "segments.parquet")
+        row_of = {v: i for i, v in enumerate(catalog["video_id"].astype(str))}
+        b.segments["row"] = b.segments["video_id"].astype(str).map(row_of).astype(np.int64)
+        b.segment_embeddings = np.load(path / "segment_embeddings.npy", mmap_mode="r" if mmap else None)
+        b.segment_index = read_index(path / "segments.faiss", mmap=mmap)
+    return b
