@@ -31,6 +31,20 @@ class Hit:
         return out
 
 
+def clock(seconds: float | None) -> str:
+    """Seconds as ``mm:ss`` (``h:mm:ss`` past an hour), ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    s = round(float(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m:02d}:{s % 60:02d}"
+
+
+def moment_text(moment: dict[str, Any]) -> str:
+    """A hit's moment as ``mm:ss–mm:ss``."""
+    return f"{clock(moment['start_s'])}–{clock(moment.get('end_s'))}"
+
+
 @dataclass
 class AddResult:
     """What :meth:`Recommender.add_videos` did: ids added, and videos skipped (``video_id``, ``path``, ``reason``)."""
