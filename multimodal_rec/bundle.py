@@ -92,6 +92,7 @@ class Bundle:
     segments: pd.DataFrame | None = None
     segment_embeddings: np.ndarray | None = None
     segment_index: Any = None
+    segment_content: np.ndarray | None = None
 
 
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
@@ -211,6 +212,8 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
             b.segments[["video_id", "start_s", "end_s"]].to_parquet(tmp / "segments.parquet", index=False)
             np.save(tmp / "segment_embeddings.npy", np.ascontiguousarray(b.segment_embeddings, dtype=np.float32))
             faiss.write_index(b.segment_index, str(tmp / "segments.faiss"))
+            if b.segment_content is not None:
+                np.save(tmp / "segment_content.npy", np.ascontiguousarray(b.segment_content, dtype=np.float32))
         with (tmp / SKIPPED_FILE).open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(SKIPPED_COLUMNS), extrasaction="ignore")
             w.writeheader()
@@ -220,6 +223,18 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
         return {**fields, **({TRUNK_FIELD: pin} if pin else {}), "count": len(b.catalog), "skipped": len(b.skipped)}
 
     return write_bundle(out, fill)
+
+
+def encode_config_of(manifest: dict[str, Any]) -> Any:
+    """The EncodeConfig a bundle was made with; a bundle from before segments: one segment, content only."""
+    from dataclasses import fields
+
+    from multimodal_rec.config import EncodeConfig
+
+    made = manifest.get("encode")
+    if made is None:
+        return EncodeConfig(segment_seconds=0.0, text_weight=0.0)
+    return EncodeConfig(**{k: v for k, v in made.items() if k in {f.name for f in fields(EncodeConfig)}})
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -290,4 +305,6 @@ def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap
         b.segments["row"] = b.segments["video_id"].astype(str).map(row_of).astype(np.int64)
         b.segment_embeddings = np.load(path / "segment_embeddings.npy", mmap_mode="r" if mmap else None)
         b.segment_index = read_index(path / "segments.faiss", mmap=mmap)
+        if (path / "segment_content.npy").is_file():
+            b.segment_content = np.load(path / "segment_content.npy")
     return b

@@ -58,6 +58,8 @@ class SegmentTable:
     n_rows: int  # catalog rows
     index: Any = None
     mapped: bool = False  # the index is memory-mapped (read-only): a change copies it
+    content: np.ndarray | None = None  # [S, D] raw video-tower vectors (incremental encoding reuses them); None:
+    # not known (every video one segment: its content vector; else not kept)
     bounds: np.ndarray = field(init=False)  # [n_rows + 1]: row r's segments are bounds[r]:bounds[r + 1]
 
     def __post_init__(self) -> None:
@@ -68,7 +70,7 @@ class SegmentTable:
         if self.multi and self.index is None:
             self.index = flat_index(self.vectors)
         if not self.multi:
-            self.index, self.mapped = None, False
+            self.index, self.mapped, self.content = None, False, None
 
     def __len__(self) -> int:
         return len(self.row)
@@ -86,32 +88,40 @@ class SegmentTable:
         ids = np.asarray(video_ids, dtype=object)[self.row] if len(self.row) else np.array([], dtype=object)
         return pd.DataFrame({"video_id": ids, "start_s": self.spans[:, 0], "end_s": self.spans[:, 1], "row": self.row})
 
-    def appended(self, vectors: np.ndarray, rows: np.ndarray, spans: np.ndarray, n_new: int) -> tuple[Any, Any]:
-        """A table with the segments of ``n_new`` new catalog rows appended (``rows`` counted from 0 for the first
-        new row), and the vectors its index still needs (add them under the write lock; None: already added).
+    def appended(
+        self, new: NewRows, n_new: int, video_content: np.ndarray | None = None
+    ) -> tuple[SegmentTable, np.ndarray | None]:
+        """A table with the segments of ``n_new`` new catalog rows appended (``new.seg_row`` counted from 0 for the
+        first new row), and the vectors its index still needs (add them under the write lock; None: already added).
+        ``video_content``: the served rows' content vectors (a whole-video segment's raw vector).
 
         The index is the same object (appended to in place later) unless it had to be copied (memory-mapped) or
         made (the first video with several segments): then it is private and filled here.
         """
-        rows = np.asarray(rows, dtype=np.int64) + self.n_rows
+        rows = np.asarray(new.seg_row, dtype=np.int64) + self.n_rows
         if len(rows) and (np.any(np.diff(rows) < 0) or rows[0] < self.n_rows or rows[-1] >= self.n_rows + n_new):
             raise ValueError("segment rows must be grouped by video, in catalog order")
         if len(np.unique(rows)) != n_new:
             raise ValueError("every added video needs at least one segment")
-        vectors = np.vstack([self.vectors, vectors]).astype(np.float32, copy=False)
+        vectors = np.vstack([self.vectors, new.seg_vectors]).astype(np.float32, copy=False)
         all_rows = np.concatenate([self.row, rows])
-        all_spans = np.vstack([self.spans, np.asarray(spans, dtype=np.float64).reshape(-1, 2)])
-        new = SegmentTable(vectors, all_rows, all_spans, self.n_rows + n_new, self.index, self.mapped)
-        if not new.multi:
-            return new, None
-        if new.index is not self.index:  # just made over every vector
-            return new, None
+        all_spans = np.vstack([self.spans, np.asarray(new.spans, dtype=np.float64).reshape(-1, 2)])
+        out = SegmentTable(vectors, all_rows, all_spans, self.n_rows + n_new, self.index, self.mapped)
+        if not out.multi:
+            return out, None
+        old_raw = self.content
+        if old_raw is None and not self.multi and video_content is not None:
+            old_raw = np.asarray(video_content)[self.row]
+        if old_raw is not None and new.seg_content is not None:
+            out.content = np.vstack([old_raw, new.seg_content]).astype(np.float32, copy=False)
+        if out.index is not self.index:  # just made over every vector
+            return out, None
         if self.mapped:
             LOG.info("copying the memory-mapped segment index into memory before changing it")
-            new.index, new.mapped = _copy_index(self.index), False
-            new.index.add(np.ascontiguousarray(vectors[len(self.row) :]))
-            return new, None
-        return new, np.ascontiguousarray(vectors[len(self.row) :])
+            out.index, out.mapped = _copy_index(self.index), False
+            out.index.add(np.ascontiguousarray(vectors[len(self.row) :]))
+            return out, None
+        return out, np.ascontiguousarray(vectors[len(self.row) :])
 
     def compacted(self, alive: np.ndarray) -> SegmentTable:
         """The segments of the ``alive`` rows, renumbered to the compacted catalog; the index is emptied and
@@ -124,7 +134,8 @@ class SegmentTable:
             index = _copy_index(self.index)
             index.reset()
             index.add(vectors)
-        return SegmentTable(vectors, new_row.astype(np.int64), self.spans[keep], int(alive.sum()), index)
+        raw = None if self.content is None else np.ascontiguousarray(self.content[keep])
+        return SegmentTable(vectors, new_row.astype(np.int64), self.spans[keep], int(alive.sum()), index, content=raw)
 
 
 @dataclass
@@ -137,6 +148,20 @@ class NewRows:
     spans: np.ndarray | None = None
     content: np.ndarray | None = None
     text: np.ndarray | None = None
+    seg_content: np.ndarray | None = None  # [S, D] raw video-tower vectors of the segments (None: not known)
+
+
+def raw_segments(seg_vectors: np.ndarray, seg_row: np.ndarray, content: np.ndarray, text: Any, weight: float) -> Any:
+    """The raw video-tower vectors of freshly encoded segments, where the search vectors tell them: a one-segment
+    video's is its content vector, a segment of a video without text (or with ``text_weight`` 0) is its search
+    vector. None when some video mixes several segments with text (not invertible: its raw vectors are unknown)."""
+    seg_row = np.asarray(seg_row, dtype=np.int64)
+    one = np.bincount(seg_row, minlength=len(content))[seg_row] == 1
+    if weight > 0 and text is not None and np.any(~one & (np.abs(np.asarray(text)).sum(axis=1) > 0)[seg_row]):
+        return None
+    raw = np.array(seg_vectors, dtype=np.float32)
+    raw[one] = np.asarray(content)[seg_row[one]]
+    return raw
 
 
 def grown(
@@ -157,6 +182,7 @@ def segment_table(
     vectors: np.ndarray | None = None,
     index: Any = None,
     mapped: bool = False,
+    content: np.ndarray | None = None,
 ) -> SegmentTable:
     """The segment table of a catalog: from a bundle's ``segments`` frame (``video_id, start_s, end_s`` and
     optionally ``row``) and ``vectors`` ``[S, D]``, or one whole-video segment per row (its embedding) without them.
@@ -184,7 +210,8 @@ def segment_table(
         spans = np.vstack([spans, whole.spans[missing]])
         order = np.argsort(rows, kind="stable")
         rows, vectors, spans, index = rows[order], vectors[order], spans[order], None
-    return SegmentTable(np.asarray(vectors, dtype=np.float32), rows, spans, n, index, mapped)
+        content = None if content is None or len(missing) else np.asarray(content)[order]  # filled rows: unknown
+    return SegmentTable(np.asarray(vectors, dtype=np.float32), rows, spans, n, index, mapped, content)
 
 
 def bundle_parts(
@@ -194,20 +221,7 @@ def bundle_parts(
     video has several segments (a bundle of whole-video segments is written as before segments)."""
     parts: dict[str, Any] = {"content": content, "text": text}
     if not table.multi:
-        return {**parts, "segments": None, "segment_embeddings": None, "segment_index": None}
+        return {**parts, "segments": None, "segment_embeddings": None, "segment_index": None, "segment_content": None}
     frame, vectors = table.frame(video_ids), np.ascontiguousarray(table.vectors, dtype=np.float32)
-    return {**parts, "segments": frame, "segment_embeddings": vectors, "segment_index": table.index}
-
-
-def encode_config(manifest: dict[str, Any]) -> Any:
-    """How to encode videos added to a bundle: the ``encode`` settings its manifest records, else (a bundle from
-    before segments and item text) one segment per video, content only, as its own videos were encoded."""
-    from dataclasses import fields
-
-    from multimodal_rec.config import EncodeConfig
-
-    recorded = manifest.get("encode")
-    if isinstance(recorded, dict):
-        known = {f.name for f in fields(EncodeConfig)}
-        return EncodeConfig(**{k: v for k, v in recorded.items() if k in known})
-    return EncodeConfig(segment_seconds=0.0, text_weight=0.0)
+    seg = {"segments": frame, "segment_embeddings": vectors, "segment_index": table.index}
+    return {**parts, **seg, "segment_content": table.content}
