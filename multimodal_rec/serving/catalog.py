@@ -299,8 +299,9 @@ class CatalogState:
         src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
         rows = df.drop(columns=["abs_path"]).reindex(columns=self.catalog.columns)
         vectors = index_vectors(xb, rows, self.popularity_prior)
-        if extra.seg_vectors is None:
+        if extra.seg_vectors is None:  # one whole-video segment each, its raw vector the video's
             extra.seg_vectors, extra.seg_row, extra.spans = xb, np.arange(len(rows)), whole_spans(rows)
+            extra.seg_content = xb if extra.content is None else extra.content
         with self._mutating:  # the state only changes under this lock: build the new arrays, then swap them in
             self.check_new_ids(rows["video_id"])  # again: another thread may have added them meanwhile
             index = self._writable_index()
@@ -313,7 +314,8 @@ class CatalogState:
             sources = pd.concat([self.sources, src], ignore_index=True)
             alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
             records = rows[self._meta_cols].to_dict("records")
-            segments, seg_pending = self.segments.appended(extra.seg_vectors, extra.seg_row, extra.spans, len(rows))
+            video_content = self.embeddings if self.content is None else self.content
+            segments, seg_pending = self.segments.appended(extra, len(rows), video_content)
             content = grown(self.content, extra.content, lambda: self.embeddings, lambda: xb)
             text = grown(self.text, extra.text, lambda: np.zeros_like(self.embeddings), lambda: np.zeros_like(xb))
             with self._rw.write():

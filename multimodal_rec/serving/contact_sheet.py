@@ -66,9 +66,9 @@ def rows_for_hits(rec: Any, hits: Sequence[Any]) -> list[SheetRow]:
     spans = [_partial_span(h) for h in hits]
     cut = (0.0, 1)
     if any(spans):
-        from multimodal_rec.serving.segments import encode_config
+        from multimodal_rec.bundle import encode_config_of
 
-        enc = encode_config(rec.manifest)
+        enc = encode_config_of(rec.manifest)
         cut = (float(enc.segment_seconds), int(enc.max_segments))
     rows = []
     for hit, path, span in zip(hits, hit_paths(rec, [h.video_id for h in hits]), spans, strict=True):

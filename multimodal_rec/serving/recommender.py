@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, read_manifest, save_bundle
+from multimodal_rec.bundle import INDEX_FILE, Bundle, encode_config_of, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
 from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
-from multimodal_rec.serving.segments import NewRows, bundle_parts, encode_config, segment_table
+from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -75,14 +75,16 @@ class Recommender:
         segments: pd.DataFrame | None = None,
         segment_embeddings: np.ndarray | None = None,
         segment_index: Any = None,
+        segment_content: np.ndarray | None = None,
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
     ) -> None:
-        """``segments`` (``video_id, start_s, end_s``, optionally ``row``) with ``segment_embeddings [S, D]`` and
-        their ``segment_index``: the bundle's segments (none: one whole-video segment per video)."""
+        """``segments`` (``video_id, start_s, end_s``, optionally ``row``) with ``segment_embeddings [S, D]``, their
+        ``segment_index`` and raw ``segment_content``: the bundle's segments (none: one whole-video segment per
+        video); ``content`` / ``text``: each video's vector parts."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
         self._queries = QueryEncoder(model)
-        seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped)
+        seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
         self._state = CatalogState(
             catalog,
             embeddings,
@@ -107,6 +109,7 @@ class Recommender:
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         parts = {"content": b.content, "text": b.text, "segment_index": b.segment_index}
+        parts["segment_content"] = b.segment_content
         segments = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, **parts}
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
         return cls(b.path, b.model, b.manifest, *state, **segments)
@@ -277,7 +280,7 @@ class Recommender:
         self._state.check_new_ids(df["video_id"])
         extra = None
         if embeddings is None:
-            enc = encode_config(self.manifest)
+            enc = encode_config_of(self.manifest)
             df, xb, extra, skipped = _encode_items(self._queries, df, enc, batch_size, workers, backend)
         else:
             xb, skipped = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), []
@@ -348,7 +351,8 @@ def _encode_items(
     skipped = [{"video_id": v, "path": str(p), "reason": e} for v, p, e in rows if e]
     for s in skipped:
         LOG.warning("not added %s: %s", s["video_id"], s["reason"])
-    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text)
+    raw = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
+    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw)
     return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
 
 

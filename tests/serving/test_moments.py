@@ -15,7 +15,7 @@ from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors, with_prior_c
 from multimodal_rec.serving.catalog import CatalogState
 from multimodal_rec.serving.moments import fwhm_span
 from multimodal_rec.serving.recommender import Recommender
-from multimodal_rec.serving.segments import NewRows, segment_table
+from multimodal_rec.serving.segments import NewRows, raw_segments, segment_table
 
 D = 8
 SEG = 10.0  # seconds per hand-made segment
@@ -151,6 +151,22 @@ def test_without_segment_files_answers_are_unchanged_and_moments_are_whole_video
         assert [h.to_dict() for h in rec.search_moments("circle", k=5)] == [h.to_dict() for h in hits]
 
 
+def test_raw_segment_vectors_of_encoded_videos() -> None:
+    """What add_videos keeps for incremental encoding: a one-segment video's raw vector is its content vector, a
+    segment of a video without text its search vector; unknown (None) when several segments were mixed with text."""
+    seg = np.arange(12, dtype=np.float32).reshape(4, 3)
+    content = -np.arange(6, dtype=np.float32).reshape(2, 3)
+    rows = np.array([0, 1, 1, 1])
+    no_text = np.zeros((2, 3), np.float32)
+    raw = raw_segments(seg, rows, content, no_text, 0.5)
+    assert np.array_equal(raw, np.vstack([content[0], seg[1:]]))
+    assert np.array_equal(raw_segments(seg, rows, content, None, 0.5), raw)
+    text = np.array([[0, 0, 0], [1, 0, 0]], np.float32)  # the long video has text
+    assert raw_segments(seg, rows, content, text, 0.5) is None
+    assert np.array_equal(raw_segments(seg, rows, content, text, 0.0), raw)  # text_weight 0: search == raw
+    assert np.array_equal(raw_segments(seg, rows, content, text[::-1].copy(), 0.5), raw)  # only the short one has
+
+
 def _state(videos: dict[str, list[np.ndarray]]) -> CatalogState:
     catalog = pd.DataFrame({"video_id": list(videos), PRIOR_COLUMN: 0})
     emb = np.stack([v[0] for v in videos.values()]).astype(np.float32)
@@ -239,6 +255,7 @@ def segmented(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[R
         sources=None,
         segments=segs,
         segment_embeddings=np.stack(vectors).astype(np.float32),
+        segment_content=np.stack(vectors).astype(np.float32),  # no text: raw vectors are the search vectors
     )
     new = rec.embeddings[:1] + 0.1
     rec.add_videos(pd.DataFrame({"video_id": ["added"], "duration_s": [7.5]}), new)
@@ -261,6 +278,8 @@ def test_add_save_load_answers_identically(segmented: tuple[Recommender, Path]) 
     added = loaded.segments[loaded.segments["video_id"] == "added"]
     assert added[["start_s", "end_s"]].values.tolist() == [[0.0, 7.5]]  # one segment spanning its duration
     assert len(loaded.segments) > len(loaded)  # some videos have several segments
+    # the raw segment vectors (what incremental encoding reuses) stay aligned too: here they equal the search vectors
+    assert np.array_equal(np.load(out / "segment_content.npy"), np.load(out / "segment_embeddings.npy"))
 
 
 def test_http_moments_flag(segmented: tuple[Recommender, Path]) -> None:
