@@ -29,7 +29,7 @@ from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.locks import RWLock
 from multimodal_rec.serving.moments import moment, rank_segments, rank_videos, video_moment
 from multimodal_rec.serving.results import Hit
-from multimodal_rec.serving.segments import NewRows, SegmentTable, grown, segment_table, whole_spans
+from multimodal_rec.serving.segments import DURATION_COLUMN, NewRows, SegmentTable, grown, segment_table
 
 LOG = logging.getLogger(__name__)
 # A video's text, for a history item that names it by id: the first of these columns with a non-blank value.
@@ -135,6 +135,8 @@ class CatalogState:
                 "mtime_ns": src["mtime_ns"].fillna(-1).astype(np.int64).to_numpy() if "mtime_ns" in src else -1,
             }
         )
+        if DURATION_COLUMN in src:  # the measured length (incremental encoding needs it)
+            self.sources[DURATION_COLUMN] = src[DURATION_COLUMN].to_numpy(dtype=np.float64)
 
     def __len__(self) -> int:
         """Live videos (added ones included, removed ones not)."""
@@ -291,17 +293,16 @@ class CatalogState:
         ids. ``files_read``: the vectors came from the files now on disk, so their size and mtime are recorded
         (otherwise -1: a later ``mmrec encode`` must not reuse these vectors). ``extra``: their segments and vector
         parts (without: one segment per video, its vector ``xb``, spanning ``[0, duration_s]``)."""
-        extra = extra or NewRows()
         df = df.assign(**{PRIOR_COLUMN: 0})  # no popularity yet
         if "abs_path" not in df.columns:
             df["abs_path"] = ""
         sizes, mtimes = file_stats(list(df["abs_path"])) if files_read else ([-1] * len(df), [-1] * len(df))
-        src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
         rows = df.drop(columns=["abs_path"]).reindex(columns=self.catalog.columns)
+        extra = (extra or NewRows()).complete(xb, rows)
+        sizes, mtimes = extra.reusable(sizes), extra.reusable(mtimes)
+        src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
+        src[DURATION_COLUMN] = extra.durations(len(rows))
         vectors = index_vectors(xb, rows, self.popularity_prior)
-        if extra.seg_vectors is None:  # one whole-video segment each, its raw vector the video's
-            extra.seg_vectors, extra.seg_row, extra.spans = xb, np.arange(len(rows)), whole_spans(rows)
-            extra.seg_content = xb if extra.content is None else extra.content
         with self._mutating:  # the state only changes under this lock: build the new arrays, then swap them in
             self.check_new_ids(rows["video_id"])  # again: another thread may have added them meanwhile
             index = self._writable_index()

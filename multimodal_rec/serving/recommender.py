@@ -351,8 +351,8 @@ def _encode_items(
     skipped = [{"video_id": v, "path": str(p), "reason": e} for v, p, e in rows if e]
     for s in skipped:
         LOG.warning("not added %s: %s", s["video_id"], s["reason"])
-    raw = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
-    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw)
+    raw, exact = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
+    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw, exact)
     return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
 
 

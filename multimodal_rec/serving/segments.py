@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -149,19 +149,45 @@ class NewRows:
     content: np.ndarray | None = None
     text: np.ndarray | None = None
     seg_content: np.ndarray | None = None  # [S, D] raw video-tower vectors of the segments (None: not known)
+    raw_exact: np.ndarray | None = None  # [n] bool: False where seg_content only stands in (None: all exact)
+
+    def complete(self, xb: np.ndarray, rows: pd.DataFrame) -> NewRows:
+        """These parts, or without segments one whole-video segment per new catalog row (``rows``), its vector and
+        raw vector the video's (``xb``, or its content)."""
+        if self.seg_vectors is not None:
+            return self
+        raw = xb if self.content is None else self.content
+        return replace(self, seg_vectors=xb, seg_row=np.arange(len(rows)), spans=whole_spans(rows), seg_content=raw)
+
+    def reusable(self, stats: list[int]) -> list[int]:
+        """File stats (size or mtime) as ``sources`` records them: -1 where the raw segment vectors are not known,
+        so a later incremental encode never reuses them."""
+        if self.raw_exact is None:
+            return stats
+        return [s if ok else -1 for s, ok in zip(stats, self.raw_exact, strict=True)]
+
+    def durations(self, n: int) -> np.ndarray:
+        """Each of the ``n`` new videos' length: the end of its last segment (0: no video file; NaN: unknown)."""
+        out = np.full(n, np.nan)
+        np.fmax.at(out, np.asarray(self.seg_row, dtype=np.int64), np.asarray(self.spans, dtype=np.float64)[:, 1])
+        return out
 
 
-def raw_segments(seg_vectors: np.ndarray, seg_row: np.ndarray, content: np.ndarray, text: Any, weight: float) -> Any:
-    """The raw video-tower vectors of freshly encoded segments, where the search vectors tell them: a one-segment
-    video's is its content vector, a segment of a video without text (or with ``text_weight`` 0) is its search
-    vector. None when some video mixes several segments with text (not invertible: its raw vectors are unknown)."""
+def raw_segments(
+    seg_vectors: np.ndarray, seg_row: np.ndarray, content: np.ndarray, text: Any, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The raw video-tower vectors of freshly encoded segments, as far as the search vectors tell them: a
+    one-segment video's is its content vector, a segment of a video without text (or with ``text_weight`` 0) its
+    search vector. A video with several segments mixed with its text cannot be inverted: its search vectors stand
+    in, and ``exact[i]`` (per video) is False, so its source is recorded as not reusable (encoded again later)."""
     seg_row = np.asarray(seg_row, dtype=np.int64)
     one = np.bincount(seg_row, minlength=len(content))[seg_row] == 1
-    if weight > 0 and text is not None and np.any(~one & (np.abs(np.asarray(text)).sum(axis=1) > 0)[seg_row]):
-        return None
+    has_text = np.zeros(len(content), bool) if text is None or weight <= 0 else np.abs(np.asarray(text)).sum(1) > 0
+    exact = np.ones(len(content), bool)
+    exact[seg_row[~one & has_text[seg_row]]] = False
     raw = np.array(seg_vectors, dtype=np.float32)
     raw[one] = np.asarray(content)[seg_row[one]]
-    return raw
+    return raw, exact
 
 
 def grown(

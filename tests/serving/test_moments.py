@@ -153,18 +153,18 @@ def test_without_segment_files_answers_are_unchanged_and_moments_are_whole_video
 
 def test_raw_segment_vectors_of_encoded_videos() -> None:
     """What add_videos keeps for incremental encoding: a one-segment video's raw vector is its content vector, a
-    segment of a video without text its search vector; unknown (None) when several segments were mixed with text."""
+    segment of a video without text its search vector; not known (marked, so never reused) when several segments
+    were mixed with text."""
     seg = np.arange(12, dtype=np.float32).reshape(4, 3)
     content = -np.arange(6, dtype=np.float32).reshape(2, 3)
     rows = np.array([0, 1, 1, 1])
-    no_text = np.zeros((2, 3), np.float32)
-    raw = raw_segments(seg, rows, content, no_text, 0.5)
-    assert np.array_equal(raw, np.vstack([content[0], seg[1:]]))
-    assert np.array_equal(raw_segments(seg, rows, content, None, 0.5), raw)
+    want = np.vstack([content[0], seg[1:]])
     text = np.array([[0, 0, 0], [1, 0, 0]], np.float32)  # the long video has text
-    assert raw_segments(seg, rows, content, text, 0.5) is None
-    assert np.array_equal(raw_segments(seg, rows, content, text, 0.0), raw)  # text_weight 0: search == raw
-    assert np.array_equal(raw_segments(seg, rows, content, text[::-1].copy(), 0.5), raw)  # only the short one has
+    for txt, weight in ((np.zeros((2, 3), np.float32), 0.5), (None, 0.5), (text, 0.0), (text[::-1].copy(), 0.5)):
+        raw, exact = raw_segments(seg, rows, content, txt, weight)
+        assert np.array_equal(raw, want) and exact.tolist() == [True, True]
+    raw, exact = raw_segments(seg, rows, content, text, 0.5)
+    assert exact.tolist() == [True, False]
 
 
 def _state(videos: dict[str, list[np.ndarray]]) -> CatalogState:
