@@ -83,3 +83,26 @@ def test_added_long_video_saved_loaded_and_reused(
     assert res.reused == len(loaded) == 9
     assert after.segments[["video_id", "start_s", "end_s"]].equals(before.segments[["video_id", "start_s", "end_s"]])
     assert np.allclose(after.segment_embeddings, before.segment_embeddings, atol=1e-6)
+
+
+def test_contact_sheet_shows_the_matched_moment(long_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    """A hit inside a long video is drawn from its moment: the middle part (a green square) is green, not the red
+    and blue parts around it."""
+    from PIL import Image
+
+    from multimodal_rec.serving.contact_sheet import LABEL_W, PAD, rows_for_hits, write_contact_sheet
+    from multimodal_rec.serving.results import Hit
+
+    out, _ = long_bundle
+    rec = Recommender.load(out)
+    meta = {"duration_s": 9.9}
+    parts = [Hit("long_a", 1.0, i + 1, meta, moment={"start_s": a, "end_s": b, "score": 1.0}) for i, (a, b) in
+             enumerate([(3.3, 6.6), (0.0, 3.3), (0.0, 9.9)])]  # fmt: skip
+    rows = rows_for_hits(rec, parts)
+    assert [r.span for r in rows] == [(3.3, 6.6), (0.0, 3.3), None]  # the whole video: sampled as before
+    assert rows[0].label[2] == "00:03–00:07"
+    px = np.asarray(Image.open(write_contact_sheet(rows, tmp_path / "s.png", frames=4, size=32)).convert("RGB"))
+    row_h = 32 + 2 * PAD
+    frames = [px[r * row_h + PAD : r * row_h + PAD + 32, LABEL_W:].astype(float) for r in range(3)]
+    green = [float((f[..., 1] - f[..., 0]).mean()) for f in frames]  # G - R over the row's frames
+    assert green[0] > 5 and green[1] < -5 and green[0] > green[2] > green[1]
