@@ -143,6 +143,11 @@ class CatalogState:
         return len(self._row)
 
     @property
+    def segment_frame(self) -> pd.DataFrame:
+        """``video_id, start_s, end_s, row``: every row's segments in time order (removed videos' too, until saved)."""
+        return self.segments.frame(self.video_ids)
+
+    @property
     def row_of(self) -> Mapping[str, int]:
         """Live video id -> its row (removed videos are absent); a read-only view."""
         return MappingProxyType(self._row)

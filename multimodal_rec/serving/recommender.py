@@ -20,7 +20,7 @@ import pandas as pd
 from multimodal_rec.bundle import INDEX_FILE, Bundle, encode_config_of, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
-from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
+from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory, Snapshot
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
@@ -40,7 +40,7 @@ from multimodal_rec.serving.validation import (
 )
 
 if TYPE_CHECKING:
-    from multimodal_rec.config import EncodeConfig, RunConfig
+    from multimodal_rec.config import RunConfig
 
 __all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommender", "ResolvedHistory"]
 LOG = logging.getLogger(__name__)
@@ -79,23 +79,14 @@ class Recommender:
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
     ) -> None:
-        """``segments`` (``video_id, start_s, end_s``, optionally ``row``) with ``segment_embeddings [S, D]``, their
-        ``segment_index`` and raw ``segment_content``: the bundle's segments (none: one whole-video segment per
-        video); ``content`` / ``text``: each video's vector parts."""
+        """``segments`` (``video_id, start_s, end_s``) with their vectors, index and raw vectors: the bundle's (none:
+        one whole-video segment per video); ``content`` / ``text``: each video's vector parts (see ``bundle``)."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
         self._queries = QueryEncoder(model)
         seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
+        parts, prior = {"segments": seg, "content": content, "text": text}, model.cfg.popularity_prior
         self._state = CatalogState(
-            catalog,
-            embeddings,
-            index,
-            popularity_prior=model.cfg.popularity_prior,
-            sources=sources,
-            skipped=skipped,
-            mapped=mapped,
-            segments=seg,
-            content=content,
-            text=text,
+            catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped, **parts
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
 
@@ -108,11 +99,8 @@ class Recommender:
         """
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
-        parts = {"content": b.content, "text": b.text, "segment_index": b.segment_index}
-        parts["segment_content"] = b.segment_content
-        segments = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, **parts}
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
-        return cls(b.path, b.model, b.manifest, *state, **segments)
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -126,10 +114,7 @@ class Recommender:
     content = _read_only("_state", "content", "Video-tower vectors [n, D] (None: not in the bundle), for ablations.")
     text = _read_only("_state", "text", "Text-tower vectors of each video's text [n, D] (zeros: none; None: not kept).")
 
-    @property
-    def segments(self) -> pd.DataFrame:
-        """``video_id, start_s, end_s, row``: each video's segments in time order (one per video without them)."""
-        return self._state.segments.frame(self._state.video_ids)
+    segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
 
     @property
     def index(self) -> Any:
@@ -201,11 +186,9 @@ class Recommender:
     def search_moments(
         self, text: str, k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
     ) -> list[Hit]:
-        """The ``k`` segments that best match a text query, best first: a video may come back once per matching
-        segment, each hit's ``moment`` the segment's span. ``filters`` and ``min_score`` as in :meth:`search`; a
-        bundle without segments answers as :meth:`search` (one whole-video segment per video)."""
-        k, min_score = check_k(k), check_min_score(min_score)
-        text = check_text(text)
+        """The ``k`` segments that best match a text query, best first (a video once per matching segment; ``moment``:
+        the segment's span); ``filters``, ``min_score`` as in :meth:`search`. No segments: as :meth:`search`."""
+        text, k, min_score = check_text(text), check_k(k), check_min_score(min_score)
         passing = filter_mask(self.catalog, filters)
         return keep_above(self._state.search_moments(self.text_queries([text]), k, filters, passing), min_score)[0]
 
@@ -268,22 +251,19 @@ class Recommender:
 
         ``catalog``: a DataFrame (paths relative to the working directory) or a catalog file (paths relative to
         it) with ``video_id``, ``path`` and any of the bundle's metadata columns. Without ``embeddings`` every clip
-        is decoded and encoded as ``mmrec encode`` did for this bundle (segments, text: ``encoding.items``; a bundle
-        from before segments: one segment, content only) and unreadable clips are skipped and reported; with
-        ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded, ``path`` is
-        optional and each video is one segment spanning ``[0, duration_s]`` (end unknown without that column).
-        A video id already served raises UserError and nothing is added. New videos have
-        popularity count 0. Searches see the new videos as soon as this returns; :meth:`save` persists them.
+        is encoded as ``mmrec encode`` made this bundle (segments, text; unreadable clips are skipped and reported);
+        with ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded, ``path``
+        is optional and each video is one segment spanning ``[0, duration_s]``. A video id already served raises
+        UserError and nothing is added. New videos have popularity count 0. Searches see them as soon as this
+        returns; :meth:`save` persists them.
         """
         _require_unsharded(self.manifest, "add_videos")
         df = new_videos(catalog, self.catalog, need_paths=embeddings is None)
         self._state.check_new_ids(df["video_id"])
-        extra = None
         if embeddings is None:
-            enc = encode_config_of(self.manifest)
-            df, xb, extra, skipped = _encode_items(self._queries, df, enc, batch_size, workers, backend)
+            df, xb, extra, skipped = _encode_items(self._queries, df, self.manifest, batch_size, workers, backend)
         else:
-            xb, skipped = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), []
+            xb, skipped, extra = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), [], None
         if df.empty:
             first = skipped[0]["reason"] if skipped else "nothing to add"
             raise UserError(f"no video could be added ({len(skipped)} skipped; first: {first})")
@@ -313,15 +293,7 @@ class Recommender:
         _require_unsharded(self.manifest, "save")
         with self._state.mutation():
             snap = self._state.compacted()
-            index = {INDEX_FILE: snap.index}
-            parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
-            contents = Bundle(
-                self.model, self.cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts
-            )
-            contents.fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files", "segments")}
-            if parts["segments"] is not None:
-                contents.fields["segments"] = len(parts["segments"])
-            out = save_bundle(path, contents)
+            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap))
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
         LOG.info("saved %d videos to %s", len(snap.catalog), out)
@@ -342,10 +314,12 @@ class Recommender:
 
 
 def _encode_items(
-    queries: QueryEncoder, df: pd.DataFrame, enc: EncodeConfig, batch_size: int, workers: int, backend: str
+    queries: QueryEncoder, df: pd.DataFrame, manifest: Mapping[str, Any], batch_size: int, workers: int, backend: str
 ) -> tuple[pd.DataFrame, np.ndarray, NewRows, list[dict[str, str]]]:
-    """Encode the videos to add: (the rows that decoded, their item vectors, their segments and vector parts, the
+    """Encode the videos to add with the bundle's own ``encode`` settings (a bundle from before segments: one
+    segment, content only): (the rows that decoded, their item vectors, their segments and vector parts, the
     skipped ones and why)."""
+    enc = encode_config_of(dict(manifest))
     vecs, errors = queries.encode_items(df, enc, batch_size, workers, backend)
     rows = zip(df["video_id"], df["path"] if "path" in df else [""] * len(df), errors, strict=True)
     skipped = [{"video_id": v, "path": str(p), "reason": e} for v, p, e in rows if e]
@@ -354,6 +328,23 @@ def _encode_items(
     raw, exact = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
     extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw, exact)
     return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
+
+
+def _segment_parts(b: Bundle) -> dict[str, Any]:
+    """The constructor's keyword arguments for a loaded bundle's segments and vector parts."""
+    seg = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, "segment_index": b.segment_index}
+    return {**seg, "segment_content": b.segment_content, "content": b.content, "text": b.text}
+
+
+def _bundle_of(model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot) -> Bundle:
+    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with."""
+    parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
+    index = {INDEX_FILE: snap.index}
+    contents = Bundle(model, cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts)
+    contents.fields = {k: v for k, v in manifest.items() if k not in ("format", "files", "segments")}
+    if parts["segments"] is not None:
+        contents.fields["segments"] = len(parts["segments"])
+    return contents
 
 
 def _require_unsharded(manifest: Mapping[str, Any], what: str) -> None:
