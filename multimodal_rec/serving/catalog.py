@@ -27,7 +27,7 @@ from multimodal_rec.index.search import search_masked
 from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.locks import RWLock
-from multimodal_rec.serving.moments import moment, rank_segments, rank_videos, video_moment
+from multimodal_rec.serving.moments import attach_moments, moment, rank_segments, rank_videos, video_moment
 from multimodal_rec.serving.results import Hit
 from multimodal_rec.serving.segments import DURATION_COLUMN, NewRows, SegmentTable, grown, segment_table
 
@@ -206,6 +206,12 @@ class CatalogState:
                 found = [(int(seg.row[j]), s, seg.spans[j]) for j, s in hits]
                 out.append([self._hit(r, s, n, moment(sp[0], sp[1], s)) for n, (r, s, sp) in enumerate(found, 1)])
             return out
+
+    def with_moments(self, hits: list[list[Hit]], xq: np.ndarray | None = None) -> list[list[Hit]]:
+        """Each query's ``hits`` from any ranking (lexical, fused), those without a moment given one: for the query
+        vector ``xq[i]`` its video's best moment, without ``xq`` (no query vector) the whole video, score None."""
+        with self._rw.read():
+            return attach_moments(self.segments, self._row, hits, xq)
 
     def _hit(self, row: int, score: float, rank: int, where: dict[str, Any] | None = None) -> Hit:
         return Hit(self.video_ids[row], score, rank, dict(self._records[row]), moment=where)

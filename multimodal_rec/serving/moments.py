@@ -14,11 +14,13 @@ videos among far fewer segments), and the fetch grows only for the queries still
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from multimodal_rec.index.search import exact_search, search_masked
+from multimodal_rec.serving.results import Hit
 from multimodal_rec.serving.segments import SegmentTable
 
 LOG = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ def fwhm_span(scores: np.ndarray) -> tuple[int, int]:
     return first, last
 
 
-def moment(start_s: float, end_s: float, score: float) -> dict[str, Any]:
-    """The ``Hit.moment`` dict; an unknown end (NaN: no duration in the catalog) is None."""
+def moment(start_s: float, end_s: float, score: float | None) -> dict[str, Any]:
+    """The ``Hit.moment`` dict; an unknown end (NaN: no duration in the catalog) is None, and so is the score of a
+    moment no query vector scored (a lexical hit: the whole video)."""
     end = None if not np.isfinite(end_s) else float(end_s)
-    return {"start_s": float(start_s), "end_s": end, "score": float(score)}
+    return {"start_s": float(start_s), "end_s": end, "score": None if score is None else float(score)}
 
 
 def video_moment(table: SegmentTable, r: int, q: np.ndarray) -> dict[str, Any]:
@@ -55,6 +58,22 @@ def video_moment(table: SegmentTable, r: int, q: np.ndarray) -> dict[str, Any]:
     first, last = fwhm_span(scores)
     spans = table.spans[seg]
     return moment(spans[first, 0], spans[last, 1], float(scores.max()))
+
+
+def attach_moments(
+    table: SegmentTable, row_of: Mapping[str, int], hits: list[list[Hit]], xq: np.ndarray | None
+) -> list[list[Hit]]:
+    """Give each hit without a moment its video's (``row_of``: live id -> row): its best moment for the query vector
+    ``xq[i]`` of its query, or without ``xq`` the whole video with no score."""
+    for i, row_hits in enumerate(hits):
+        for h in (h for h in row_hits if h.moment is None and h.video_id in row_of):
+            r = row_of[h.video_id]
+            if xq is None:
+                first, last = table.spans[table.of_row(r)][[0, -1]]
+                h.moment = moment(first[0], last[1], None)
+            else:
+                h.moment = video_moment(table, r, np.ascontiguousarray(xq[i, : table.vectors.shape[1]]))
+    return hits
 
 
 def best_videos(D: np.ndarray, I: np.ndarray, row: np.ndarray, k: int) -> list[tuple[int, float]]:  # noqa: E741

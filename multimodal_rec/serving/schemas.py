@@ -106,7 +106,7 @@ def _search_response(hits: Any) -> Any:
     class MomentOut(BaseModel):
         start_s: float = Field(description="where the matching moment starts, in seconds")
         end_s: float | None = Field(description="where it ends, in seconds (null: the video's duration is unknown)")
-        score: float = Field(description="the best segment's score in it (cosine)")
+        score: float | None = Field(description="the best segment's score in it (cosine; null: a lexical match)")
 
     class SearchHitOut(BaseModel):
         model_config = ConfigDict(extra="allow")  # plus the catalog's metadata columns

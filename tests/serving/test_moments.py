@@ -167,6 +167,25 @@ def test_raw_segment_vectors_of_encoded_videos() -> None:
     assert exact.tolist() == [True, False]
 
 
+def test_hits_of_another_ranking_get_moments() -> None:
+    """Hits a lexical or fused ranking made (no moment yet): their video's best moment for a query vector, or
+    without one the whole video with no score; a hit that has a moment keeps it."""
+    from multimodal_rec.serving.results import Hit
+
+    state = _state(world())
+    kept = {"start_s": 1.0, "end_s": 2.0, "score": 0.5}
+    hits = [[Hit("long", 3.0, 1), Hit("short", 2.0, 2), Hit("far", 1.0, 3, moment=dict(kept))]]
+    got = state.with_moments([[Hit(h.video_id, h.score, h.rank, moment=h.moment) for h in hits[0]]], E[0][None])[0]
+    assert got[0].moment == {"start_s": 20.0, "end_s": 40.0, "score": pytest.approx(float(unit(1, 0.1)[0]))}
+    assert got[1].moment["end_s"] == 10.0 and got[2].moment == kept
+    whole = state.with_moments(hits)[0]
+    assert [h.moment for h in whole] == [
+        {"start_s": 0.0, "end_s": 60.0, "score": None},
+        {"start_s": 0.0, "end_s": 10.0, "score": None},
+        kept,
+    ]
+
+
 def _state(videos: dict[str, list[np.ndarray]]) -> CatalogState:
     catalog = pd.DataFrame({"video_id": list(videos), PRIOR_COLUMN: 0})
     emb = np.stack([v[0] for v in videos.values()]).astype(np.float32)
