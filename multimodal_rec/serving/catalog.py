@@ -182,11 +182,7 @@ class CatalogState:
     def _text_hits(self, xq: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[Hit]]:
         seg = self.segments
         q = np.ascontiguousarray(xq[:, : seg.vectors.shape[1]])  # [nq, D]: the prior column (0) dropped
-        if seg.multi:
-            ranked = rank_videos(seg, q, k, mask)
-        else:
-            D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
-            ranked = [[(int(r), float(s)) for s, r in zip(d, i, strict=True) if r >= 0] for d, i in zip(D, I)]  # noqa: B905
+        ranked = rank_videos(seg, q, k, mask) if seg.multi else self._ranked(xq, k, mask)
         return [
             [self._hit(r, s, n, video_moment(seg, r, qi)) for n, (r, s) in enumerate(hits, 1)]
             for qi, hits in zip(q, ranked, strict=True)
@@ -213,8 +209,17 @@ class CatalogState:
         with self._rw.read():
             return attach_moments(self.segments, self._row, hits, xq)
 
+    def _ranked(self, xq: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """Each query's top-``k`` rows of the video index among ``mask``: ``(row, score)``, best first."""
+        D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
+        return [[(int(r), float(s)) for s, r in zip(d, i, strict=True) if r >= 0] for d, i in zip(D, I, strict=True)]
+
     def _hit(self, row: int, score: float, rank: int, where: dict[str, Any] | None = None) -> Hit:
         return Hit(self.video_ids[row], score, rank, dict(self._records[row]), moment=where)
+
+    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
+        pairs = [(int(r), float(s)) for s, r in zip(D, I, strict=True) if r >= 0]
+        return [self._hit(r, s, n) for n, (r, s) in enumerate(pairs, 1)]
 
     def _mask(self, filters: Filters | None, excluded: list[int], passing: np.ndarray | None) -> np.ndarray | None:
         """Rows a search may return (live, passing ``filters``, not ``excluded``); None when every row may.
@@ -277,13 +282,6 @@ class CatalogState:
             if isinstance(value, str) and value.strip():
                 return value.strip()
         return None
-
-    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
-        hits: list[Hit] = []
-        for score, row in zip(D, I, strict=True):
-            if row >= 0:
-                hits.append(Hit(self.video_ids[row], float(score), len(hits) + 1, dict(self._records[row])))
-        return hits
 
     # --- changing -----------------------------------------------------------------------------------------------
     def check_new_ids(self, ids: Iterable[str]) -> None:
