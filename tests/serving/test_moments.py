@@ -139,6 +139,49 @@ def test_enough_segments_are_fetched_for_k_distinct_videos(model: Any) -> None:
     assert len(rec.search("circle", k=5, filters={"color": "c0"})) == 4  # many, v1, v3, v5: all that pass
 
 
+def test_searches_during_adds_and_removes_see_whole_segment_states(model: Any) -> None:
+    """Readers never see a video without its segments, a removed video's segments, or a video twice."""
+    import threading
+
+    rec = build(model, world())
+    errors: list[BaseException] = []
+    gone: list[str] = []  # removed, in order (appended once remove_videos returned)
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for i in range(15):
+                new = pd.DataFrame({"video_id": [f"w{i}"], "duration_s": [20.0]})
+                rec.add_videos(new, unit(1, 0.2 * i)[None])  # strong matches: they would surface
+                if i % 3 == 0:
+                    rec.remove_videos([f"w{i}"])
+                    gone.append(f"w{i}")
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                hits = rec.search("circle", k=4)
+                assert len({h.video_id for h in hits}) == len(hits) == 4 and all(h.moment for h in hits)
+                before = set(gone)
+                assert not before & {h.video_id for h in rec.search_moments("circle", k=6)}
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer), *(threading.Thread(target=reader) for _ in range(2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[0]
+    removed = {f"w{i}" for i in range(0, 15, 3)}
+    assert not removed & {h.video_id for h in rec.search_moments("circle", k=20)}
+    assert len(rec.segments) == 11 + 15  # the world's 11 segments and one per added video (removed ones until save)
+
+
 def test_without_segment_files_answers_are_unchanged_and_moments_are_whole_videos(model: Any) -> None:
     for duration in (True, False):
         rec = build(model, world(), segments=False, duration=duration)
@@ -149,6 +192,7 @@ def test_without_segment_files_answers_are_unchanged_and_moments_are_whole_video
             end = SEG * len(world()[h.video_id]) if duration else None
             assert h.moment == {"start_s": 0.0, "end_s": end, "score": pytest.approx(h.score, abs=1e-6)}
         assert [h.to_dict() for h in rec.search_moments("circle", k=5)] == [h.to_dict() for h in hits]
+        assert len(rec.segments) == len(rec) and list(rec.segments["row"]) == list(range(len(rec)))  # one per video
 
 
 def test_raw_segment_vectors_of_encoded_videos() -> None:
