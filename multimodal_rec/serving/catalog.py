@@ -325,7 +325,7 @@ class CatalogState:
             alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
             records = rows[self._meta_cols].to_dict("records")
             video_content = self.embeddings if self.content is None else self.content
-            segments, seg_pending = self.segments.appended(extra, len(rows), video_content)
+            segments, seg_pending = self.segments.appended(extra, len(rows), video_content, embeddings)
             content = grown(self.content, extra.content, lambda: self.embeddings, lambda: xb)
             text = grown(self.text, extra.text, lambda: np.zeros_like(self.embeddings), lambda: np.zeros_like(xb))
             with self._rw.write():

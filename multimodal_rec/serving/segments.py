@@ -89,11 +89,12 @@ class SegmentTable:
         return pd.DataFrame({"video_id": ids, "start_s": self.spans[:, 0], "end_s": self.spans[:, 1], "row": self.row})
 
     def appended(
-        self, new: NewRows, n_new: int, video_content: np.ndarray | None = None
+        self, new: NewRows, n_new: int, video_content: np.ndarray | None = None, embeddings: np.ndarray | None = None
     ) -> tuple[SegmentTable, np.ndarray | None]:
         """A table with the segments of ``n_new`` new catalog rows appended (``new.seg_row`` counted from 0 for the
         first new row), and the vectors its index still needs (add them under the write lock; None: already added).
-        ``video_content``: the served rows' content vectors (a whole-video segment's raw vector).
+        ``video_content``: the served rows' content vectors (a whole-video segment's raw vector); ``embeddings``:
+        every row's item vectors after the add (still one segment per video: they are the segment vectors, no copy).
 
         The index is the same object (appended to in place later) unless it had to be copied (memory-mapped) or
         made (the first video with several segments): then it is private and filled here.
@@ -103,9 +104,11 @@ class SegmentTable:
             raise ValueError("segment rows must be grouped by video, in catalog order")
         if len(np.unique(rows)) != n_new:
             raise ValueError("every added video needs at least one segment")
-        vectors = np.vstack([self.vectors, new.seg_vectors]).astype(np.float32, copy=False)
         all_rows = np.concatenate([self.row, rows])
         all_spans = np.vstack([self.spans, np.asarray(new.spans, dtype=np.float64).reshape(-1, 2)])
+        if embeddings is not None and not self.multi and len(rows) == n_new:  # still one segment per video
+            return SegmentTable(embeddings, all_rows, all_spans, self.n_rows + n_new), None
+        vectors = np.vstack([self.vectors, new.seg_vectors]).astype(np.float32, copy=False)
         out = SegmentTable(vectors, all_rows, all_spans, self.n_rows + n_new, self.index, self.mapped)
         if not out.multi:
             return out, None
