@@ -25,7 +25,7 @@ class Hit:
         """Flat JSON-ready dict: video_id, score, rank, the metadata columns, and ``moment`` / ``scores`` when set."""
         out = {"video_id": self.video_id, "score": round(self.score, 6), "rank": self.rank, **self.metadata}
         if self.moment is not None:
-            out["moment"] = dict(self.moment)
+            out["moment"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in self.moment.items()}
         if self.scores is not None:
             out["scores"] = dict(self.scores)
         return out
