@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.results import moment_text
 
 LOG = logging.getLogger("mmrec")
 FILTER_EXPR_HELP = (
@@ -43,11 +44,13 @@ def print_json(obj: Any) -> None:
 
 
 def print_hits(title: str, hits: Sequence[Any], cols: Sequence[str] = ("title",)) -> None:
-    """Ranked hits, one per line: rank, id, score and the named metadata columns."""
+    """Ranked hits, one per line: rank, id, score, the moment (search hits: ``mm:ss–mm:ss``) and the named metadata
+    columns."""
     print(title)
     for h in hits:
         meta = "  ".join(str(h.metadata.get(c, "")) for c in cols if c in h.metadata)
-        print(f"  {h.rank:>3}. {h.video_id:<10} {h.score:+.3f}  {meta}")
+        at = f"{moment_text(h.moment)}  " if getattr(h, "moment", None) else ""
+        print(f"  {h.rank:>3}. {h.video_id:<10} {h.score:+.3f}  {at}{meta}")
 
 
 def positive_int(s: str) -> int:

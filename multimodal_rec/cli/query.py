@@ -32,8 +32,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     for q in a.query:
         if not rec.query_info(q)["in_vocabulary"]:
             LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
-    filters = _filters(rec, a.filter)
-    results = rec.search_batch(a.query, k=a.k, filters=filters, min_score=a.min_score, mode=a.mode)
+    results = _search_results(rec, a)
     if a.contact_sheet:
         from multimodal_rec.serving.contact_sheet import rows_for_hits, write_contact_sheet
 
@@ -55,6 +54,14 @@ def cmd_search(a: argparse.Namespace) -> None:
         print_hits(f"search: {q!r}", hits)
 
 
+def _search_results(rec: Any, a: argparse.Namespace) -> list[list[Any]]:
+    """Each query's hits: videos (each with its best moment), or with ``--moments`` the best segments."""
+    filters = _filters(rec, a.filter)
+    if a.moments:
+        return [rec.search_moments(q, k=a.k, filters=filters, min_score=a.min_score) for q in a.query]
+    return rec.search_batch(a.query, k=a.k, filters=filters, min_score=a.min_score, mode=a.mode)
+
+
 def add_search(sub: Subparsers) -> None:
     s = add_command(sub, "search", "text -> videos", cmd_search)
     s.add_argument("--bundle", required=True)
@@ -67,6 +74,11 @@ def add_search(sub: Subparsers) -> None:
         default=None,
         metavar="S",
         help="drop hits scoring below S (compare the bundle's noise_score; the text model reads English only)",
+    )
+    s.add_argument(
+        "--moments",
+        action="store_true",
+        help="segment-level hits: the best-matching moments of long videos (a video once per matching segment)",
     )
     s.add_argument(
         "--mode",

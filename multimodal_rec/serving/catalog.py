@@ -4,7 +4,9 @@ Row ``i`` of the catalog, of the embeddings, of ``xb`` and of the FAISS index is
 stay in the index as tombstones (every search skips them through the same ID selector as metadata filters) until
 a compaction (:meth:`CatalogState.compacted`, what ``Recommender.save`` writes) drops them; added videos are
 appended to the index without a rebuild. A change builds its new arrays first and swaps them in under the write
-lock, so no search ever sees a half-updated catalog or index.
+lock, so no search ever sees a half-updated catalog or index. Segments (:mod:`~multimodal_rec.serving.segments`)
+are a second level kept aligned with the rows: a row's segments live and die with it, and text search ranks videos
+by their best segment (:mod:`~multimodal_rec.serving.moments`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from multimodal_rec.index.search import search_masked
 from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.locks import RWLock
+from multimodal_rec.serving.moments import attach_moments, moment, rank_segments, rank_videos, video_moment
 from multimodal_rec.serving.results import Hit
+from multimodal_rec.serving.segments import DURATION_COLUMN, NewRows, SegmentTable, grown, segment_table
 
 LOG = logging.getLogger(__name__)
 # A video's text, for a history item that names it by id: the first of these columns with a non-blank value.
@@ -61,6 +65,9 @@ class Snapshot:
     sources: pd.DataFrame
     skipped: list[dict[str, str]]
     compacted: bool  # rows were dropped: ``index`` is a new index over the live rows
+    segments: SegmentTable | None = None
+    content: np.ndarray | None = None  # [n, D] video-tower vectors (None: not recorded)
+    text: np.ndarray | None = None  # [n, D] text-tower vectors of the video's text (zeros: none)
 
 
 class CatalogState:
@@ -81,17 +88,31 @@ class CatalogState:
         sources: pd.DataFrame | None = None,
         skipped: list[dict[str, str]] | None = None,
         mapped: bool = False,
+        segments: SegmentTable | None = None,
+        content: np.ndarray | None = None,
+        text: np.ndarray | None = None,
     ) -> None:
         self.popularity_prior = popularity_prior
         self.mapped = mapped  # the index is memory-mapped (read-only): a change copies it into memory first
         self.skipped = list(skipped or [])
         self._rw = RWLock()  # searches read, changes write
         self._mutating = threading.Lock()  # one change at a time (it may encode or write files for a while)
-        self._set(catalog, embeddings, index, sources)
+        self._set(catalog, embeddings, index, sources, segments, content, text)
 
-    def _set(self, catalog: pd.DataFrame, embeddings: np.ndarray, index: Any, sources: pd.DataFrame | None) -> None:
+    def _set(
+        self,
+        catalog: pd.DataFrame,
+        embeddings: np.ndarray,
+        index: Any,
+        sources: pd.DataFrame | None,
+        segments: SegmentTable | None = None,
+        content: np.ndarray | None = None,
+        text: np.ndarray | None = None,
+    ) -> None:
         """Every row-aligned structure, rebuilt from the catalog (all rows live)."""
         self.catalog, self.embeddings, self.index = catalog, embeddings, index
+        self.segments = segments if segments is not None else segment_table(catalog, embeddings)
+        self.content, self.text = content, text
         self.xb = index_vectors(embeddings, catalog, self.popularity_prior)
         self.video_ids: list[str] = list(catalog["video_id"].astype(str))
         self._row = {v: i for i, v in enumerate(self.video_ids)}  # live ids only
@@ -114,10 +135,17 @@ class CatalogState:
                 "mtime_ns": src["mtime_ns"].fillna(-1).astype(np.int64).to_numpy() if "mtime_ns" in src else -1,
             }
         )
+        if DURATION_COLUMN in src:  # the measured length (incremental encoding needs it)
+            self.sources[DURATION_COLUMN] = src[DURATION_COLUMN].to_numpy(dtype=np.float64)
 
     def __len__(self) -> int:
         """Live videos (added ones included, removed ones not)."""
         return len(self._row)
+
+    @property
+    def segment_frame(self) -> pd.DataFrame:
+        """``video_id, start_s, end_s, row``: every row's segments in time order (removed videos' too, until saved)."""
+        return self.segments.frame(self.video_ids)
 
     @property
     def row_of(self) -> Mapping[str, int]:
@@ -141,6 +169,57 @@ class CatalogState:
             mask = self._mask(filters, excluded, passing)
             D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
             return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
+
+    def search_text(
+        self, xq: np.ndarray, k: int, filters: Filters | None = None, passing: np.ndarray | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` live videos passing ``filters`` for each text query ``xq`` (index-ready, 0 in a prior column),
+        each hit with its moment. With segments (some video has several) a video scores its best segment;
+        otherwise the video index answers, exactly as :meth:`search` (whole-video moments)."""
+        with self._rw.read():
+            return self._text_hits(xq, k, self._mask(filters, [], passing))
+
+    def _text_hits(self, xq: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[Hit]]:
+        seg = self.segments
+        q = np.ascontiguousarray(xq[:, : seg.vectors.shape[1]])  # [nq, D]: the prior column (0) dropped
+        ranked = rank_videos(seg, q, k, mask) if seg.multi else self._ranked(xq, k, mask)
+        return [
+            [self._hit(r, s, n, video_moment(seg, r, qi)) for n, (r, s) in enumerate(hits, 1)]
+            for qi, hits in zip(q, ranked, strict=True)
+        ]
+
+    def search_moments(
+        self, xq: np.ndarray, k: int, filters: Filters | None = None, passing: np.ndarray | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` live segments of videos passing ``filters`` for each text query: one hit per segment (a video
+        may come back several times), its moment the segment's span. One segment per video: :meth:`search_text`."""
+        with self._rw.read():
+            seg, mask = self.segments, self._mask(filters, [], passing)
+            if not seg.multi:
+                return self._text_hits(xq, k, mask)
+            out = []
+            for hits in rank_segments(seg, np.ascontiguousarray(xq[:, : seg.vectors.shape[1]]), k, mask):
+                found = [(int(seg.row[j]), s, seg.spans[j]) for j, s in hits]
+                out.append([self._hit(r, s, n, moment(sp[0], sp[1], s)) for n, (r, s, sp) in enumerate(found, 1)])
+            return out
+
+    def with_moments(self, hits: list[list[Hit]], xq: np.ndarray | None = None) -> list[list[Hit]]:
+        """Each query's ``hits`` from any ranking (lexical, fused), those without a moment given one: for the query
+        vector ``xq[i]`` its video's best moment, without ``xq`` (no query vector) the whole video, score None."""
+        with self._rw.read():
+            return attach_moments(self.segments, self._row, hits, xq)
+
+    def _ranked(self, xq: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """Each query's top-``k`` rows of the video index among ``mask``: ``(row, score)``, best first."""
+        D, I = search_masked(self.index, self.xb, xq, k, mask)  # noqa: E741
+        return [[(int(r), float(s)) for s, r in zip(d, i, strict=True) if r >= 0] for d, i in zip(D, I, strict=True)]
+
+    def _hit(self, row: int, score: float, rank: int, where: dict[str, Any] | None = None) -> Hit:
+        return Hit(self.video_ids[row], score, rank, dict(self._records[row]), moment=where)
+
+    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
+        pairs = [(int(r), float(s)) for s, r in zip(D, I, strict=True) if r >= 0]
+        return [self._hit(r, s, n) for n, (r, s) in enumerate(pairs, 1)]
 
     def rank_rows(
         self,
@@ -217,13 +296,6 @@ class CatalogState:
                 return value.strip()
         return None
 
-    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
-        hits: list[Hit] = []
-        for score, row in zip(D, I, strict=True):
-            if row >= 0:
-                hits.append(Hit(self.video_ids[row], float(score), len(hits) + 1, dict(self._records[row])))
-        return hits
-
     # --- changing -----------------------------------------------------------------------------------------------
     def check_new_ids(self, ids: Iterable[str]) -> None:
         """UserError if any of ``ids`` is served already."""
@@ -231,16 +303,27 @@ class CatalogState:
         if taken is not None:
             raise UserError(f"video id {taken!r} is already in the catalog (remove it first to replace it)")
 
-    def add(self, df: pd.DataFrame, xb: np.ndarray, skipped: list[dict[str, str]], files_read: bool) -> list[str]:
+    def add(
+        self,
+        df: pd.DataFrame,
+        xb: np.ndarray,
+        skipped: list[dict[str, str]],
+        files_read: bool,
+        extra: NewRows | None = None,
+    ) -> list[str]:
         """Append videos (``df``: checked catalog rows with ``abs_path``; ``xb``: their unit vectors); returns their
         ids. ``files_read``: the vectors came from the files now on disk, so their size and mtime are recorded
-        (otherwise -1: a later ``mmrec encode`` must not reuse these vectors)."""
+        (otherwise -1: a later ``mmrec encode`` must not reuse these vectors). ``extra``: their segments and vector
+        parts (without: one segment per video, its vector ``xb``, spanning ``[0, duration_s]``)."""
         df = df.assign(**{PRIOR_COLUMN: 0})  # no popularity yet
         if "abs_path" not in df.columns:
             df["abs_path"] = ""
         sizes, mtimes = file_stats(list(df["abs_path"])) if files_read else ([-1] * len(df), [-1] * len(df))
-        src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
         rows = df.drop(columns=["abs_path"]).reindex(columns=self.catalog.columns)
+        extra = (extra or NewRows()).complete(xb, rows)
+        sizes, mtimes = extra.reusable(sizes), extra.reusable(mtimes)
+        src = pd.DataFrame({"video_id": df["video_id"], "abs_path": df["abs_path"], "size": sizes, "mtime_ns": mtimes})
+        src[DURATION_COLUMN] = extra.durations(len(rows))
         vectors = index_vectors(xb, rows, self.popularity_prior)
         with self._mutating:  # the state only changes under this lock: build the new arrays, then swap them in
             self.check_new_ids(rows["video_id"])  # again: another thread may have added them meanwhile
@@ -254,9 +337,16 @@ class CatalogState:
             sources = pd.concat([self.sources, src], ignore_index=True)
             alive = np.concatenate([self._alive, np.ones(len(rows), dtype=bool)])
             records = rows[self._meta_cols].to_dict("records")
+            video_content = self.embeddings if self.content is None else self.content
+            segments, seg_pending = self.segments.appended(extra, len(rows), video_content, embeddings)
+            content = grown(self.content, extra.content, lambda: self.embeddings, lambda: xb)
+            text = grown(self.text, extra.text, lambda: np.zeros_like(self.embeddings), lambda: np.zeros_like(xb))
             with self._rw.write():
                 if not private:
                     index.add(np.ascontiguousarray(vectors))
+                if seg_pending is not None:
+                    segments.index.add(seg_pending)
+                self.segments, self.content, self.text = segments, content, text
                 n0 = len(self.video_ids)
                 self.index, self.mapped = index, False
                 self.catalog, self.embeddings, self.xb = catalog, embeddings, xb_all
@@ -318,12 +408,14 @@ class CatalogState:
         catalog = self.catalog.iloc[keep].reset_index(drop=True)
         embeddings = np.ascontiguousarray(self.embeddings[keep], dtype=np.float32)
         sources = self.sources.iloc[keep].reset_index(drop=True)
-        return Snapshot(catalog, embeddings, index, sources, list(self.skipped), compact)
+        segments = self.segments.compacted(self._alive) if compact else self.segments
+        content, text = (None if a is None else np.ascontiguousarray(a[keep]) for a in (self.content, self.text))
+        return Snapshot(catalog, embeddings, index, sources, list(self.skipped), compact, segments, content, text)
 
     def adopt(self, snap: Snapshot) -> None:
         """Switch to a :meth:`compacted` snapshot, under the write lock (call it still under :meth:`mutation`)."""
         if not snap.compacted:
             return
         with self._rw.write():
-            self._set(snap.catalog, snap.embeddings, snap.index, snap.sources)
+            self._set(snap.catalog, snap.embeddings, snap.index, snap.sources, snap.segments, snap.content, snap.text)
             self.mapped = False

@@ -1,12 +1,16 @@
 """Contact sheet: ranked hits drawn as rows of sampled frames, to see what a query returns at a glance.
 
-Frames come from :func:`multimodal_rec.data.frames.read_frames` (the one frame loader). A clip that is missing or
-cannot be decoded gets a placeholder row naming the reason; the sheet is still written.
+Frames come from :mod:`multimodal_rec.data.frames` (the one frame loader): a hit whose moment is the whole video
+samples the whole clip (:func:`~multimodal_rec.data.frames.read_frames`); a moment inside a long video samples that
+span, from the windows the bundle encoded (:func:`~multimodal_rec.data.frames.read_segments` with the bundle's
+``encode`` settings) that overlap it. A clip that is missing or cannot be decoded gets a placeholder row naming the
+reason; the sheet is still written.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import textwrap
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ import numpy as np
 from multimodal_rec.bundle import SOURCES_FILE
 from multimodal_rec.data.frames import VideoDecodeError, read_frames
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.results import moment_text
 
 LOG = logging.getLogger(__name__)
 
@@ -29,10 +34,13 @@ BG, FG, PLACEHOLDER = (255, 255, 255), (20, 20, 20), (225, 225, 225)
 
 @dataclass
 class SheetRow:
-    """One row: its label lines (rank + id, score, title) and the clip to sample (None: not in the catalog)."""
+    """One row: its label lines (rank + id, score, moment, title), the clip to sample (None: not in the catalog) and
+    the span to sample it from (None: the whole clip)."""
 
     label: list[str]
     path: Path | None
+    span: tuple[float, float] | None = None
+    segments: tuple[float, int] = (0.0, 1)  # how the bundle cut videos: (segment_seconds, max_segments)
 
 
 def hit_paths(rec: Any, video_ids: Sequence[str]) -> list[Path | None]:
@@ -53,23 +61,58 @@ def hit_paths(rec: Any, video_ids: Sequence[str]) -> list[Path | None]:
 
 
 def rows_for_hits(rec: Any, hits: Sequence[Any]) -> list[SheetRow]:
-    """Sheet rows for ranked hits: ``rank. id``, score and (when the catalog has one) the title."""
+    """Sheet rows for ranked hits: ``rank. id``, score, the moment (``mm:ss–mm:ss``) and (when the catalog has one)
+    the title; a moment inside a longer video is what the row samples."""
+    spans = [_partial_span(h) for h in hits]
+    cut = (0.0, 1)
+    if any(spans):
+        from multimodal_rec.bundle import encode_config_of
+
+        enc = encode_config_of(rec.manifest)
+        cut = (float(enc.segment_seconds), int(enc.max_segments))
     rows = []
-    for hit, path in zip(hits, hit_paths(rec, [h.video_id for h in hits]), strict=True):
+    for hit, path, span in zip(hits, hit_paths(rec, [h.video_id for h in hits]), spans, strict=True):
         label = [f"{hit.rank}. {hit.video_id}", f"score {hit.score:+.3f}"]
+        if hit.moment is not None:
+            label.append(moment_text(hit.moment))
         title = hit.metadata.get("title")
         if isinstance(title, str) and title:
             label += textwrap.wrap(title, 26)[:2]
-        rows.append(SheetRow(label, path))
+        rows.append(SheetRow(label, path, span, cut))
     return rows
 
 
-def _frames(path: Path | None, frames: int, size: int) -> tuple[np.ndarray | None, str]:
-    """Decoded ``[T, size, size, 3]`` frames, or None and the reason in one line."""
-    if path is None:
+def _partial_span(hit: Any) -> tuple[float, float] | None:
+    """The hit's moment when it is part of the video, None when it covers the whole (or is unknown)."""
+    m = hit.moment
+    if m is None or m.get("end_s") is None:
+        return None
+    duration = hit.metadata.get("duration_s")
+    # the last window ends at frames / fps, which may fall a little short of the catalog's duration
+    whole = m["start_s"] <= 0 and isinstance(duration, numbers.Real) and m["end_s"] >= 0.99 * duration
+    return None if whole else (float(m["start_s"]), float(m["end_s"]))
+
+
+def _span_frames(path: Path, frames: int, size: int, span: tuple[float, float], cut: tuple[float, int]) -> np.ndarray:
+    """``frames`` frames spread over the bundle's windows of ``path`` that overlap ``span``, in time order."""
+    from multimodal_rec.data.frames import read_segments
+
+    clips, spans = read_segments(path, frames, size, cut[0], cut[1])  # [S, T, size, size, 3], [S, 2]
+    inside = (spans[:, 1] > span[0]) & (spans[:, 0] < span[1])
+    picked = clips[inside] if inside.any() else clips
+    flat = picked.reshape(-1, *picked.shape[2:])  # [S' * T, size, size, 3]
+    return flat[np.linspace(0, len(flat) - 1, frames).round().astype(int)]
+
+
+def _frames(row: SheetRow, frames: int, size: int) -> tuple[np.ndarray | None, str]:
+    """Decoded ``[T, size, size, 3]`` frames of a row (its span, else the whole clip), or None and the reason in
+    one line."""
+    if row.path is None:
         return None, "no video file recorded for this id"
     try:
-        return read_frames(path, frames, size), ""
+        if row.span is not None:
+            return _span_frames(row.path, frames, size, row.span, row.segments), ""
+        return read_frames(row.path, frames, size), ""
     except (VideoDecodeError, OSError) as e:
         return None, str(e).splitlines()[0] if str(e) else type(e).__name__
 
@@ -105,7 +148,7 @@ def write_contact_sheet(
         for j, line in enumerate(row.label[: max(1, size // 14)]):
             draw.text((PAD, y + 2 + 14 * j), line, fill=FG, font=font)
         x0 = LABEL_W
-        clip, reason = _frames(row.path, frames, size)
+        clip, reason = _frames(row, frames, size)
         if clip is None:
             LOG.warning("contact sheet row %d: %s", r + 1, reason)
             draw.rectangle([x0, y, width - PAD - 1, y + size - 1], fill=PLACEHOLDER)

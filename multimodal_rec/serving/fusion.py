@@ -116,8 +116,9 @@ class Rankers:
 
     def vector(self, n: int) -> list[list[Hit]]:
         """The text tower's ranking (the model runs only here: lexical mode never calls it)."""
-        return self.state.search(self.encode(self.texts), n, (), self.filters, passing=self.passing)
+        return self.state.search_text(self.encode(self.texts), n, self.filters, self.passing)
 
     def lexical(self, n: int) -> list[list[Hit]]:
         """The BM25 ranking (videos sharing no word with a query are not in its list)."""
-        return self.state.rank_rows(partial(self.words.search, self.texts, n), self.filters, self.passing)
+        hits = self.state.rank_rows(partial(self.words.search, self.texts, n), self.filters, self.passing)
+        return self.state.with_moments(hits)  # no query vector: the whole video

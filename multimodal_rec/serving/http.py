@@ -303,7 +303,7 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
     @app.post("/search", response_model=m.searched, responses=m.errors)
     def search(req: m.search) -> dict[str, Any]:
         """Videos that match a text query, best first; ``warnings`` says when the scores are noise."""
-        hits = rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score, mode=req.mode)
+        hits = _search_hits(rec, req)
         return {"hits": [_json_value(h.to_dict()) for h in hits], "warnings": query_warnings(rec.query_info(req.query))}
 
     @app.post("/recommend", response_model=m.recommended, responses=m.errors)
@@ -326,6 +326,13 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
         why = rec.resolve_history(req.history, history_ids=req.history_ids)
         weights = rec.explain(req.history, history_ids=req.history_ids)
         return {"attention": [{"text": t, "weight": w} for t, w in weights], **why.to_dict()}
+
+
+def _search_hits(rec: "Recommender", req: Any) -> list[Any]:
+    """/search's hits: videos (each with its best moment), or with ``moments`` the best segments."""
+    if req.moments:
+        return rec.search_moments(req.query, req.k, filters=req.filters, min_score=req.min_score)
+    return rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score, mode=req.mode)
 
 
 def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:

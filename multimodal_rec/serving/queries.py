@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from multimodal_rec.errors import UserError
@@ -84,6 +85,15 @@ class QueryEncoder:
         from multimodal_rec.encoding import encode_videos
 
         return encode_videos(self.model, paths, batch_size, workers, backend, self._lock)
+
+    def encode_items(
+        self, df: pd.DataFrame, enc: Any, batch_size: int = 16, workers: int = 0, backend: str = "auto"
+    ) -> tuple[Any, list[str]]:
+        """Item, content, text and segment vectors of videos to add (``encoding.items.encode_items``, the model
+        calls under this encoder's lock): ``(ItemVectors, errors)``, one error per row ("" where encoded)."""
+        from multimodal_rec.encoding.items import encode_items
+
+        return encode_items(self.model, df, enc, batch_size, workers, backend, lock=self._lock)
 
 
 # Junk the catalog cannot match: emoji, symbols, random letters, digits and non-Latin scripts (the trunk is

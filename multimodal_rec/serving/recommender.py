@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, read_manifest, save_bundle
+from multimodal_rec.bundle import INDEX_FILE, Bundle, encode_config_of, load_bundle, read_manifest, save_bundle
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel
-from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory
+from multimodal_rec.serving.catalog import TEXT_COLUMNS, CatalogState, ResolvedHistory, Snapshot
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.fusion import Rankers, ranked
 from multimodal_rec.serving.lexical import LexicalIndex, text_columns
-from multimodal_rec.serving.queries import QueryEncoder, check_min_score, noise_score
+from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
+from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -73,12 +74,22 @@ class Recommender:
         mapped: bool = False,
         sources: pd.DataFrame | None = None,
         skipped: list[dict[str, str]] | None = None,
+        *,
+        segments: pd.DataFrame | None = None,
+        segment_embeddings: np.ndarray | None = None,
+        segment_index: Any = None,
+        segment_content: np.ndarray | None = None,
+        content: np.ndarray | None = None,
+        text: np.ndarray | None = None,
     ) -> None:
+        """``segments`` (``video_id, start_s, end_s``) with their vectors, index and raw vectors: the bundle's (none:
+        one whole-video segment per video); ``content`` / ``text``: each video's vector parts (see ``bundle``)."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
         self._queries = QueryEncoder(model)
-        prior = model.cfg.popularity_prior
+        seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
+        parts, prior = {"segments": seg, "content": content, "text": text}, model.cfg.popularity_prior
         self._state = CatalogState(
-            catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped
+            catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped, **parts
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
         # BM25, built now, never stored; a bundle made before hybrid search (no "encode" in its manifest) keeps
@@ -95,7 +106,8 @@ class Recommender:
         """
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
-        return cls(b.path, b.model, b.manifest, b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
+        state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -106,6 +118,10 @@ class Recommender:
     xb = _read_only("_state", "xb", "What the index holds: embeddings plus, with the popularity prior, its column.")
     video_ids = _read_only("_state", "video_ids", "The video id of each row.")
     mapped = _read_only("_state", "mapped", "The index is memory-mapped (read-only): the first change copies it.")
+    content = _read_only("_state", "content", "Video-tower vectors [n, D] (None: not in the bundle), for ablations.")
+    text = _read_only("_state", "text", "Text-tower vectors of each video's text [n, D] (zeros: none; None: not kept).")
+
+    segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
 
     @property
@@ -192,6 +208,15 @@ class Recommender:
 
     search_mode = property(lambda self: self._lexical.mode(None, self.catalog), doc="hybrid if the catalog has text")
 
+    def search_moments(
+        self, text: str, k: int = 10, filters: Filters | None = None, *, min_score: float | None = None
+    ) -> list[Hit]:
+        """The ``k`` segments that best match a text query, best first (a video once per matching segment; ``moment``:
+        the segment's span); ``filters``, ``min_score`` as in :meth:`search`. No segments: as :meth:`search`."""
+        text, k, min_score = check_text(text), check_k(k), check_min_score(min_score)
+        passing = filter_mask(self.catalog, filters)
+        return keep_above(self._state.search_moments(self.text_queries([text]), k, filters, passing), min_score)[0]
+
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
         none of the query's tokens (e.g. only emoji); the text model is English-only, so its hits are noise."""
@@ -251,22 +276,23 @@ class Recommender:
 
         ``catalog``: a DataFrame (paths relative to the working directory) or a catalog file (paths relative to
         it) with ``video_id``, ``path`` and any of the bundle's metadata columns. Without ``embeddings`` every clip
-        is decoded and encoded with the bundle's own video tower (unreadable clips are skipped and reported);
-        with ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded and
-        ``path`` is optional. A video id already served raises UserError and nothing is added. New videos have
-        popularity count 0. Searches see the new videos as soon as this returns; :meth:`save` persists them.
+        is encoded as ``mmrec encode`` made this bundle (segments, text; unreadable clips are skipped and reported);
+        with ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded, ``path``
+        is optional and each video is one segment spanning ``[0, duration_s]``. A video id already served raises
+        UserError and nothing is added. New videos have popularity count 0. Searches see them as soon as this
+        returns; :meth:`save` persists them.
         """
         _require_unsharded(self.manifest, "add_videos")
         df = new_videos(catalog, self.catalog, need_paths=embeddings is None)
         self._state.check_new_ids(df["video_id"])
         if embeddings is None:
-            df, xb, skipped = _encode_clips(self._queries, df, batch_size, workers, backend)
+            df, xb, extra, skipped = _encode_items(self._queries, df, self.manifest, batch_size, workers, backend)
         else:
-            xb, skipped = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), []
+            xb, skipped, extra = check_embeddings(embeddings, len(df), int(self.embeddings.shape[1])), [], None
         if df.empty:
             first = skipped[0]["reason"] if skipped else "nothing to add"
             raise UserError(f"no video could be added ({len(skipped)} skipped; first: {first})")
-        added = self._state.add(df, xb, skipped, files_read=embeddings is None)
+        added = self._state.add(df, xb, skipped, files_read=embeddings is None, extra=extra)
         self._lexical.index_for(self.catalog)  # extended now rather than by the next search
         LOG.info("added %d videos (%d skipped): %d served", len(added), len(skipped), len(self))
         return AddResult(added, skipped)
@@ -293,10 +319,7 @@ class Recommender:
         _require_unsharded(self.manifest, "save")
         with self._state.mutation():
             snap = self._state.compacted()
-            index = {INDEX_FILE: snap.index}
-            contents = Bundle(self.model, self.cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index)
-            contents.fields = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
-            out = save_bundle(path, contents)
+            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap))
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
             self._lexical.index_for(self.catalog)  # rebuilt over the compacted rows
@@ -318,16 +341,38 @@ class Recommender:
         return f"Recommender({json.dumps(self._basic_info())})"
 
 
-def _encode_clips(
-    queries: QueryEncoder, df: pd.DataFrame, batch_size: int, workers: int, backend: str
-) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, str]]]:
-    """Encode the clips of videos to add: (the rows that decoded, their vectors, the skipped ones and why)."""
-    xb, errors = queries.encode_videos(list(df["abs_path"]), batch_size, workers, backend)
-    rows = zip(df["video_id"], df["path"], errors, strict=True)
+def _encode_items(
+    queries: QueryEncoder, df: pd.DataFrame, manifest: Mapping[str, Any], batch_size: int, workers: int, backend: str
+) -> tuple[pd.DataFrame, np.ndarray, NewRows, list[dict[str, str]]]:
+    """Encode the videos to add with the bundle's own ``encode`` settings (a bundle from before segments: one
+    segment, content only): (the rows that decoded, their item vectors, their segments and vector parts, the
+    skipped ones and why)."""
+    enc = encode_config_of(dict(manifest))
+    vecs, errors = queries.encode_items(df, enc, batch_size, workers, backend)
+    rows = zip(df["video_id"], df["path"] if "path" in df else [""] * len(df), errors, strict=True)
     skipped = [{"video_id": v, "path": str(p), "reason": e} for v, p, e in rows if e]
     for s in skipped:
         LOG.warning("not added %s: %s", s["video_id"], s["reason"])
-    return df[[not e for e in errors]].reset_index(drop=True), xb, skipped
+    raw, exact = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
+    extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw, exact)
+    return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
+
+
+def _segment_parts(b: Bundle) -> dict[str, Any]:
+    """The constructor's keyword arguments for a loaded bundle's segments and vector parts."""
+    seg = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, "segment_index": b.segment_index}
+    return {**seg, "segment_content": b.segment_content, "content": b.content, "text": b.text}
+
+
+def _bundle_of(model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot) -> Bundle:
+    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with."""
+    parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
+    index = {INDEX_FILE: snap.index}
+    contents = Bundle(model, cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts)
+    contents.fields = {k: v for k, v in manifest.items() if k not in ("format", "files", "segments")}
+    if parts["segments"] is not None:
+        contents.fields["segments"] = len(parts["segments"])
+    return contents
 
 
 def _require_unsharded(manifest: Mapping[str, Any], what: str) -> None:

@@ -82,6 +82,9 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
             None, allow_inf_nan=False, description="drop hits scoring below this; compare the bundle's noise_score"
         )
         mode: SearchMode = None
+        moments: bool = Field(
+            False, description="segment-level hits: the best-matching moments, a video once per matching segment"
+        )
 
     class RecommendRequest(Strict):
         history: History = Field(examples=[["a green ball moving up", "green dots rising"]])
@@ -105,10 +108,24 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
 
 
 def _search_response(hits: Any) -> Any:
-    """The /search answer: the hits, and warnings about the query (e.g. no word the English-only model knows)."""
-    from pydantic import Field
+    """The /search answer: the hits, each with its moment, and warnings about the query (e.g. no word the
+    English-only model knows)."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class MomentOut(BaseModel):
+        start_s: float = Field(description="where the matching moment starts, in seconds")
+        end_s: float | None = Field(description="where it ends, in seconds (null: the video's duration is unknown)")
+        score: float | None = Field(description="the best segment's score in it (cosine; null: a lexical match)")
+
+    class SearchHitOut(BaseModel):
+        model_config = ConfigDict(extra="allow")  # plus the catalog's metadata columns
+        video_id: str
+        score: float
+        rank: int
+        moment: MomentOut = Field(description="the part of the video that matches the query best")
 
     class SearchResponse(hits):
+        hits: list[SearchHitOut]
         warnings: list[str] = Field(default_factory=list, description="why the hits may be noise; empty if none")
 
     return SearchResponse

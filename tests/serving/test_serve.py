@@ -68,7 +68,8 @@ class StubRec:
     ) -> list[Hit]:
         if text == "crash":
             raise RuntimeError(f"internal failure while handling {SECRET}")
-        return [Hit("a", 0.5, 1, {"title": "A red ball", "duration_s": float("nan")})]
+        moment = {"start_s": 0.0, "end_s": float("nan"), "score": 0.5}  # a video of unknown duration
+        return [Hit("a", 0.5, 1, {"title": "A red ball", "duration_s": float("nan")}, moment=moment)]
 
     def query_info(self, text: str) -> dict[str, Any]:
         return {"unknown_tokens": 0, "tokens": 1, "in_vocabulary": True}
@@ -388,7 +389,8 @@ def test_missing_catalog_values_are_json_null() -> None:
     c = TestClient(serve.create_app(StubRec()))
     assert c.get("/videos/b").json() == {"video_id": "b", "title": None, "duration_s": None, "added": None}
     assert c.get("/videos/a").json()["added"].startswith("2024-05-01")
-    assert c.post("/search", json={"query": "red"}).json()["hits"][0]["duration_s"] is None  # NaN is not JSON
+    hit = c.post("/search", json={"query": "red"}).json()["hits"][0]
+    assert hit["duration_s"] is None and hit["moment"] == {"start_s": 0.0, "end_s": None, "score": 0.5}  # NaN: null
 
 
 def test_crash_is_a_json_500_and_logs_no_user_data(caplog: pytest.LogCaptureFixture) -> None:
