@@ -58,6 +58,9 @@ def _search_results(rec: Any, a: argparse.Namespace) -> list[list[Any]]:
     """Each query's hits: videos (each with its best moment), or with ``--moments`` the best segments."""
     filters = _filters(rec, a.filter)
     if a.moments:
+        from multimodal_rec.serving.moments import check_moments_mode
+
+        check_moments_mode(a.mode)
         return [rec.search_moments(q, k=a.k, filters=filters, min_score=a.min_score) for q in a.query]
     return rec.search_batch(a.query, k=a.k, filters=filters, min_score=a.min_score, mode=a.mode)
 

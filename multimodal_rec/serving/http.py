@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.moments import check_moments_mode
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
 from multimodal_rec.serving.validation import MAX_HISTORY, MAX_K, MAX_QUERY_CHARS
 
@@ -331,6 +332,7 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
 def _search_hits(rec: "Recommender", req: Any) -> list[Any]:
     """/search's hits: videos (each with its best moment), or with ``moments`` the best segments."""
     if req.moments:
+        check_moments_mode(req.mode)
         return rec.search_moments(req.query, req.k, filters=req.filters, min_score=req.min_score)
     return rec.search(req.query, req.k, filters=req.filters, min_score=req.min_score, mode=req.mode)
 

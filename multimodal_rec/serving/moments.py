@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from multimodal_rec.errors import UserError
 from multimodal_rec.index.search import exact_search, search_masked
 from multimodal_rec.serving.results import Hit
 from multimodal_rec.serving.segments import SegmentTable
@@ -26,6 +27,12 @@ from multimodal_rec.serving.segments import SegmentTable
 LOG = logging.getLogger(__name__)
 HALF = 0.5  # the moment covers the segments scoring above half the way from the median to the best
 FIRST_FETCH = 4  # segments fetched per wanted video at first
+
+
+def check_moments_mode(mode: Any) -> None:
+    """Segment-level hits come from the segment vectors alone: refuse a word-based mode with them (one line)."""
+    if mode not in (None, "vector"):
+        raise UserError(f"segment-level hits (moments) are ranked by vector only: drop mode {str(mode)[:20]!r}")
 
 
 def fwhm_span(scores: np.ndarray) -> tuple[int, int]:

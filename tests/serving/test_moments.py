@@ -365,6 +365,8 @@ def test_http_moments_flag(segmented: tuple[Recommender, Path]) -> None:
             r = c.post("/search", json={"query": "red", "moments": bad})
             assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}
             assert "moments" in r.json()["error"] and "\n" not in r.json()["error"]
+        r = c.post("/search", json={"query": "red", "moments": True, "mode": "lexical"})  # segments: vector only
+        assert r.status_code == 400 and "vector" in r.json()["error"] and "\n" not in r.json()["error"]
 
 
 def test_cli_search_moments(segmented: tuple[Recommender, Path], capsys: pytest.CaptureFixture[str]) -> None:
