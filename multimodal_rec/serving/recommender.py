@@ -82,8 +82,7 @@ class Recommender:
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
     ) -> None:
-        """``segments`` (``video_id, start_s, end_s``) with their vectors, index and raw vectors: the bundle's (none:
-        one whole-video segment per video); ``content`` / ``text``: each video's vector parts (see ``bundle``)."""
+        """Keyword arguments: the bundle's segments (none: one per video) and each video's vector parts."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
         self._queries = QueryEncoder(model)
         seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
@@ -92,10 +91,8 @@ class Recommender:
             catalog, embeddings, index, popularity_prior=prior, sources=sources, skipped=skipped, mapped=mapped, **parts
         )
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
-        # BM25, built now, never stored; a bundle made before hybrid search (no "encode" in its manifest) keeps
-        # answering as it did: vector by default, the word-based modes on request
-        hybrid = "encode" in manifest
-        self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default=hybrid)
+        # BM25, built now, never stored; a bundle made before hybrid search (no "encode") keeps vector as its default
+        self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default="encode" in manifest)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
@@ -124,19 +121,12 @@ class Recommender:
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
 
-    @property
-    def index(self) -> Any:
-        """The FAISS index over ``xb`` (row ``i`` is catalog row ``i``)."""
-        return self._state.index
-
-    @index.setter
-    def index(self, index: Any) -> None:
-        self._state.index = index
-
-    @property
-    def row_of(self) -> Mapping[str, int]:
-        """Live video id -> its row in ``catalog``, ``embeddings`` and the index (removed videos are absent)."""
-        return self._state.row_of
+    index = property(
+        lambda self: self._state.index,
+        lambda self, index: setattr(self._state, "index", index),
+        doc="The FAISS index over ``xb`` (row ``i`` is catalog row ``i``).",
+    )
+    row_of: Mapping[str, int] = _read_only("_state", "row_of", "Live video id -> its row (removed videos are absent).")
 
     def __len__(self) -> int:
         """Videos served now (added ones included, removed ones not)."""
@@ -148,17 +138,13 @@ class Recommender:
         return self._queries.text_queries(texts, self.xb.shape[1])
 
     def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
-        """Index-ready query vectors for histories of texts, read as given (recommend / explain resolve video ids):
-        cosine + the learned popularity prior (unless ``prior=False``)."""
+        """Index-ready query vectors for histories of texts, read as given: cosine + the popularity prior."""
         return self._queries.user_queries(histories, self.xb.shape[1], prior)
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> ``xq [n, D]`` float32."""
-        return self._queries.encode_texts(texts)
-
-    def encode_histories(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Histories (oldest first) -> ``xq [n, D]`` and attention weights ``[n, S]``."""
-        return self._queries.encode_histories(histories)
+    encode_queries = _read_only("_queries", "encode_texts", "``encode_queries(texts)``: ``xq [n, D]`` float32.")
+    encode_histories = _read_only(
+        "_queries", "encode_histories", "``encode_histories(histories)``: ``xq [n, D]``, attention ``[n, S]``."
+    )
 
     # --- ranking --------------------------------------------------------------------------------------------
     def search_vectors(
@@ -178,15 +164,12 @@ class Recommender:
         min_score: float | None = None,
         mode: str | None = None,
     ) -> list[Hit]:
-        """Videos that match a text query, best first.
+        """Videos that match a text query, best first, each with its best-matching ``moment``.
 
-        ``filters`` restricts the catalog rows, e.g. ``{"duration_s": (None, 60), "language": "en"}``: per column a
-        value (equality), a list of values (any of them), or a ``(min, max)`` range with None for an open end (see
-        :mod:`multimodal_rec.serving.filters`). The filter runs inside the FAISS search, so ``k`` hits come back
-        whenever at least ``k`` videos pass it. ``min_score`` drops hits scoring below it (fewer than ``k`` may
-        come back); ``info()["noise_score"]`` is what junk queries score on this catalog. ``mode``: ``"vector"``,
-        ``"lexical"`` or ``"hybrid"`` (None: :attr:`search_mode`); see :func:`multimodal_rec.serving.fusion.ranked`.
-        """
+        ``filters`` restricts the rows, e.g. ``{"duration_s": (None, 60), "language": "en"}`` (a value, a list of
+        values, or a ``(min, max)`` range: :mod:`multimodal_rec.serving.filters`), inside the FAISS search, so ``k``
+        hits come back whenever ``k`` videos pass. ``min_score`` drops hits below it (``info()["noise_score"]``: what
+        junk queries score). ``mode``: ``"vector"``, ``"lexical"`` or ``"hybrid"`` (None: :attr:`search_mode`)."""
         return self.search_batch([text], k, filters, min_score=min_score, mode=mode)[0]
 
     def search_batch(
@@ -236,15 +219,10 @@ class Recommender:
 
         An item that is a served ``video_id`` is read as that video's text (see :meth:`resolve_history`; with
         ``history_ids`` every item is an id and unknown ones are left out). Never returns the ``exclude`` ids (at
-        most ``MAX_EXCLUDE`` = 10,000 of them, else UserError; unknown ids are ignored) nor, unless
-        ``exclude_seen=False``, a video the history already names: a history item names a
-        video when it is exactly (surrounding whitespace aside, case-sensitive) the video's ``video_id`` or its
-        ``title`` (every video with that title). ``k`` hits still come back when enough videos remain. ``filters``
-        as in :meth:`search`.
-        """
-        k = check_k(k)
-        history = check_history(history)
-        exclude = check_exclude(exclude)
+        most ``MAX_EXCLUDE`` = 10,000; unknown ids ignored) nor, unless ``exclude_seen=False``, a video the history
+        names: exactly (surrounding whitespace aside, case-sensitive) its ``video_id`` or its ``title`` (every video
+        with that title). ``k`` hits still come back when enough videos remain; ``filters`` as in :meth:`search`."""
+        k, history, exclude = check_k(k), check_history(history), check_exclude(exclude)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
         texts = self._state.resolve_history(history, history_ids).texts
         seen = history if exclude_seen else ()  # the caller's own items: an id names only its video
@@ -276,12 +254,10 @@ class Recommender:
 
         ``catalog``: a DataFrame (paths relative to the working directory) or a catalog file (paths relative to
         it) with ``video_id``, ``path`` and any of the bundle's metadata columns. Without ``embeddings`` every clip
-        is encoded as ``mmrec encode`` made this bundle (segments, text; unreadable clips are skipped and reported);
-        with ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded, ``path``
-        is optional and each video is one segment spanning ``[0, duration_s]``. A video id already served raises
-        UserError and nothing is added. New videos have popularity count 0. Searches see them as soon as this
-        returns; :meth:`save` persists them.
-        """
+        is encoded as ``mmrec encode`` made this bundle (segments, text; unreadable clips skipped and reported); with
+        ``embeddings [n, D]`` (row ``i`` for catalog row ``i``, L2-normalised here) nothing is decoded and each video
+        is one segment ``[0, duration_s]``. A served id raises UserError (nothing added). New videos have popularity
+        count 0; searches see them at once; :meth:`save` persists them."""
         _require_unsharded(self.manifest, "add_videos")
         df = new_videos(catalog, self.catalog, need_paths=embeddings is None)
         self._state.check_new_ids(df["video_id"])
@@ -300,9 +276,8 @@ class Recommender:
     def remove_videos(self, ids: Iterable[str]) -> int:
         """Stop serving ``ids`` at once (every later search skips them); returns how many were removed.
 
-        An id that is not served raises UserError and nothing is removed. The rows stay in the index as
-        tombstones until :meth:`save` compacts them out (HNSW cannot delete; this keeps every index type alike).
-        """
+        An id that is not served raises UserError and nothing is removed. The rows stay in the index as tombstones
+        until :meth:`save` compacts them out (HNSW cannot delete; this keeps every index type alike)."""
         n = self._state.remove(list(dict.fromkeys(id_list(ids, "ids to remove"))))
         LOG.info("removed %d videos: %d served", n, len(self))
         return n
@@ -310,10 +285,8 @@ class Recommender:
     def save(self, path: str | Path) -> Path:
         """Write the served catalog as a complete bundle at ``path``, atomically (``write_bundle``).
 
-        Removed videos are compacted out: the index drops them without retraining (the trained index is emptied
-        and the live vectors are added again; HNSW rebuilds its graph), and this Recommender switches to that
-        compacted state, so a :meth:`load` of ``path`` answers exactly as this object does after the call.
-        """
+        Removed videos are compacted out (the trained index emptied and refilled with the live vectors; HNSW rebuilds
+        its graph) and this Recommender switches to that state: a :meth:`load` of ``path`` answers exactly as it."""
         if self.cfg is None:
             raise UserError("this Recommender has no run config to save (load it with Recommender.load)")
         _require_unsharded(self.manifest, "save")
