@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -73,6 +74,7 @@ class IndexConfig:
 class EncodeConfig:
     segment_seconds: float = 5.0  # windows of about this length; <= 0: one segment per video
     max_segments: int = 64  # cap per video (equal windows covering the whole video)
+    shots: bool = False  # cut at shot boundaries first (PySceneDetect), then each shot into ~segment_seconds windows
     text_columns: list[str] = field(default_factory=lambda: ["title", "description", "tags"])  # catalog text
     # encoded by the text tower (only the columns present; non-blank values joined with ". ")
     text_weight: float = 0.5  # weight of the video's text in its item vector (0: content only)
@@ -87,6 +89,10 @@ class EncodeConfig:
         s = self.segment_seconds
         if isinstance(s, bool) or not isinstance(s, int | float) or s != s or s in (float("inf"), float("-inf")):
             raise UserError(f"encode.segment_seconds must be a finite number (<= 0: one segment), got {s!r}")
+        if not isinstance(self.shots, bool):
+            raise UserError(f"encode.shots must be true or false, got {self.shots!r}")
+        if self.shots and importlib.util.find_spec("scenedetect") is None:
+            raise UserError('encode.shots needs PySceneDetect: pip install "multimodal-rec[shots]" (or scenedetect)')
         if not isinstance(self.text_columns, list) or not all(isinstance(c, str) for c in self.text_columns):
             raise UserError(f"encode.text_columns must be a list of column names, got {self.text_columns!r}")
 

@@ -33,11 +33,13 @@ LOG = logging.getLogger(__name__)
 SIZES = (1, 2, 4)
 
 
-def read_segments(path: str, num_frames: int, size: int, segment_seconds: float, max_segments: int) -> Any:
+def read_segments(
+    path: str, num_frames: int, size: int, segment_seconds: float, max_segments: int, shots: bool = False
+) -> Any:
     """``frames.read_segments`` (the encoder's own segment sampling), imported when first used."""
     from multimodal_rec.data import frames
 
-    return frames.read_segments(path, num_frames, size, segment_seconds, max_segments)
+    return frames.read_segments(path, num_frames, size, segment_seconds, max_segments, shots=shots)
 
 
 def _decode_one(job: tuple[str, int, int, float, int]) -> tuple[int, float]:
@@ -50,7 +52,7 @@ def decode_only(
     paths: Sequence[str], num_frames: int, size: int, enc: Any, processes: int
 ) -> tuple[list[int], list[float], float]:
     """(segments per video, seconds per video, wall seconds) of decoding every video's segment frames."""
-    jobs = [(p, num_frames, size, float(enc.segment_seconds), int(enc.max_segments)) for p in paths]
+    jobs = [(p, num_frames, size, float(enc.segment_seconds), int(enc.max_segments), bool(enc.shots)) for p in paths]
     t = time.perf_counter()
     if processes > 1:
         with mp.get_context("fork").Pool(processes) as pool:

@@ -17,6 +17,7 @@ def _encode_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "max_segments": a.max_segments,
         "text_columns": cols,
         "text_weight": a.text_weight,
+        "shots": True if a.shots else None,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -127,6 +128,12 @@ def _add_encode_flags(s: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="cut videos into windows of about this many seconds (<= 0: one segment per video; default: config, 5)",
+    )
+    s.add_argument(
+        "--shots",
+        action="store_true",
+        default=None,
+        help="cut at shot boundaries first (PySceneDetect), then each shot into --segment-seconds windows",
     )
     s.add_argument("--max-segments", type=int, default=None, help="most segments per video (default: config, 64)")
     s.add_argument(

@@ -75,9 +75,10 @@ class SegmentDataset(Dataset):
         segment_seconds: float,
         max_segments: int,
         backend: str = "auto",
+        shots: bool = False,
     ) -> None:
         self.paths, self.num_frames, self.size, self.backend = list(paths), num_frames, size, backend
-        self.segment_seconds, self.max_segments = segment_seconds, max_segments
+        self.segment_seconds, self.max_segments, self.shots = segment_seconds, max_segments, shots
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,7 +89,13 @@ class SegmentDataset(Dataset):
             return i, np.zeros((0, T, s, s, 3), np.uint8), np.zeros((0, 2), np.float64), ""
         try:
             frames, spans = read_segments(
-                self.paths[i], self.num_frames, self.size, self.segment_seconds, self.max_segments, self.backend
+                self.paths[i],
+                self.num_frames,
+                self.size,
+                self.segment_seconds,
+                self.max_segments,
+                self.backend,
+                self.shots,
             )
             return i, frames, spans, ""
         except (VideoDecodeError, OSError) as e:  # a bad file must never stop the job: report it and go on

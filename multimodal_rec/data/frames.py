@@ -12,7 +12,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,21 +46,47 @@ BACKENDS = ("auto", "decord", "pyav")
 Picker = Callable[[int, float], np.ndarray]  # (frame count, fps) -> the frame indices to decode, in order
 
 
-def segment_spans(n_frames: int, fps: float, segment_seconds: float, max_segments: int) -> list[tuple[int, int]]:
-    """Frame ranges ``[start, end)`` of a video's segments: equal windows covering all ``n_frames``.
+def segment_spans(
+    n_frames: int, fps: float, segment_seconds: float, max_segments: int, cuts: Sequence[int] = ()
+) -> list[tuple[int, int]]:
+    """Frame ranges ``[start, end)`` of a video's segments, covering all ``n_frames``.
 
-    ``n = max(1, round(duration / segment_seconds))`` windows, at most ``max_segments`` (then each is longer: the
-    whole video stays covered) and at most one per frame. ``segment_seconds <= 0`` or an unknown frame rate: one
-    window, the whole video (the frames of :func:`sample_indices`, as before segments existed).
+    Without ``cuts``: ``n = max(1, round(duration / segment_seconds))`` equal windows, at most ``max_segments``
+    (then each is longer: the whole video stays covered) and at most one per frame. With ``cuts`` (the frames where
+    shots start, :mod:`~multimodal_rec.data.shots`) each shot is cut the same way on its own, so no window straddles
+    a cut; when that gives more than ``max_segments`` windows, the ``max_segments`` equal windows' boundaries move to
+    the nearest cut instead. A video no longer than ``segment_seconds`` stays one window (a short clip is unchanged).
+    ``segment_seconds <= 0`` or an unknown frame rate: one window per shot (no cuts: the whole video, the frames of
+    :func:`sample_indices`, as before segments existed).
     """
     if n_frames < 1:
         raise ValueError("a clip needs at least one frame")
+    plain = _windows(0, n_frames, fps, segment_seconds, max_segments)
+    inner = sorted({c for c in cuts if 0 < c < n_frames})
+    if not inner or not _longer_than(n_frames, fps, segment_seconds):
+        return plain
+    bounds = [0, *inner, n_frames]
+    spans = [w for a, b in itertools.pairwise(bounds) for w in _windows(a, b, fps, segment_seconds)]
+    if len(spans) <= max_segments:
+        return spans
+    snapped = {min(inner, key=lambda c: abs(c - b)) for _, b in plain[:-1]}  # equal windows, ends moved to cuts
+    return list(itertools.pairwise(sorted({0, n_frames, *snapped})))
+
+
+def _longer_than(n_frames: int, fps: float, segment_seconds: float) -> bool:
+    """Whether a video is longer than one window (``segment_seconds <= 0``: always; unknown frame rate: never)."""
+    if segment_seconds <= 0:
+        return True
+    return math.isfinite(fps) and fps > 0 and n_frames / fps > segment_seconds
+
+
+def _windows(a: int, b: int, fps: float, segment_seconds: float, cap: int | None = None) -> list[tuple[int, int]]:
+    """Equal windows of about ``segment_seconds`` over frames ``[a, b)`` (at most ``cap``, at most one per frame)."""
     n = 1
     if segment_seconds > 0 and math.isfinite(fps) and fps > 0:
-        n = max(1, math.floor(n_frames / fps / segment_seconds + 0.5))
-    n = max(1, min(n, max_segments, n_frames))
-    bounds = [round(k * n_frames / n) for k in range(n + 1)]
-    return list(itertools.pairwise(bounds))
+        n = max(1, math.floor((b - a) / fps / segment_seconds + 0.5))
+    n = max(1, min(n, cap or n, b - a))
+    return list(itertools.pairwise([a + round(k * (b - a) / n) for k in range(n + 1)]))
 
 
 def segment_indices(spans: list[tuple[int, int]], num_frames: int) -> np.ndarray:
@@ -108,19 +134,26 @@ def read_segments(
     segment_seconds: float,
     max_segments: int,
     backend: str = "auto",
+    shots: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A video cut into segments (:func:`segment_spans`): frames uint8 ``[S, T, size, size, 3]`` and the spans
     ``[S, 2]`` (start_s, end_s). All segments' frames come from one pass (decord: one batched call).
 
     A short clip is one segment holding exactly the frames of :func:`read_frames`. Without a usable frame rate the
-    video is one segment with the span (0, 0).
+    video is one segment with the span (0, 0). ``shots``: cut at the video's shot boundaries first (one more pass
+    over the file, :func:`~multimodal_rec.data.shots.detect_cuts`).
     """
+    cuts: list[int] = []
 
     def pick(n: int, fps: float) -> np.ndarray:
-        return segment_indices(segment_spans(n, fps, segment_seconds, max_segments), num_frames)
+        if shots and _longer_than(n, fps, segment_seconds):
+            from multimodal_rec.data.shots import detect_cuts
+
+            cuts.extend(detect_cuts(path))  # only for a video longer than one window: a short clip costs nothing
+        return segment_indices(segment_spans(n, fps, segment_seconds, max_segments, cuts), num_frames)
 
     frames, n, fps = _decode(Path(path), size, pick, backend)
-    windows = segment_spans(n, fps, segment_seconds, max_segments)  # the windows pick() sampled
+    windows = segment_spans(n, fps, segment_seconds, max_segments, cuts)  # the windows pick() sampled
     known = math.isfinite(fps) and fps > 0
     spans = np.array([(a / fps, b / fps) if known else (0.0, 0.0) for a, b in windows], np.float64)
     return frames.reshape(len(windows), num_frames, size, size, 3), spans

@@ -199,7 +199,8 @@ def embed_rows(
     """:class:`EncodedRows` per model batch of ``batch_size`` consecutive rows (``enc``: the EncodeConfig);
     ``workers`` decode ahead of the model."""
     vcfg = model.cfg.video
-    data = SegmentDataset(paths, vcfg.num_frames, vcfg.image_size, enc.segment_seconds, enc.max_segments, backend)
+    cut = (enc.segment_seconds, enc.max_segments, backend, enc.shots)
+    data = SegmentDataset(paths, vcfg.num_frames, vcfg.image_size, *cut)
     start = 0
     for batch in iter_segments(data, workers, batch_size):
         yield embed_batch(model, batch, texts[start : start + len(batch)], batch_size, lock)

@@ -79,7 +79,8 @@ def _decode(item: dict[str, Any], num_frames: int, size: int, backend: str, enc:
     from multimodal_rec.data.cache import SegmentDataset
 
     paths = list(item["paths"])
-    data = SegmentDataset(paths, num_frames, size, enc["segment_seconds"], enc["max_segments"], backend)
+    cut = (enc["segment_seconds"], enc["max_segments"], backend, bool(enc.get("shots", False)))
+    data = SegmentDataset(paths, num_frames, size, *cut)
     return {
         "shard": int(item["shard"]),
         "batch": int(item["batch"]),

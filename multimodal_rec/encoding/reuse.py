@@ -49,7 +49,7 @@ def source_keys(df: pd.DataFrame) -> list[tuple[str, str, int, int]]:
 
 def same_segments(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two ``encode`` settings cut every video the same way."""
-    cut = lambda e: (max(0.0, float(e["segment_seconds"])), int(e["max_segments"]))  # noqa: E731
+    cut = lambda e: (max(0.0, float(e["segment_seconds"])), int(e["max_segments"]), bool(e.get("shots")))  # noqa: E731
     return cut(a) == cut(b)
 
 

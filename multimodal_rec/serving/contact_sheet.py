@@ -40,7 +40,8 @@ class SheetRow:
     label: list[str]
     path: Path | None
     span: tuple[float, float] | None = None
-    segments: tuple[float, int] = (0.0, 1)  # how the bundle cut videos: (segment_seconds, max_segments)
+    segments: tuple[float, int, bool] = (0.0, 1, False)  # how the bundle cut videos: (segment_seconds,
+    # max_segments, shots)
 
 
 def hit_paths(rec: Any, video_ids: Sequence[str]) -> list[Path | None]:
@@ -64,12 +65,12 @@ def rows_for_hits(rec: Any, hits: Sequence[Any]) -> list[SheetRow]:
     """Sheet rows for ranked hits: ``rank. id``, score, the moment (``mm:ss–mm:ss``) and (when the catalog has one)
     the title; a moment inside a longer video is what the row samples."""
     spans = [_partial_span(h) for h in hits]
-    cut = (0.0, 1)
+    cut = (0.0, 1, False)
     if any(spans):
         from multimodal_rec.bundle import encode_config_of
 
         enc = encode_config_of(rec.manifest)
-        cut = (float(enc.segment_seconds), int(enc.max_segments))
+        cut = (float(enc.segment_seconds), int(enc.max_segments), bool(enc.shots))
     rows = []
     for hit, path, span in zip(hits, hit_paths(rec, [h.video_id for h in hits]), spans, strict=True):
         label = [f"{hit.rank}. {hit.video_id}", f"score {hit.score:+.3f}"]
@@ -93,11 +94,13 @@ def _partial_span(hit: Any) -> tuple[float, float] | None:
     return None if whole else (float(m["start_s"]), float(m["end_s"]))
 
 
-def _span_frames(path: Path, frames: int, size: int, span: tuple[float, float], cut: tuple[float, int]) -> np.ndarray:
+def _span_frames(
+    path: Path, frames: int, size: int, span: tuple[float, float], cut: tuple[float, int, bool]
+) -> np.ndarray:
     """``frames`` frames spread over the bundle's windows of ``path`` that overlap ``span``, in time order."""
     from multimodal_rec.data.frames import read_segments
 
-    clips, spans = read_segments(path, frames, size, cut[0], cut[1])  # [S, T, size, size, 3], [S, 2]
+    clips, spans = read_segments(path, frames, size, cut[0], cut[1], shots=cut[2])  # [S, T, size, size, 3], [S, 2]
     inside = (spans[:, 1] > span[0]) & (spans[:, 0] < span[1])
     picked = clips[inside] if inside.any() else clips
     flat = picked.reshape(-1, *picked.shape[2:])  # [S' * T, size, size, 3]

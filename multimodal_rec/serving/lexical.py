@@ -42,6 +42,9 @@ _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits (any script)
 def _stop_words() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN
 
+    # bm25s sets its own logger to DEBUG on import, so "Building index from tokens" would reach our handlers even
+    # under `mmrec --quiet`: keep it to warnings like every other library
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     return frozenset(STOPWORDS_EN)
 
 

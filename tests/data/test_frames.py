@@ -164,3 +164,38 @@ def test_read_segments_of_a_long_video(tmp_path: Path, backend: str) -> None:
     assert frames.shape[0] == 2 and spans[0, 0] == 0 and spans[-1, 1] == pytest.approx(9.9)
     frames, spans = read_segments(tmp_path / "long.mp4", 4, 64, 0.0, 64, backend)
     np.testing.assert_array_equal(frames[0], read_frames(tmp_path / "long.mp4", 4, 64, backend))
+
+
+def test_cuts_keep_every_window_inside_one_shot() -> None:
+    from multimodal_rec.data.frames import segment_spans
+
+    cuts = [72, 160, 213]  # shots of 7.2, 8.8, 5.3 and 8.7 s at 10 fps
+    spans = segment_spans(300, 10.0, 10.0, 64, cuts)
+    assert spans == [(0, 72), (72, 160), (160, 213), (213, 300)]  # each shot one window (none over ~15 s)
+    split = segment_spans(300, 10.0, 4.0, 64, cuts)  # ~4 s windows inside each shot
+    assert all(not (a < c < b) for a, b in split for c in cuts) and split[0][0] == 0 and split[-1][1] == 300
+    assert all(split[i][1] == split[i + 1][0] for i in range(len(split) - 1)) and len(split) == 7  # 2+2+1+2
+    capped = segment_spans(300, 10.0, 4.0, 3, cuts)  # too many windows: 3 equal windows, ends moved to cuts
+    assert len(capped) == 3 and capped[0][0] == 0 and capped[-1][1] == 300
+    assert {b for _, b in capped[:-1]} <= set(cuts)
+    assert segment_spans(48, 20.0, 5.0, 64, [20]) == [(0, 48)]  # a short clip stays one window whatever the cuts
+    assert segment_spans(300, 10.0, 0.0, 64, cuts) == [(0, 72), (72, 160), (160, 213), (213, 300)]  # one per shot
+
+
+def test_shot_detection_finds_the_parts_of_a_long_video(tmp_path: Path) -> None:
+    pytest.importorskip("scenedetect")
+    from long_video import PARTS, make_long_video
+
+    from multimodal_rec.data.frames import read_segments
+    from multimodal_rec.data.shots import detect_cuts
+    from multimodal_rec.data.synth.render import RGB
+
+    make_long_video(tmp_path / "long.mp4", part_frames=33, fps=10)  # cuts at frames 33 and 66
+    assert detect_cuts(tmp_path / "long.mp4") == [33, 66]
+    # fixed 5 s windows straddle the cuts; with shots every window is one part, whose colour fills its frames
+    frames, spans = read_segments(tmp_path / "long.mp4", 4, 64, 5.0, 64, shots=True)
+    np.testing.assert_allclose(spans, [[0, 3.3], [3.3, 6.6], [6.6, 9.9]], atol=1e-9)
+    for i, (colour, _, _) in enumerate(PARTS):
+        shares = {c: _colour_share(frames[i], RGB[c]) for c, _, _ in PARTS}
+        assert max(shares, key=shares.get) == colour and min(shares.values()) == 0.0, (i, shares)
+    assert detect_cuts(tmp_path / "missing.mp4") == []  # an unreadable file: decoding reports it, not detection

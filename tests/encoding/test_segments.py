@@ -269,8 +269,8 @@ def test_cli_flags_are_recorded_and_sharded_bundles_keep_one_segment_index(
     flags = ["--segment-seconds", "3.3", "--max-segments", "2", "--text-columns", "nope,title", "--text-weight", "0.3"]
     assert main([*argv, *flags, "--index-shards", "2"]) == 0
     m = read_manifest(out)
-    assert m["encode"] == {"segment_seconds": 3.3, "max_segments": 2, "text_columns": ["nope", "title"],
-                           "text_weight": 0.3}  # fmt: skip
+    assert m["encode"] == {"segment_seconds": 3.3, "max_segments": 2, "shots": False,
+                           "text_columns": ["nope", "title"], "text_weight": 0.3}  # fmt: skip
     assert m["index_shards"] == 2 and len(m["index_files"]) == 2 and "segments.faiss" in m["files"]
     b = load_bundle(out)
     assert b.segments.groupby("video_id").size().max() == 2 and b.segment_index.ntotal == len(b.segments)
@@ -293,3 +293,18 @@ def test_a_bundle_without_raw_segment_vectors_is_encoded_again(
     res = encode_catalog(trained, mixed, out, batch_size=2, shard_size=4, workers=0, encode=SEG)
     assert (res.reused, res.encoded) == (0, 12)
     _assert_same(res.bundle, mixed_bundle)
+
+
+def test_shots_flag_cuts_long_videos_at_their_parts(trained: Path, mixed: Path, tmp_path: Path) -> None:
+    pytest.importorskip("scenedetect")
+    from multimodal_rec.cli import main
+
+    out = tmp_path / "b"
+    argv = ["encode", "--model", str(trained), "--catalog", str(mixed), "--out", str(out), "-q", "--workers", "0"]
+    assert main([*argv, "--segment-seconds", "5", "--shots"]) == 0  # 5 s windows would straddle the 3.3 s parts
+    assert read_manifest(out)["encode"]["shots"] is True
+    segs = load_bundle(out).segments
+    for vid, parts in (("long_a", 3), ("long_b", 2)):
+        s = segs[segs["video_id"] == vid]
+        np.testing.assert_allclose(s[["start_s", "end_s"]].to_numpy(), [[3.3 * i, 3.3 * (i + 1)] for i in range(parts)])
+    assert (segs.groupby("video_id").size().drop(["long_a", "long_b"]) == 1).all()  # short clips: one segment
