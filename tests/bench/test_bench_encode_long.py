@@ -18,7 +18,7 @@ def test_rates_and_ceiling_by_hand() -> None:
     assert ceiling_of(2.0, 3.0, cuda=True) == ("min(D, M)", 2.0)
 
 
-def _fake_segments(path: str, num_frames: int, size: int, segment_seconds: float, max_segments: int):
+def _fake_segments(path: str, num_frames: int, size: int, segment_seconds: float, max_segments: int, shots: bool):
     """Two 3-second segments per video (stands in for frames.read_segments, which is not needed here)."""
     frames = np.zeros((2, num_frames, size, size, 3), dtype=np.uint8)
     return frames, np.array([[0.0, 3.0], [3.0, 6.0]])
@@ -27,7 +27,7 @@ def _fake_segments(path: str, num_frames: int, size: int, segment_seconds: float
 def test_bench_encode_long_tiny_run(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_long, "read_segments", _fake_segments)
     real_load = bench_long.load_model
-    enc = SimpleNamespace(segment_seconds=3.0, max_segments=64)
+    enc = SimpleNamespace(segment_seconds=3.0, max_segments=64, shots=False)
     monkeypatch.setattr(bench_long, "load_model", lambda d, dev: (real_load(d, dev)[0], SimpleNamespace(encode=enc)))
     kw = {"batch_size": 4, "workers": 0, "memory": False, "device": "cpu"}
     r = bench_long.bench_encode_long(trained, sizes=(2, 1), parts=2, **kw)
