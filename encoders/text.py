@@ -84,14 +84,20 @@ def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
 
 @contextlib.contextmanager
 def _no_load_report() -> Iterator[None]:
-    """Silence transformers' load report (a table of missing/unexpected keys) while loading a trunk."""
+    """Drop transformers' load report (a table of missing/unexpected keys) while loading a trunk: our check says it
+    in one line. A filter, not a level: transformers reads the level of that logger to decide on other warnings."""
     hf_logger = logging.getLogger("transformers.modeling_utils")
-    level = hf_logger.level
-    hf_logger.setLevel(logging.ERROR)
+    report_filter = _DropLoadReport()
+    hf_logger.addFilter(report_filter)
     try:
         yield
     finally:
-        hf_logger.setLevel(level)
+        hf_logger.removeFilter(report_filter)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
 
 
 class TextTower(nn.Module):

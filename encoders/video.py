@@ -126,17 +126,19 @@ def load_strict(model: nn.Module, path: str, ignore: Sequence[str], source: str)
 def _load_state_dict(path: str, source: str) -> dict[str, torch.Tensor]:
     """The flat ``{key: tensor}`` dict of a ``.safetensors`` or ``.pth`` file (read with ``weights_only``)."""
     import os
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     if not os.path.isfile(path):
         raise PretrainedWeightsError(f"{source}: no such file")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no arbitrary unpickling
-    except Exception as e:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
         raise PretrainedWeightsError(f"{source} cannot be read as a state dict: {_first_line(e)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = list(state)[:SHOWN] if isinstance(state, dict) else type(state).__name__

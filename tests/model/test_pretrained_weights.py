@@ -103,6 +103,10 @@ def test_unreadable_or_absent_file_is_one_line(tmp_path: Path) -> None:
     assert "no such file" in _refused(str(tmp_path / "absent.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     assert "cannot be read" in _refused(str(tmp_path / "junk.pth"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    assert "cannot be read" in _refused(str(tmp_path / "junk.safetensors"))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert "cannot be read" in _refused(str(tmp_path / "empty.pth"))
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "ckpt.pth")
     assert "not a flat state dict" in _refused(str(tmp_path / "ckpt.pth"))
 
@@ -175,8 +179,12 @@ def test_text_model_dir_loads_its_weights(tmp_path: Path) -> None:
     assert tower.feat_dim == 16
 
 
-def test_text_model_without_pooler_loads(tmp_path: Path) -> None:
-    TextTower(TextTowerConfig(model_path=str(_tiny_bert_dir(tmp_path / "bert", pooler=False)), proj_hidden=0), 8)
+def test_text_model_without_pooler_loads_quietly(tmp_path: Path, capfd) -> None:
+    path = _tiny_bert_dir(tmp_path / "bert", pooler=False)
+    capfd.readouterr()
+    TextTower(TextTowerConfig(model_path=str(path), proj_hidden=0), 8)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err and "not sharded" not in err  # an allowed remainder
 
 
 def test_text_model_with_a_dropped_tensor_is_refused(tmp_path: Path) -> None:
