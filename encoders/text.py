@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +12,18 @@ import torch
 from torch import nn
 
 from encoders.heads import ProjectionHead
+from encoders.weights import PretrainedWeightsError, check_match
+
+LOG = logging.getLogger(__name__)
+UNUSED_PREFIXES = ("pooler.",)  # BERT's pooler: the tower mean-pools last_hidden_state, the pooler's output is unused
 
 
 @dataclass
 class TextTowerConfig:
     model_path: str | None = None  # local Hugging Face model dir; None = the packaged all-MiniLM-L6-v2
+    # Loading model_path is strict: missing, unexpected or wrongly shaped weights are an error, except keys under
+    # these prefixes (default: the pooler, whose output the tower never uses; a checkpoint with or without it loads).
+    weights_ignore: list[str] = field(default_factory=lambda: list(UNUSED_PREFIXES))
     random_init: dict[str, Any] | None = None  # BertConfig overrides for a randomly initialised trunk (tests)
     max_length: int = 32  # tokens per text; longer texts are truncated
     trainable_layers: int = 0  # 0 = frozen trunk (features cacheable), -1 = fine-tune all, n = last n layers
@@ -54,7 +64,40 @@ def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
         base = AutoConfig.from_pretrained(path, local_files_only=True)
         kwargs = {"vocab_size": base.vocab_size, **cfg.random_init}
         return BertModel(BertConfig(**kwargs), add_pooling_layer=False)
-    return AutoModel.from_pretrained(path, local_files_only=True)
+    source = f"model.text.model_path {path}" if cfg.model_path else f"the packaged text model {path}"
+    ignore = [cfg.weights_ignore] if isinstance(cfg.weights_ignore, str) else list(cfg.weights_ignore)
+    try:
+        with _no_load_report():  # our one-line check below says the same, and stays quiet on an allowed remainder
+            trunk, info = AutoModel.from_pretrained(
+                path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+    except (OSError, ValueError, RuntimeError) as e:  # no weights there, a config transformers cannot read...
+        if not cfg.model_path:
+            raise  # the packaged model is the environment's, not the user's input
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PretrainedWeightsError(f"{source} cannot be loaded: {why}") from None
+    mismatched = [(k, tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ())]
+    missing, unexpected = info.get("missing_keys", ()), info.get("unexpected_keys", ())
+    check_match(source, missing, unexpected, mismatched, ignore, "model.text.weights_ignore")
+    return trunk
+
+
+@contextlib.contextmanager
+def _no_load_report() -> Iterator[None]:
+    """Drop transformers' load report (a table of missing/unexpected keys) while loading a trunk: our check says it
+    in one line. A filter, not a level: transformers reads the level of that logger to decide on other warnings."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _DropLoadReport()
+    hf_logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(report_filter)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
 
 
 class TextTower(nn.Module):

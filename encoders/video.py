@@ -6,12 +6,16 @@ the model that was trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from encoders.heads import ProjectionHead
+from encoders.weights import SHOWN, PretrainedWeightsError, check_match, ignored
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # the torchvision classifier heads (resnet; mobilenet/efficientnet)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,6 +25,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class VideoTowerConfig:
     trunk: str = "resnet18"  # torchvision model name: resnet10/18/34/50, mobilenet_v3_small/large, efficientnet_b0
     weights_path: str | None = None  # local torchvision state_dict (.pth/.safetensors); None = random init
+    # Loading weights_path is strict: every trunk key from the file, every file key into the trunk, same shapes,
+    # except keys under these prefixes (default: the classifier head the trunk drops anyway, so a file with or
+    # without its head loads). Add a prefix only for a remainder you know is harmless.
+    weights_ignore: list[str] = field(default_factory=lambda: list(CLASSIFIER_PREFIXES))
     num_frames: int = 8  # T frames sampled uniformly per clip
     image_size: int = 112  # frames are resized to image_size x image_size by the decoder
     spatial_grid: int = 2  # trunk map pooled to grid x grid cells: keeps where the object is (motion needs it)
@@ -39,13 +47,22 @@ def _resnet10(**kwargs: object) -> nn.Module:
     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
 
 
-def build_cnn(name: str, weights_path: str | None = None, in_channels: int = 3) -> tuple[nn.Module, int]:
-    """A torchvision CNN without its classifier: ``[N, in_channels, H, W] -> [N, C, h, w]``, and ``C``."""
+def build_cnn(
+    name: str,
+    weights_path: str | None = None,
+    in_channels: int = 3,
+    weights_ignore: Sequence[str] = CLASSIFIER_PREFIXES,
+) -> tuple[nn.Module, int]:
+    """A torchvision CNN without its classifier: ``[N, in_channels, H, W] -> [N, C, h, w]``, and ``C``.
+
+    ``weights_path`` is loaded strictly (:func:`load_strict`); keys under ``weights_ignore`` may differ.
+    """
     import torchvision
 
     model = _resnet10() if name == "resnet10" else torchvision.models.get_model(name, weights=None)
     if weights_path:
-        model.load_state_dict(_load_state_dict(weights_path), strict=False)
+        weights_ignore = [weights_ignore] if isinstance(weights_ignore, str) else list(weights_ignore)
+        load_strict(model, weights_path, weights_ignore, f"model.video.weights_path {weights_path} ({name})")
     if name.startswith("resnet"):
         body = nn.Sequential(*list(model.children())[:-2])  # drop avgpool + fc
         channels = model.fc.in_features
@@ -90,12 +107,47 @@ def _out_channels(body: nn.Module) -> int:
         return int(body(torch.zeros(1, 3, 64, 64)).shape[1])
 
 
-def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def load_strict(model: nn.Module, path: str, ignore: Sequence[str], source: str) -> None:
+    """Load the state dict at ``path`` into ``model``: missing, unexpected or wrongly shaped keys (outside the
+    ``ignore`` prefixes) raise one :class:`PretrainedWeightsError` naming them, instead of a silently random trunk."""
+    state = {k: v for k, v in _load_state_dict(path, source).items() if not ignored(k, ignore)}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]  # a counter
+    unexpected = [k for k in state if k not in expected]
+    shapes = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items() if k in expected}
+    mismatched = [(k, got, want) for k, (got, want) in shapes.items() if got != want]
+    check_match(source, missing, unexpected, mismatched, ignore, "model.video.weights_ignore")
+    try:
+        model.load_state_dict(state, strict=False)  # every key checked above; ignored ones keep their init
+    except RuntimeError as e:
+        raise PretrainedWeightsError(f"{source} does not fit the model: {_first_line(e)}") from None
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no arbitrary unpickling
+
+def _load_state_dict(path: str, source: str) -> dict[str, torch.Tensor]:
+    """The flat ``{key: tensor}`` dict of a ``.safetensors`` or ``.pth`` file (read with ``weights_only``)."""
+    import os
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"{source}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: no arbitrary unpickling
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        raise PretrainedWeightsError(f"{source} cannot be read as a state dict: {_first_line(e)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = list(state)[:SHOWN] if isinstance(state, dict) else type(state).__name__
+        raise PretrainedWeightsError(f"{source} is not a flat state dict of tensors (holds {keys})")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def temporal_trend(x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +207,7 @@ class VideoTower(nn.Module):
     def __init__(self, cfg: VideoTowerConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path, 6 if cfg.frame_diff else 3)
+        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path, 6 if cfg.frame_diff else 3, cfg.weights_ignore)
         g = cfg.spatial_grid
         self.spatial = nn.AdaptiveAvgPool2d(g)
         self.frame_proj = nn.Sequential(nn.Linear(channels * g * g, cfg.frame_dim), nn.GELU())
