@@ -183,3 +183,29 @@ def test_rebuilt_from_its_record_without_the_directory(dirs) -> None:
     frames = _frames()
     with torch.no_grad():
         torch.testing.assert_close(again(frames), tower(frames), atol=0, rtol=0)
+
+
+def test_checkpoint_carries_the_trunk_and_loads_without_the_directory(dirs, tmp_path: Path) -> None:
+    """save_model puts the hf trunk's weights in model.safetensors and its architecture in config.json: after the
+    source directory is deleted, load_model rebuilds the same model (same video embeddings, bit for bit)."""
+    import shutil
+
+    from multimodal_rec.config import load_config
+    from multimodal_rec.model.checkpoint import load_model, read_tensors, save_model
+    from multimodal_rec.model.multimodal import create_model
+
+    src = tmp_path / "clip"
+    shutil.copytree(dirs["full"], src)
+    video = dict(trunk="hf", pretrained_path=str(src), frame_diff=False, spatial_grid=1, frame_dim=PROJ, image_size=32)
+    cfg = load_config("tiny", {f"model.video.{k}": v for k, v in video.items()})
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    save_model(model, cfg, tmp_path / "run")
+    shutil.rmtree(src)
+    assert any(k.startswith("video.cnn.vision.") for k in read_tensors(tmp_path / "run" / "model.safetensors"))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["model"]["video"]
+    assert saved["pretrained_path"] == str(src) and saved["hf_arch"]["image_mean"] == MEAN  # provenance + record
+    loaded, _ = load_model(tmp_path / "run")
+    frames = _frames()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_video(frames), model.encode_video(frames), atol=0, rtol=0)
