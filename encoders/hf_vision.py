@@ -51,7 +51,7 @@ class HFFrameTrunk(nn.Module):
 
             config_cls, model_cls = (getattr(transformers, n) for n in VISION_CLASSES[arch["model_type"]])
             model = model_cls(config_cls.from_dict(arch["config"]))
-        self.vision = model.vision_model
+        self.vision = getattr(model, "vision_model", model)  # SigLIP's vision model is its transformer itself
         self.projection: nn.Module | None = model.visual_projection if arch["projection"] else None
         self.image_size = int(arch["image_size"])
         self.out_dim = int(arch["out_dim"])

@@ -32,15 +32,28 @@ def _processor(path: Path, mean=MEAN, std=STD) -> None:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict[str, Path]:
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("hf")
-    out = {"full": root / "clip", "vision": root / "clip_vision"}
+    out = {"full": root / "clip", "vision": root / "clip_vision", "siglip": root / "siglip"}
     CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=PROJ)).save_pretrained(out["full"])
     CLIPVisionModel(CLIPVisionConfig(**VISION)).save_pretrained(out["vision"])
-    for p in out.values():
-        _processor(p)
+    _processor(out["full"])
+    _processor(out["vision"])
+    siglip = SiglipConfig(text_config={**TEXT, "max_position_embeddings": 16}, vision_config=VISION)
+    SiglipModel(siglip).save_pretrained(out["siglip"])
+    SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD).save_pretrained(
+        out["siglip"]
+    )
     return out
 
 
@@ -68,12 +81,15 @@ def _frames(B: int = 2, size: int = 32) -> torch.Tensor:
 
 def _direct(path: Path, frames: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     """Per-frame embeddings computed with transformers alone: ``[B, T, C]``."""
-    from transformers import CLIPModel, CLIPVisionModel
+    from transformers import CLIPModel, CLIPVisionModel, SiglipModel
 
     B = frames.shape[0]
     x = frames.flatten(0, 1).float() / 255.0
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    if json.loads((path / "config.json").read_text())["model_type"] == "clip":
+    model_type = json.loads((path / "config.json").read_text())["model_type"]
+    if model_type == "siglip":  # no projection: the attention-pooled output is the embedding
+        emb = SiglipModel.from_pretrained(path, local_files_only=True).eval().vision_model(pixel_values=x).pooler_output
+    elif model_type == "clip":
         m = CLIPModel.from_pretrained(path, local_files_only=True).eval()
         emb = m.visual_projection(m.vision_model(pixel_values=x).pooler_output)
     else:
@@ -81,10 +97,11 @@ def _direct(path: Path, frames: torch.Tensor, mean=MEAN, std=STD) -> torch.Tenso
     return emb.view(B, T, -1)
 
 
-@pytest.mark.parametrize("kind,width", [("full", PROJ), ("vision", 32)])
+@pytest.mark.parametrize("kind,width", [("full", PROJ), ("vision", 32), ("siglip", 32)])
 def test_tower_builds_and_equals_direct_transformers(dirs, kind: str, width: int) -> None:
-    """From a CLIPModel dir (vision half + visual_projection) and a bare CLIPVisionModel dir (pooled output): the
-    clip feature before our head is the mean of the frame embeddings transformers computes, to 1e-5."""
+    """From a CLIPModel dir (vision half + visual_projection), a bare CLIPVisionModel dir (pooled output) and a
+    SiglipModel dir (its pooling head): the clip feature before our head is the mean of the frame embeddings
+    transformers computes, to 1e-5."""
     tower = VideoTower(_cfg(dirs[kind], frame_dim=width), D).eval()
     frames = _frames()
     with torch.no_grad():
@@ -127,19 +144,21 @@ def test_frames_of_another_size_are_resized_to_the_processors(dirs) -> None:
     assert out.shape == (2, PROJ) and torch.isfinite(out).all()
 
 
-def test_dropped_tensor_fails_with_one_line(dirs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind,width", [("full", PROJ), ("siglip", 32)])
+def test_dropped_tensor_fails_with_one_line(dirs, tmp_path: Path, kind: str, width: int) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    for f in dirs["full"].iterdir():
+    for f in dirs[kind].iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     state = load_file(str(broken / "model.safetensors"))
     dropped = "vision_model.encoder.layers.1.mlp.fc2.weight"
     del state[dropped]
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(PretrainedWeightsError) as e:
-        VideoTower(_cfg(broken), D)
+        VideoTower(_cfg(broken, frame_dim=width), D)
     msg = str(e.value)
-    assert "\n" not in msg and "model.video.pretrained_path" in msg and dropped in msg and "missing 1" in msg
+    assert "\n" not in msg and "model.video.pretrained_path" in msg and "missing 1" in msg
+    assert dropped.removeprefix("vision_model.") in msg  # SigLIP's vision model names its keys without the prefix
 
 
 def test_full_dir_without_projection_when_asked(dirs) -> None:
@@ -175,10 +194,11 @@ def test_not_a_model_dir_and_missing_processor_fail_with_one_line(dirs, tmp_path
         VideoTower(_cfg(bare, frame_dim=32), D)
 
 
-def test_rebuilt_from_its_record_without_the_directory(dirs) -> None:
+@pytest.mark.parametrize("kind,width", [("full", PROJ), ("siglip", 32)])
+def test_rebuilt_from_its_record_without_the_directory(dirs, kind: str, width: int) -> None:
     """What a checkpoint does: the recorded architecture + the saved weights give the same tower, no dir read."""
-    tower = VideoTower(_cfg(dirs["full"]), D).eval()
-    again = VideoTower(_cfg(None, hf_arch=json.loads(json.dumps(tower.hf_arch))), D).eval()
+    tower = VideoTower(_cfg(dirs[kind], frame_dim=width), D).eval()
+    again = VideoTower(_cfg(None, frame_dim=width, hf_arch=json.loads(json.dumps(tower.hf_arch))), D).eval()
     again.load_state_dict(tower.state_dict())
     frames = _frames()
     with torch.no_grad():
@@ -209,3 +229,17 @@ def test_checkpoint_carries_the_trunk_and_loads_without_the_directory(dirs, tmp_
     frames = _frames()
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_video(frames), model.encode_video(frames), atol=0, rtol=0)
+
+
+def test_create_model_reports_a_refused_hf_trunk_as_one_line_user_error(dirs) -> None:
+    from multimodal_rec.config import load_config
+    from multimodal_rec.errors import UserError
+    from multimodal_rec.model.multimodal import create_model
+
+    for overrides, named in [
+        ({"model.video.trunk": "hf"}, "needs model.video.pretrained_path"),
+        ({"model.video.trunk": "hf", "model.video.pretrained_path": str(dirs["full"])}, "set model.video.frame_diff"),
+    ]:
+        with pytest.raises(UserError) as e:
+            create_model(load_config("tiny", overrides).model)
+        assert named in str(e.value) and "\n" not in str(e.value)
