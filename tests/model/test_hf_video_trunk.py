@@ -243,3 +243,33 @@ def test_create_model_reports_a_refused_hf_trunk_as_one_line_user_error(dirs) ->
         with pytest.raises(UserError) as e:
             create_model(load_config("tiny", overrides).model)
         assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_trained_bundle_serves_and_encodes_after_the_directory_is_gone(dirs, tmp_path: Path) -> None:
+    """One epoch with the hf trunk, `mmrec encode`'s bundle, the source directory deleted: the bundle loads,
+    searches, and a clip added again embeds as it did at encode time (the trunk's weights travel in the bundle)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from multimodal_rec import Recommender
+    from multimodal_rec.config import load_config
+    from multimodal_rec.data.synth import make_world
+    from multimodal_rec.encoding import encode_catalog
+    from multimodal_rec.training.train import train
+
+    world, src = tmp_path / "world", tmp_path / "clip"
+    make_world(world, videos=16, users=6, seed=1, holdout=0.34)
+    shutil.copytree(dirs["full"], src)
+    video = dict(trunk="hf", pretrained_path=str(src), frame_diff=False, spatial_grid=1, frame_dim=PROJ, image_size=32)
+    train(load_config("tiny", {f"model.video.{k}": v for k, v in video.items()}), world, tmp_path / "run")
+    encode_catalog(tmp_path / "run", world / "catalog.csv", tmp_path / "bundle", batch_size=8, workers=0)
+    shutil.rmtree(src)
+    rec = Recommender.load(tmp_path / "bundle")
+    assert len(rec.search("green square", k=3)) == 3
+    again = pd.read_csv(world / "catalog.csv").head(1)
+    first = again.video_id[0]
+    again["video_id"], again["path"] = "again", str(world / again.path[0])
+    assert rec.add_videos(again).added == ["again"]
+    np.testing.assert_allclose(rec.embeddings[rec.row_of["again"]], rec.embeddings[rec.row_of[first]], atol=1e-5)
