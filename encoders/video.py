@@ -1,4 +1,5 @@
-"""Video tower: a torchvision CNN trunk per frame, order-aware temporal pooling, projection head.
+"""Video tower: a frame trunk (a torchvision CNN, or the vision half of a local Hugging Face image-text model),
+order-aware temporal pooling, projection head.
 
 Each video becomes ONE vector: all pooling happens before the dot product, so the FAISS index serves exactly
 the model that was trained.
@@ -6,6 +7,7 @@ the model that was trained.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from encoders.heads import ProjectionHead
+from encoders.hf_vision import HFFrameTrunk, load_hf_trunk
 from encoders.weights import SHOWN, PretrainedWeightsError, check_match, ignored
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # the torchvision classifier heads (resnet; mobilenet/efficientnet)
@@ -23,7 +26,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class VideoTowerConfig:
-    trunk: str = "resnet18"  # torchvision model name: resnet10/18/34/50, mobilenet_v3_small/large, efficientnet_b0
+    trunk: str = "resnet18"  # torchvision model name: resnet10/18/34/50, mobilenet_v3_small/large, efficientnet_b0;
+    # or "hf": the vision half of the image-text model in pretrained_path (CLIP, SigLIP), its pooled output per frame
+    pretrained_path: str | None = None  # trunk hf: local Hugging Face model dir (never downloaded), read strictly
+    use_projection: bool = True  # trunk hf: frames through the model's own visual_projection when it has one
+    # trunk hf without pretrained_path: the architecture + preprocessing to rebuild (what the tower read from its
+    # directory; a checkpoint records it, and carries the weights). None with trunk hf needs pretrained_path.
+    hf_arch: dict | None = None
     weights_path: str | None = None  # local torchvision state_dict (.pth/.safetensors); None = random init
     # Loading weights_path is strict: every trunk key from the file, every file key into the trunk, same shapes,
     # except keys under these prefixes (default: the classifier head the trunk drops anyway, so a file with or
@@ -39,6 +48,34 @@ class VideoTowerConfig:
     temporal_heads: int = 4  # attention heads of the temporal transformer
     proj_hidden: int = 512  # hidden width of the projection MLP (0 = linear)
     dropout: float = 0.1  # dropout in the temporal module and projection MLP
+
+
+def build_hf(cfg: VideoTowerConfig) -> HFFrameTrunk:
+    """The ``hf`` frame trunk: loaded strictly from ``pretrained_path``, or rebuilt from ``hf_arch`` (a checkpoint's
+    record, whose weights it carries). The options that feed a CNN's map must say that the model's per-frame
+    embedding is used as it is, at its processor's resolution: a mismatch is refused, naming what to set."""
+    if cfg.pretrained_path:
+        ignore = [cfg.weights_ignore] if isinstance(cfg.weights_ignore, str) else list(cfg.weights_ignore)
+        trunk = load_hf_trunk(cfg.pretrained_path, cfg.use_projection, ignore)
+    elif cfg.hf_arch:
+        trunk = HFFrameTrunk(cfg.hf_arch)
+    else:
+        raise ValueError("model.video.trunk hf needs model.video.pretrained_path (a local Hugging Face model dir)")
+    fix = {
+        "frame_diff": (cfg.frame_diff, False),  # the model was trained on RGB: no difference channels
+        "spatial_grid": (cfg.spatial_grid, 1),  # a pooled vector per frame, no map to grid
+        "frame_dim": (cfg.frame_dim, trunk.out_dim),  # the model's own embedding width
+        "image_size": (cfg.image_size, trunk.image_size),  # decode at the processor's resolution
+        "weights_path": (cfg.weights_path, None),  # the weights come from pretrained_path
+    }
+    wrong = [f"{k}: {json.dumps(want)}" for k, (got, want) in fix.items() if got != want]
+    if wrong:
+        where = cfg.pretrained_path or "its recorded architecture"
+        raise ValueError(
+            f"model.video.trunk hf ({where}) uses the model's per-frame embedding at its processor's resolution: "
+            f"set model.video.{', '.join(wrong)}"
+        )
+    return trunk
 
 
 def _resnet10(**kwargs: object) -> nn.Module:
@@ -207,10 +244,16 @@ class VideoTower(nn.Module):
     def __init__(self, cfg: VideoTowerConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path, 6 if cfg.frame_diff else 3, cfg.weights_ignore)
-        g = cfg.spatial_grid
-        self.spatial = nn.AdaptiveAvgPool2d(g)
-        self.frame_proj = nn.Sequential(nn.Linear(channels * g * g, cfg.frame_dim), nn.GELU())
+        self.hf_arch: dict | None = None  # trunk hf: what a checkpoint records to rebuild the trunk without its dir
+        if cfg.trunk == "hf":
+            self.cnn: nn.Module = build_hf(cfg)
+            self.hf_arch = self.cnn.arch
+            self.frame_proj: nn.Module = nn.Identity()  # the model's own per-frame embedding, as it is
+        else:
+            self.cnn, channels = build_cnn(cfg.trunk, cfg.weights_path, 6 if cfg.frame_diff else 3, cfg.weights_ignore)
+            g = cfg.spatial_grid
+            self.spatial = nn.AdaptiveAvgPool2d(g)
+            self.frame_proj = nn.Sequential(nn.Linear(channels * g * g, cfg.frame_dim), nn.GELU())
         if cfg.temporal == "transformer":
             self.temporal: nn.Module = TemporalTransformer(
                 cfg.frame_dim, cfg.num_frames, cfg.temporal_layers, cfg.temporal_heads, cfg.dropout
@@ -230,6 +273,8 @@ class VideoTower(nn.Module):
         """Per-clip feature ``[B, frame_dim]`` after temporal pooling."""
         B, T, C, H, W = frames.shape
         x = frames.reshape(B * T, C, H, W)
+        if isinstance(self.cnn, HFFrameTrunk):  # preprocessed as its processor says, inside the trunk
+            return self.temporal(self.cnn(x).view(B, T, -1))  # [B*T, F] -> [B, T, F] -> [B, F]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = (x - self.mean) / self.std
         if self.cfg.frame_diff:

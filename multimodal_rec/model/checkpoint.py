@@ -5,7 +5,8 @@ metadata ``format`` and the JSON's ``format`` key):
 
 - the model: ``model.safetensors`` + ``config.json`` (the full run config). Loading rebuilds the model with
   :func:`create_model` and loads the weights strictly; a frozen *pretrained* text trunk is not saved (it is
-  rebuilt from its source package).
+  rebuilt from its source package). A video trunk is always saved, an ``hf`` one too: the config records its
+  architecture (``model.video.hf_arch``), so loading rebuilds it without its ``pretrained_path`` directory.
 - the training state: ``train_state.safetensors`` (optimizer moments, torch RNG) + ``train_state.json``
   (position in the run, optimizer param groups), what ``--resume`` continues from.
 - any other module with a JSON-able config (the text-item model of ``mmrec eval --dataset``): its state dict
@@ -17,6 +18,7 @@ format 1 (same layout). A ``config.json`` always carried it and still must.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from multimodal_rec.config import RunConfig, config_from_dict
+from multimodal_rec.config import ModelConfig, RunConfig, config_from_dict
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel, create_model
 
@@ -120,8 +122,15 @@ def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
 def save_model(
     model: MultimodalModel, cfg: RunConfig, out_dir: str | Path, extra: dict[str, Any] | None = None
 ) -> None:
-    """``model.safetensors`` + ``config.json`` (format version, full run config) into ``out_dir``."""
-    write_checkpoint(out_dir, _weights_to_save(model), {"config": cfg.to_dict(), **(extra or {})})
+    """``model.safetensors`` + ``config.json`` (format version, full run config) into ``out_dir``.
+
+    An ``hf`` video trunk's weights are in the file; the config gains its architecture (``model.video.hf_arch``,
+    what the tower read from its directory), so :func:`load_model` needs nothing outside ``out_dir``.
+    """
+    config = cfg.to_dict()
+    if model.video.hf_arch is not None:
+        config["model"]["video"]["hf_arch"] = model.video.hf_arch
+    write_checkpoint(out_dir, _weights_to_save(model), {"config": config, **(extra or {})})
 
 
 def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
@@ -142,11 +151,23 @@ def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultimodalModel, RunConfig]:
-    """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle)."""
+    """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle).
+
+    An ``hf`` video trunk is rebuilt from the architecture the checkpoint records, not re-read from its
+    ``pretrained_path`` (which may be gone): its weights are in the checkpoint.
+    """
     cfg = read_checkpoint_config(model_dir)
-    model = create_model(cfg.model)
+    model = create_model(_without_trunk_source(cfg.model))
     load_weights(model, model_dir)
     return model.to(device).eval(), cfg
+
+
+def _without_trunk_source(mcfg: ModelConfig) -> ModelConfig:
+    """``mcfg`` with an ``hf`` video trunk built from its recorded ``hf_arch`` instead of its directory."""
+    video = mcfg.video
+    if video.trunk != "hf" or not video.hf_arch or not video.pretrained_path:
+        return mcfg
+    return dataclasses.replace(mcfg, video=dataclasses.replace(video, pretrained_path=None))
 
 
 # --- any module with a JSON-able config (e.g. the text-item model) ----------------------------------------

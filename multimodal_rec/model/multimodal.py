@@ -127,9 +127,10 @@ def create_model(cfg: ModelConfig) -> MultimodalModel:
 def _check_video_trunk(name: str) -> None:
     import torchvision
 
-    if name != "resnet10" and name not in torchvision.models.list_models(torchvision.models):
+    if name not in ("resnet10", "hf") and name not in torchvision.models.list_models(torchvision.models):
         raise UserError(
-            f"unknown model.video.trunk {name!r}: use resnet10/18/34/50, mobilenet_v3_small/large or efficientnet_b0"
+            f"unknown model.video.trunk {name!r}: use resnet10/18/34/50, mobilenet_v3_small/large, efficientnet_b0 "
+            "or hf (with model.video.pretrained_path)"
         )
 
 
