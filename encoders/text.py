@@ -131,6 +131,9 @@ class TextTower(nn.Module):
         self.cfg = cfg
         self.pooling = text_model_dir(cfg).pooling  # mean | cls | max | eos (CLIP)
         self.trunk = _build_trunk(cfg)
+        positions = getattr(self.trunk.config, "max_position_embeddings", None)  # CLIP's: 77, BERT's: 512
+        if isinstance(positions, int) and cfg.max_length > positions:
+            raise ValueError(f"model.text.max_length {cfg.max_length} exceeds the text model's {positions} positions")
         projection = getattr(self.trunk, "text_projection", None)  # CLIP's, when the tower pools through it
         self.projected = isinstance(projection, nn.Linear)
         self.feat_dim: int = projection.out_features if self.projected else int(self.trunk.config.hidden_size)

@@ -247,6 +247,13 @@ def test_clip_trainable_layers_are_its_encoder_layers(tmp_path: Path) -> None:
         TextTower(TextTowerConfig(model_path=str(path), trainable_layers=3), 8)
 
 
+def test_max_length_beyond_the_models_positions_is_refused(tmp_path: Path) -> None:
+    path = _clip_dir(tmp_path / "clip", "clip")  # 40 positions
+    TextTower(TextTowerConfig(model_path=str(path), max_length=40), 8)
+    with pytest.raises(ValueError, match="max_length 41 exceeds the text model's 40 positions"):
+        TextTower(TextTowerConfig(model_path=str(path), max_length=41), 8)
+
+
 def test_clip_model_in_the_combined_model(tmp_path: Path) -> None:
     """create_model with a CLIP text half: the user tower gets its width, frozen features are cached per string."""
     from multimodal_rec.config import ModelConfig
