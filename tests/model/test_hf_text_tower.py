@@ -266,3 +266,23 @@ def test_clip_model_in_the_combined_model(tmp_path: Path) -> None:
     torch.testing.assert_close(feats, _direct_clip(path, project=True), atol=1e-5, rtol=0)
     items, _ = model.history_batch([TEXTS[:2], TEXTS[2:]])
     assert items.shape[-1] == 24
+
+
+@pytest.mark.parametrize("trainable", [0, -1])
+def test_clip_text_tower_survives_save_and_load(tmp_path: Path, trainable: int) -> None:
+    """Frozen: the trunk is rebuilt from model_path on load; fine-tuned: saved with the model. Same answers."""
+    from multimodal_rec.config import ModelConfig, RunConfig
+    from multimodal_rec.model.checkpoint import load_model, save_model, trunk_from_source
+    from multimodal_rec.model.multimodal import create_model
+
+    path = _clip_dir(tmp_path / "clip", "clip")
+    cfg = RunConfig(model=ModelConfig(text=TextTowerConfig(model_path=str(path), trainable_layers=trainable)))
+    model = create_model(cfg.model).eval()
+    if trainable:
+        with torch.no_grad():
+            model.text.trunk.text_projection.weight.add_(1.0)  # "fine-tuned": differs from the directory's weights
+    assert trunk_from_source(model) == (trainable == 0)
+    save_model(model, cfg, tmp_path / "run")
+    loaded, _ = load_model(tmp_path / "run")
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(TEXTS), model.encode_text(TEXTS))
