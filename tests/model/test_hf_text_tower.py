@@ -286,3 +286,27 @@ def test_clip_text_tower_survives_save_and_load(tmp_path: Path, trainable: int) 
     loaded, _ = load_model(tmp_path / "run")
     with torch.no_grad():
         assert torch.equal(loaded.encode_text(TEXTS), model.encode_text(TEXTS))
+
+
+@pytest.mark.parametrize(
+    "modules, why",
+    [
+        ({"path": "0_Transformer"}, "modules.json is not a list of modules"),
+        ([{"type": "sentence_transformers.models.Transformer", "path": "../elsewhere"}], "points outside"),
+    ],
+)
+def test_bad_modules_json_is_one_line(tmp_path: Path, modules: object, why: str) -> None:
+    path = _st_dir(tmp_path / "st", {"pooling_mode_cls_token": True})
+    (path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(TextModelConfigError, match=why):
+        TextTower(TextTowerConfig(model_path=str(path)), 8)
+
+
+def test_clip_loads_quietly_and_refuses_random_init(tmp_path: Path, capfd) -> None:
+    path = _clip_dir(tmp_path / "clip", "clip")
+    capfd.readouterr()
+    TextTower(TextTowerConfig(model_path=str(path)), 8)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "UNEXPECTED" not in err  # the vision half is left out on purpose
+    with pytest.raises(TextModelConfigError, match="random_init builds a BERT trunk"):
+        TextTower(TextTowerConfig(model_path=str(path), random_init={"hidden_size": 16}), 8)
