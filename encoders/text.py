@@ -77,6 +77,8 @@ def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
     layout, source = text_model_dir(cfg), _source(cfg)
+    if cfg.use_projection is not None and not layout.is_clip:
+        raise hf_text.TextModelConfigError(f"model.text.use_projection applies to CLIP text models, not {source}")
     if cfg.random_init is not None:
         if layout.is_clip:
             raise hf_text.TextModelConfigError(f"model.text.random_init builds a BERT trunk, not one for {source}")

@@ -92,6 +92,8 @@ def test_st_mean_pooling_and_the_cache_path(tmp_path: Path) -> None:
     expected = (hidden * m).sum(1) / m.sum(1)
     torch.testing.assert_close(_features(cfg), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(text_features(TEXTS, cfg), expected.numpy(), atol=1e-6)  # the frozen-feature path
+    with pytest.raises(TextModelConfigError, match="use_projection applies to CLIP text models"):
+        TextTower(TextTowerConfig(model_path=str(path), use_projection=True), 8)
 
 
 @pytest.mark.parametrize(
