@@ -1,4 +1,8 @@
-"""Text tower: a pretrained transformer (default all-MiniLM-L6-v2), masked mean pooling, projection head."""
+"""Text tower: a pretrained transformer (default all-MiniLM-L6-v2), pooled token states, projection head.
+
+The pooling follows the model directory (see :mod:`encoders.hf_text`): a sentence-transformers pooling config
+(mean, cls or max), CLIP's end-of-text state through its text projection, else the masked mean.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from encoders import hf_text
 from encoders.heads import ProjectionHead
 from encoders.weights import PretrainedWeightsError, check_match
 
@@ -20,10 +25,12 @@ UNUSED_PREFIXES = ("pooler.",)  # BERT's pooler: the tower mean-pools last_hidde
 
 @dataclass
 class TextTowerConfig:
-    model_path: str | None = None  # local Hugging Face model dir; None = the packaged all-MiniLM-L6-v2
+    # local Hugging Face model dir (plain, sentence-transformers or CLIP); None = the packaged all-MiniLM-L6-v2
+    model_path: str | None = None
     # Loading model_path is strict: missing, unexpected or wrongly shaped weights are an error, except keys under
     # these prefixes (default: the pooler, whose output the tower never uses; a checkpoint with or without it loads).
     weights_ignore: list[str] = field(default_factory=lambda: list(UNUSED_PREFIXES))
+    use_projection: bool | None = None  # CLIP: pool through the model's text_projection (None: when it has one)
     random_init: dict[str, Any] | None = None  # BertConfig overrides for a randomly initialised trunk (tests)
     max_length: int = 32  # tokens per text; longer texts are truncated
     trainable_layers: int = 0  # 0 = frozen trunk (features cacheable), -1 = fine-tune all, n = last n layers
@@ -53,24 +60,42 @@ def load_tokenizer(cfg: TextTowerConfig) -> Any:
     """The tokenizer of the trunk, always from a local directory (never a hub download)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.model_path or default_model_path(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(text_model_dir(cfg).path, local_files_only=True)
+
+
+def _source(cfg: TextTowerConfig) -> str:
+    path = cfg.model_path or default_model_path()
+    return f"model.text.model_path {path}" if cfg.model_path else f"the packaged text model {path}"
+
+
+def text_model_dir(cfg: TextTowerConfig) -> hf_text.TextModelDir:
+    """The layout of the configured model directory: where its transformer lives, how its states are pooled."""
+    return hf_text.resolve(cfg.model_path or default_model_path(), _source(cfg))
 
 
 def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
-    path = cfg.model_path or default_model_path()
+    layout, source = text_model_dir(cfg), _source(cfg)
+    if cfg.use_projection is not None and not layout.is_clip:
+        raise hf_text.TextModelConfigError(f"model.text.use_projection applies to CLIP text models, not {source}")
     if cfg.random_init is not None:
-        base = AutoConfig.from_pretrained(path, local_files_only=True)
+        if layout.is_clip:
+            raise hf_text.TextModelConfigError(f"model.text.random_init builds a BERT trunk, not one for {source}")
+        base = AutoConfig.from_pretrained(layout.path, local_files_only=True)
         kwargs = {"vocab_size": base.vocab_size, **cfg.random_init}
         return BertModel(BertConfig(**kwargs), add_pooling_layer=False)
-    source = f"model.text.model_path {path}" if cfg.model_path else f"the packaged text model {path}"
     ignore = [cfg.weights_ignore] if isinstance(cfg.weights_ignore, str) else list(cfg.weights_ignore)
     try:
         with _no_load_report():  # our one-line check below says the same, and stays quiet on an allowed remainder
-            trunk, info = AutoModel.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
-            )
+            if layout.is_clip:
+                trunk, info = hf_text.load_clip_text(layout, cfg.use_projection, source)
+            else:
+                trunk, info = AutoModel.from_pretrained(
+                    layout.path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+                )
+    except hf_text.TextModelConfigError:
+        raise  # already one line naming the directory
     except (OSError, ValueError, RuntimeError) as e:  # no weights there, a config transformers cannot read...
         if not cfg.model_path:
             raise  # the packaged model is the environment's, not the user's input
@@ -106,8 +131,14 @@ class TextTower(nn.Module):
     def __init__(self, cfg: TextTowerConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.pooling = text_model_dir(cfg).pooling  # mean | cls | max | eos (CLIP)
         self.trunk = _build_trunk(cfg)
-        self.feat_dim: int = int(self.trunk.config.hidden_size)
+        positions = getattr(self.trunk.config, "max_position_embeddings", None)  # CLIP's: 77, BERT's: 512
+        if isinstance(positions, int) and cfg.max_length > positions:
+            raise ValueError(f"model.text.max_length {cfg.max_length} exceeds the text model's {positions} positions")
+        projection = getattr(self.trunk, "text_projection", None)  # CLIP's, when the tower pools through it
+        self.projected = isinstance(projection, nn.Linear)
+        self.feat_dim: int = projection.out_features if self.projected else int(self.trunk.config.hidden_size)
         self.head = ProjectionHead(self.feat_dim, out_dim, cfg.proj_hidden, cfg.dropout)
         self.out_dim = out_dim
         self._set_trainable(cfg.trainable_layers)
@@ -117,17 +148,22 @@ class TextTower(nn.Module):
         for p in self.trunk.parameters():
             p.requires_grad = n < 0
         if n > 0:
-            layers = self.trunk.encoder.layer
+            layers = hf_text.encoder_layers(self.trunk)
+            if layers is None or n > len(layers):
+                have = "no layer stack" if layers is None else f"{len(layers)} layers"
+                raise ValueError(f"model.text.trainable_layers {n}: the text trunk has {have} (use 0, -1 or fewer)")
             for layer in layers[len(layers) - n :]:
                 for p in layer.parameters():
                     p.requires_grad = True
         self.trunk_frozen = not trainable
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean of the trunk's last hidden states: ``[B, L] -> [B, H]``."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
+        """Pooled trunk states ``[B, L] -> [B, H]``: the model's pooling (masked mean by default; CLIP: the
+        end-of-text state, through its text projection when the tower uses it)."""
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == hf_text.EOS:
+            return out.text_embeds if self.projected else out.pooler_output  # [B, H]
+        return hf_text.pool(out.last_hidden_state, attention_mask, self.pooling)  # [B, L, H] -> [B, H]
 
     def forward_head(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.head(features, normalize=normalize)  # [B, D]

@@ -1,4 +1,4 @@
-"""Text-trunk features, in one place: the masked-mean features ``[N, H]`` of a text tower's trunk.
+"""Text-trunk features, in one place: the pooled features ``[N, H]`` of a text tower's trunk.
 
 The combined model reads them through :meth:`MultimodalModel.text_features` (with a per-string cache for a
 frozen trunk); the text-item recommender of ``mmrec eval --dataset`` computes them once per item with
