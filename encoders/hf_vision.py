@@ -8,10 +8,9 @@ so a checkpoint that carries the trunk's weights rebuilds it without the directo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.weights import PretrainedWeightsError, check_match
+from encoders.weights import PretrainedWeightsError, check_match, no_load_report
 
 LOG = logging.getLogger(__name__)
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -89,7 +88,7 @@ def load_hf_trunk(path: str, use_projection: bool = True, ignore: Sequence[str] 
             f"{source}: {PROCESSOR_FILE} crops to {processor['image_size']} but the model takes {config.image_size}"
         )
     try:
-        with _no_load_report():
+        with no_load_report():
             model, info = getattr(transformers, model_cls).from_pretrained(
                 path,
                 config=config,
@@ -187,24 +186,6 @@ def _three(value: Any) -> list[float] | None:
     if isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
         return [float(v) for v in value]
     return None
-
-
-@contextlib.contextmanager
-def _no_load_report() -> Iterator[None]:
-    """Drop transformers' load report (a table of keys) while loading: our check says it in one line. The same
-    filter as the text tower's (encoders/text.py), kept here so the towers stay independent."""
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    report_filter = _DropLoadReport()
-    hf_logger.addFilter(report_filter)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(report_filter)
-
-
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
 
 
 def _first_line(e: BaseException) -> str:

@@ -6,9 +6,7 @@ The pooling follows the model directory (see :mod:`encoders.hf_text`): a sentenc
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +15,7 @@ from torch import nn
 
 from encoders import hf_text
 from encoders.heads import ProjectionHead
-from encoders.weights import PretrainedWeightsError, check_match
+from encoders.weights import PretrainedWeightsError, check_match, no_load_report
 
 LOG = logging.getLogger(__name__)
 UNUSED_PREFIXES = ("pooler.",)  # BERT's pooler: the tower mean-pools last_hidden_state, the pooler's output is unused
@@ -87,7 +85,7 @@ def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
         return BertModel(BertConfig(**kwargs), add_pooling_layer=False)
     ignore = [cfg.weights_ignore] if isinstance(cfg.weights_ignore, str) else list(cfg.weights_ignore)
     try:
-        with _no_load_report():  # our one-line check below says the same, and stays quiet on an allowed remainder
+        with no_load_report():  # our one-line check below says the same, and stays quiet on an allowed remainder
             if layout.is_clip:
                 trunk, info = hf_text.load_clip_text(layout, cfg.use_projection, source)
             else:
@@ -105,24 +103,6 @@ def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
     missing, unexpected = info.get("missing_keys", ()), info.get("unexpected_keys", ())
     check_match(source, missing, unexpected, mismatched, ignore, "model.text.weights_ignore")
     return trunk
-
-
-@contextlib.contextmanager
-def _no_load_report() -> Iterator[None]:
-    """Drop transformers' load report (a table of missing/unexpected keys) while loading a trunk: our check says it
-    in one line. A filter, not a level: transformers reads the level of that logger to decide on other warnings."""
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    report_filter = _DropLoadReport()
-    hf_logger.addFilter(report_filter)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(report_filter)
-
-
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
 
 
 class TextTower(nn.Module):

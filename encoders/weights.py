@@ -7,8 +7,9 @@ the caller declares harmless (a classifier head the trunk drops, a pooler the te
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 LOG = logging.getLogger(__name__)
 SHOWN = 3  # keys named per kind in a message; the count says how many in all
@@ -68,3 +69,21 @@ def check_match(
         f"{source} does not fit the model: {'; '.join(parts)} "
         f"(a known-harmless remainder can be allowed by key prefix with {flag})"
     )
+
+
+@contextlib.contextmanager
+def no_load_report() -> Iterator[None]:
+    """Drop transformers' load report (a table of missing/unexpected keys) while loading a trunk: our check says it
+    in one line. A filter, not a level: transformers reads the level of that logger to decide on other warnings."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _DropLoadReport()
+    hf_logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(report_filter)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
