@@ -127,6 +127,22 @@ def read_frames(path: str | Path, num_frames: int, size: int, backend: str = "au
     return _decode(Path(path), size, lambda n, _fps: sample_indices(n, num_frames), backend)[0]
 
 
+def read_span(
+    path: str | Path, num_frames: int, size: int, start_s: float, end_s: float, backend: str = "auto"
+) -> np.ndarray:
+    """``num_frames`` frames sampled uniformly inside ``[start_s, end_s)`` of ``path`` (a moment), uint8
+    ``[T, size, size, 3]``; an unknown frame rate or an empty span samples the whole video."""
+
+    def pick(n: int, fps: float) -> np.ndarray:
+        if not (math.isfinite(fps) and fps > 0):
+            return sample_indices(n, num_frames)
+        a = min(max(0, math.floor(start_s * fps + 0.5)), n - 1)
+        b = min(n, max(a + 1, math.floor(end_s * fps + 0.5)))
+        return a + sample_indices(b - a, num_frames)
+
+    return _decode(Path(path), size, pick, backend)[0]
+
+
 def read_segments(
     path: str | Path,
     num_frames: int,

@@ -2,9 +2,8 @@
 
 Frames come from :mod:`multimodal_rec.data.frames` (the one frame loader): a hit whose moment is the whole video
 samples the whole clip (:func:`~multimodal_rec.data.frames.read_frames`); a moment inside a long video samples that
-span, from the windows the bundle encoded (:func:`~multimodal_rec.data.frames.read_segments` with the bundle's
-``encode`` settings) that overlap it. A clip that is missing or cannot be decoded gets a placeholder row naming the
-reason; the sheet is still written.
+span alone (:func:`~multimodal_rec.data.frames.read_span`: no other window decoded, no shot detection rerun). A
+clip that is missing or cannot be decoded gets a placeholder row naming the reason; the sheet is still written.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.bundle import SOURCES_FILE
-from multimodal_rec.data.frames import VideoDecodeError, read_frames
+from multimodal_rec.data.frames import VideoDecodeError, read_frames, read_span
 from multimodal_rec.errors import UserError
 from multimodal_rec.serving.results import moment_text
 
@@ -40,8 +39,6 @@ class SheetRow:
     label: list[str]
     path: Path | None
     span: tuple[float, float] | None = None
-    segments: tuple[float, int, bool] = (0.0, 1, False)  # how the bundle cut videos: (segment_seconds,
-    # max_segments, shots)
 
 
 def hit_paths(rec: Any, video_ids: Sequence[str]) -> list[Path | None]:
@@ -65,12 +62,6 @@ def rows_for_hits(rec: Any, hits: Sequence[Any]) -> list[SheetRow]:
     """Sheet rows for ranked hits: ``rank. id``, score, the moment (``mm:ss–mm:ss``) and (when the catalog has one)
     the title; a moment inside a longer video is what the row samples."""
     spans = [_partial_span(h) for h in hits]
-    cut = (0.0, 1, False)
-    if any(spans):
-        from multimodal_rec.bundle import encode_config_of
-
-        enc = encode_config_of(rec.manifest)
-        cut = (float(enc.segment_seconds), int(enc.max_segments), bool(enc.shots))
     rows = []
     for hit, path, span in zip(hits, hit_paths(rec, [h.video_id for h in hits]), spans, strict=True):
         label = [f"{hit.rank}. {hit.video_id}", f"score {hit.score:+.3f}"]
@@ -79,7 +70,7 @@ def rows_for_hits(rec: Any, hits: Sequence[Any]) -> list[SheetRow]:
         title = hit.metadata.get("title")
         if isinstance(title, str) and title:
             label += textwrap.wrap(title, 26)[:2]
-        rows.append(SheetRow(label, path, span, cut))
+        rows.append(SheetRow(label, path, span))
     return rows
 
 
@@ -94,19 +85,6 @@ def _partial_span(hit: Any) -> tuple[float, float] | None:
     return None if whole else (float(m["start_s"]), float(m["end_s"]))
 
 
-def _span_frames(
-    path: Path, frames: int, size: int, span: tuple[float, float], cut: tuple[float, int, bool]
-) -> np.ndarray:
-    """``frames`` frames spread over the bundle's windows of ``path`` that overlap ``span``, in time order."""
-    from multimodal_rec.data.frames import read_segments
-
-    clips, spans = read_segments(path, frames, size, cut[0], cut[1], shots=cut[2])  # [S, T, size, size, 3], [S, 2]
-    inside = (spans[:, 1] > span[0]) & (spans[:, 0] < span[1])
-    picked = clips[inside] if inside.any() else clips
-    flat = picked.reshape(-1, *picked.shape[2:])  # [S' * T, size, size, 3]
-    return flat[np.linspace(0, len(flat) - 1, frames).round().astype(int)]
-
-
 def _frames(row: SheetRow, frames: int, size: int) -> tuple[np.ndarray | None, str]:
     """Decoded ``[T, size, size, 3]`` frames of a row (its span, else the whole clip), or None and the reason in
     one line."""
@@ -114,7 +92,7 @@ def _frames(row: SheetRow, frames: int, size: int) -> tuple[np.ndarray | None, s
         return None, "no video file recorded for this id"
     try:
         if row.span is not None:
-            return _span_frames(row.path, frames, size, row.span, row.segments), ""
+            return read_span(row.path, frames, size, *row.span), ""
         return read_frames(row.path, frames, size), ""
     except (VideoDecodeError, OSError) as e:
         return None, str(e).splitlines()[0] if str(e) else type(e).__name__
