@@ -30,6 +30,9 @@ class TextTowerConfig:
     weights_ignore: list[str] = field(default_factory=lambda: list(UNUSED_PREFIXES))
     use_projection: bool | None = None  # CLIP: pool through the model's text_projection (None: when it has one)
     random_init: dict[str, Any] | None = None  # BertConfig overrides for a randomly initialised trunk (tests)
+    # The architecture read from model_path (config, class, pooling): what a checkpoint records, with the trunk's
+    # weights, so it rebuilds the tower without the directory. Set by checkpoints, not by hand.
+    hf_arch: dict[str, Any] | None = None
     max_length: int = 32  # tokens per text; longer texts are truncated
     trainable_layers: int = 0  # 0 = frozen trunk (features cacheable), -1 = fine-tune all, n = last n layers
     proj_hidden: int = 512  # hidden width of the projection MLP (0 = linear)
@@ -55,10 +58,18 @@ def default_model_path() -> str:
 
 
 def load_tokenizer(cfg: TextTowerConfig) -> Any:
-    """The tokenizer of the trunk, always from a local directory (never a hub download)."""
+    """The tokenizer of the trunk, always from a local directory (never a hub download). A tower rebuilt from its
+    recorded ``hf_arch`` has no directory: its checkpoint carries the tokenizer (see ``checkpoint.load_model``)."""
     from transformers import AutoTokenizer
 
+    if from_arch(cfg):
+        raise ValueError("a text tower rebuilt from its recorded architecture takes the tokenizer its checkpoint saved")
     return AutoTokenizer.from_pretrained(text_model_dir(cfg).path, local_files_only=True)
+
+
+def from_arch(cfg: TextTowerConfig) -> bool:
+    """Whether the trunk is rebuilt from ``hf_arch`` (weights from a checkpoint) rather than read from a directory."""
+    return bool(cfg.hf_arch) and not cfg.model_path
 
 
 def _source(cfg: TextTowerConfig) -> str:
@@ -71,9 +82,34 @@ def text_model_dir(cfg: TextTowerConfig) -> hf_text.TextModelDir:
     return hf_text.resolve(cfg.model_path or default_model_path(), _source(cfg))
 
 
+def _arch_of(trunk: nn.Module, layout: hf_text.TextModelDir) -> dict[str, Any]:
+    """What rebuilds ``trunk`` without its directory: its class, config and the directory's pooling."""
+    return {
+        "source": layout.path,
+        "class": type(trunk).__name__,
+        "config_class": type(trunk.config).__name__,
+        "config": trunk.config.to_dict(),
+        "pooling": layout.pooling,
+    }
+
+
+def _trunk_from_arch(arch: dict[str, Any]) -> nn.Module:
+    """An untrained trunk of the recorded class and config (its weights come from the checkpoint)."""
+    import transformers
+
+    try:
+        config_cls, model_cls = getattr(transformers, arch["config_class"]), getattr(transformers, arch["class"])
+        config = config_cls.from_dict(arch["config"])
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise hf_text.TextModelConfigError(f"model.text.hf_arch cannot be rebuilt ({e!r})") from None
+    return model_cls(config)
+
+
 def _build_trunk(cfg: TextTowerConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
+    if from_arch(cfg):
+        return _trunk_from_arch(cfg.hf_arch or {})
     layout, source = text_model_dir(cfg), _source(cfg)
     if cfg.use_projection is not None and not layout.is_clip:
         raise hf_text.TextModelConfigError(f"model.text.use_projection applies to CLIP text models, not {source}")
@@ -111,8 +147,13 @@ class TextTower(nn.Module):
     def __init__(self, cfg: TextTowerConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pooling = text_model_dir(cfg).pooling  # mean | cls | max | eos (CLIP)
+        layout = None if from_arch(cfg) else text_model_dir(cfg)
+        self.pooling: str = layout.pooling if layout else (cfg.hf_arch or {})["pooling"]  # mean|cls|max|eos (CLIP)
         self.trunk = _build_trunk(cfg)
+        # a model directory's trunk (not the packaged one, not random_init): what a checkpoint records to rebuild it
+        self.hf_arch: dict[str, Any] | None = cfg.hf_arch if layout is None else None
+        if layout is not None and cfg.model_path and cfg.random_init is None:
+            self.hf_arch = _arch_of(self.trunk, layout)
         positions = getattr(self.trunk.config, "max_position_embeddings", None)  # CLIP's: 77, BERT's: 512
         if isinstance(positions, int) and cfg.max_length > positions:
             raise ValueError(f"model.text.max_length {cfg.max_length} exceeds the text model's {positions} positions")

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.model.checkpoint import sha256_file, trunk_digest, trunk_from_source
+from multimodal_rec.model.checkpoint import sha256_file, trunk_digest, trunk_from_source, trunk_outside
 
 LOG = logging.getLogger(__name__)
 BUNDLE_FORMAT = 2  # 2: the popularity-prior column is stored as log1p(count) / PRIOR_SCALE
@@ -60,7 +60,6 @@ SEGMENT_CONTENT_FILE = "segment_content.npy"
 SEGMENT_INDEX_FILE = "segments.faiss"
 SEGMENT_COLUMNS = ("video_id", "start_s", "end_s")  # segments.parquet (``row`` is derived on load)
 DURATION_COLUMN = "duration_s"  # sources.parquet, optional: the video's length (0: no video file)
-TOKENIZER_DIR = "tokenizer"
 SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
 SKIPPED_COLUMNS = ("video_id", "path", "reason")  # skipped.csv
 TRUNK_FIELD = "text_trunk"  # bundle.json: {"source": "<package> <version>" or model_path, "sha256": ...}
@@ -182,8 +181,9 @@ def trunk_pin(model: Any) -> dict[str, str] | None:
 
 def check_trunk(path: Path, manifest: dict[str, Any], model: Any) -> None:
     """Refuse a bundle whose frozen text trunk, rebuilt from the installed package, is not the one it was built
-    with; a bundle written before the pin (no ``text_trunk``) loads with a warning."""
-    if not trunk_from_source(model):
+    with (or, written before such trunks were saved, read again from its ``model_path``); a bundle written before
+    the pin (no ``text_trunk``) loads with a warning."""
+    if not trunk_outside(model):
         return
     pin = manifest.get(TRUNK_FIELD)
     now = _trunk_source(model)
@@ -213,8 +213,7 @@ def save_bundle(out: str | Path, b: Bundle) -> Path:
         raise ValueError("a bundle needs its index")
 
     def fill(tmp: Path) -> dict[str, Any]:
-        save_model(b.model, b.cfg, tmp)
-        b.model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        save_model(b.model, b.cfg, tmp)  # with the tokenizer (tokenizer/)
         b.catalog.drop(columns=[c for c in ("abs_path",) if c in b.catalog.columns]).to_parquet(
             tmp / CATALOG_FILE, index=False
         )
@@ -297,17 +296,14 @@ def index_file_names(manifest: dict[str, Any]) -> list[str]:
 def load_bundle(path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Bundle:
     """Read a bundle (checksums verified unless ``verify=False``); with ``mmap`` the index and embeddings are
     memory-mapped, so several worker processes serving one bundle share one copy in the page cache."""
-    from transformers import AutoTokenizer
-
     from multimodal_rec.index.build import read_index
     from multimodal_rec.index.shards import merge_shards
     from multimodal_rec.model.checkpoint import load_model
 
     path = Path(path)
     manifest = read_manifest(path, verify=verify)
-    model, cfg = load_model(path, device)
+    model, cfg = load_model(path, device)  # with the tokenizer the bundle carries (tokenizer/)
     check_trunk(path, manifest, model)
-    model.tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR), local_files_only=True)
     catalog = pd.read_parquet(path / CATALOG_FILE)
     embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
     names = index_file_names(manifest)

@@ -3,10 +3,11 @@
 Three kinds share it and one format version, ``CHECKPOINT_FORMAT``, that each file carries (the safetensors
 metadata ``format`` and the JSON's ``format`` key):
 
-- the model: ``model.safetensors`` + ``config.json`` (the full run config). Loading rebuilds the model with
-  :func:`create_model` and loads the weights strictly; a frozen *pretrained* text trunk is not saved (it is
-  rebuilt from its source package). A video trunk is always saved, an ``hf`` one too: the config records its
-  architecture (``model.video.hf_arch``), so loading rebuilds it without its ``pretrained_path`` directory.
+- the model: ``model.safetensors`` + ``config.json`` (the full run config) + ``tokenizer/``. Loading rebuilds the
+  model with :func:`create_model` and loads the weights strictly; only the frozen *packaged* text trunk is not
+  saved (it is rebuilt from its package). Trunks read from a directory (an ``hf`` video trunk, a text
+  ``model_path``) are saved and the config records their architectures (``hf_arch``), so loading rebuilds them
+  without the directory.
 - the training state: ``train_state.safetensors`` (optimizer moments, torch RNG) + ``train_state.json``
   (position in the run, optimizer param groups), what ``--resume`` continues from.
 - any other module with a JSON-able config (the text-item model of ``mmrec eval --dataset``): its state dict
@@ -22,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.safetensors"
 STATE_META = "train_state.json"
+TOKENIZER_DIR = "tokenizer"
 _RNG_KEY = "rng/torch"
 
 
@@ -106,13 +109,22 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
 
 # --- the model --------------------------------------------------------------------------------------------
 def trunk_from_source(model: MultimodalModel) -> bool:
-    """Whether the text trunk is frozen and pretrained: then it is not saved, but rebuilt from its source package
-    (or ``model_path``) on load, and a bundle pins it by :func:`trunk_digest` instead."""
-    return bool(model.text.trunk_frozen and model.cfg.text.random_init is None)
+    """Whether the text trunk is the frozen packaged model: then it is not saved, but rebuilt from its package on
+    load, and a bundle pins it by :func:`trunk_digest` instead. Any other trunk (a ``model_path`` directory,
+    ``random_init``, fine-tuned) is saved with the model, so a checkpoint needs no directory outside itself."""
+    t = model.cfg.text
+    return bool(model.text.trunk_frozen and t.random_init is None and not t.model_path and not t.hf_arch)
+
+
+def trunk_outside(model: MultimodalModel) -> bool:
+    """Whether the loaded text trunk came from outside the checkpoint: the packaged model, or (in a checkpoint
+    written before trunks from directories were saved) its ``model_path`` directory."""
+    t = model.cfg.text
+    return bool(model.text.trunk_frozen and t.random_init is None and not t.hf_arch)
 
 
 def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
-    """State dict without a frozen *pretrained* text trunk: it is rebuilt from its source on load."""
+    """State dict without a frozen *packaged* text trunk: it is rebuilt from its package on load."""
     state = model.state_dict()
     if trunk_from_source(model):
         state = {k: v for k, v in state.items() if not k.startswith("text.trunk.")}
@@ -122,15 +134,30 @@ def _weights_to_save(model: MultimodalModel) -> dict[str, torch.Tensor]:
 def save_model(
     model: MultimodalModel, cfg: RunConfig, out_dir: str | Path, extra: dict[str, Any] | None = None
 ) -> None:
-    """``model.safetensors`` + ``config.json`` (format version, full run config) into ``out_dir``.
+    """``model.safetensors`` + ``config.json`` (format version, full run config) + ``tokenizer/`` into ``out_dir``.
 
-    An ``hf`` video trunk's weights are in the file; the config gains its architecture (``model.video.hf_arch``,
-    what the tower read from its directory), so :func:`load_model` needs nothing outside ``out_dir``.
+    Trunks read from a directory (an ``hf`` video trunk, a ``model.text.model_path`` text model) have their
+    weights in the file; the config gains their architectures (``model.video.hf_arch``, ``model.text.hf_arch``:
+    what the towers read from their directories) and the tokenizer is saved beside them, so :func:`load_model`
+    needs nothing outside ``out_dir``.
     """
     config = cfg.to_dict()
     if model.video.hf_arch is not None:
         config["model"]["video"]["hf_arch"] = model.video.hf_arch
+    if model.text.hf_arch is not None:
+        config["model"]["text"]["hf_arch"] = model.text.hf_arch
     write_checkpoint(out_dir, _weights_to_save(model), {"config": config, **(extra or {})})
+    _save_tokenizer(model.tokenizer, Path(out_dir) / TOKENIZER_DIR)
+
+
+def _save_tokenizer(tokenizer: Any, path: Path) -> None:
+    """The tokenizer into ``path`` once (it never changes within a run), written aside then renamed into place."""
+    if path.is_dir():
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tmp))
+    tmp.replace(path)
 
 
 def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
@@ -142,10 +169,11 @@ def read_checkpoint_config(model_dir: str | Path) -> RunConfig:
 
 
 def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
-    """Load ``model.safetensors`` into a model built from the same config (a frozen pretrained trunk is not saved)."""
+    """Load ``model.safetensors`` into a model built from the same config, strictly; only a text trunk that came
+    from outside the checkpoint (:func:`trunk_outside`) is not in it."""
     w_path = Path(model_dir) / WEIGHTS_FILE
     missing, unexpected = model.load_state_dict(read_tensors(w_path, model.device), strict=False)
-    missing = [k for k in missing if not (k.startswith("text.trunk.") and model.text.trunk_frozen)]
+    missing = [k for k in missing if not (k.startswith("text.trunk.") and trunk_outside(model))]
     if missing or unexpected:
         raise UserError(f"{w_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
@@ -153,21 +181,46 @@ def load_weights(model: MultimodalModel, model_dir: str | Path) -> None:
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultimodalModel, RunConfig]:
     """Rebuild a model from the config it carries, then load its weights (safetensors: no pickle).
 
-    An ``hf`` video trunk is rebuilt from the architecture the checkpoint records, not re-read from its
-    ``pretrained_path`` (which may be gone): its weights are in the checkpoint.
+    Trunks read from directories are rebuilt from the architectures the checkpoint records, not re-read from their
+    ``pretrained_path`` / ``model_path`` (which may be gone): their weights, and the tokenizer, are in the checkpoint.
     """
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
     cfg = read_checkpoint_config(model_dir)
-    model = create_model(_without_trunk_source(cfg.model))
+    mcfg = without_trunk_sources(cfg.model)
+    tokenizer = None
+    if (model_dir / TOKENIZER_DIR).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir / TOKENIZER_DIR), local_files_only=True)
+    elif mcfg.text.hf_arch and not mcfg.text.model_path:
+        raise UserError(f"{model_dir} is incomplete: its text model's {TOKENIZER_DIR}/ is missing")
+    model = create_model(mcfg, tokenizer)
     load_weights(model, model_dir)
     return model.to(device).eval(), cfg
 
 
-def _without_trunk_source(mcfg: ModelConfig) -> ModelConfig:
-    """``mcfg`` with an ``hf`` video trunk built from its recorded ``hf_arch`` instead of its directory."""
-    video = mcfg.video
-    if video.trunk != "hf" or not video.hf_arch or not video.pretrained_path:
-        return mcfg
-    return dataclasses.replace(mcfg, video=dataclasses.replace(video, pretrained_path=None))
+def without_trunk_sources(mcfg: ModelConfig) -> ModelConfig:
+    """``mcfg`` with trunks built from their recorded architectures (``hf_arch``) instead of their directories."""
+    video, text = mcfg.video, mcfg.text
+    if video.trunk == "hf" and video.hf_arch and video.pretrained_path:
+        mcfg = dataclasses.replace(mcfg, video=dataclasses.replace(video, pretrained_path=None))
+    if text.hf_arch and text.model_path:
+        mcfg = dataclasses.replace(mcfg, text=dataclasses.replace(text, model_path=None))
+    return mcfg
+
+
+def same_model(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether two model configs build the same model, whether or not the trunks' recorded architectures are
+    filled in (a checkpoint records them; the config a run starts from has none)."""
+
+    def plain(m: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(
+            m,
+            video=dataclasses.replace(m.video, hf_arch=None),
+            text=dataclasses.replace(m.text, hf_arch=None),
+        )
+
+    return plain(a) == plain(b)
 
 
 # --- any module with a JSON-able config (e.g. the text-item model) ----------------------------------------

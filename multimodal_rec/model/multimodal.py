@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ LOG = logging.getLogger(__name__)
 class MultimodalModel(nn.Module):
     """Text, video and user towers plus the two contrastive losses (their temperatures are parameters)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tokenizer: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
         D = cfg.embed_dim
@@ -32,7 +33,7 @@ class MultimodalModel(nn.Module):
         self.loss_tv = InfoNCELoss(cfg.init_temperature, symmetric=True)
         self.loss_rec = InfoNCELoss(cfg.init_temperature, symmetric=False)
         self.pop_weight = nn.Parameter(torch.zeros(()))  # weight of log(1 + training interactions) in rec logits
-        self.tokenizer = load_tokenizer(cfg.text)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.text)
         self._feature_cache: dict[str, torch.Tensor] = {}
         self.cache_text_features = True  # keep frozen-trunk features per string (training); off when serving
 
@@ -108,8 +109,9 @@ class MultimodalModel(nn.Module):
         return self.user(items, mask)
 
 
-def create_model(cfg: ModelConfig) -> MultimodalModel:
-    """The only way to build a model: every tower from its config dataclass.
+def create_model(cfg: ModelConfig, tokenizer: Any = None) -> MultimodalModel:
+    """The only way to build a model: every tower from its config dataclass (``tokenizer``: the text trunk's, when
+    it is not read from the text model's directory, e.g. the copy a checkpoint carries).
 
     A config value the towers cannot build (an unknown video trunk or temporal pooling) is a one-line
     :class:`UserError` naming the option; a text model package that cannot be imported is a one-line
@@ -117,7 +119,7 @@ def create_model(cfg: ModelConfig) -> MultimodalModel:
     """
     _check_video_trunk(cfg.video.trunk)
     try:
-        return MultimodalModel(cfg)
+        return MultimodalModel(cfg, tokenizer)
     except TextModelUnavailable as e:  # the environment, not the input: repaired by installing the package
         raise InfrastructureError(str(e)) from None
     except ValueError as e:  # the towers (which know nothing of UserError) refuse a value of their config

@@ -26,6 +26,7 @@ from multimodal_rec.model.checkpoint import (
     has_train_state,
     load_weights,
     read_checkpoint_config,
+    same_model,
     save_model,
 )
 from multimodal_rec.model.multimodal import MultimodalModel, create_model
@@ -259,7 +260,7 @@ def train(
     if resume:  # the weights, optimizer and position come back in fit(); here only the config is checked
         if not has_train_state(out):
             raise UserError(f"nothing to resume in {out}: no {STATE_META} (train without --resume first)")
-        if read_checkpoint_config(out).model != cfg.model:
+        if not same_model(read_checkpoint_config(out).model, cfg.model):
             raise UserError(f"{out} was trained with a different model config; resume with the same config")
     elif has_train_state(out):
         raise UserError(f"{out} already holds a training run: pass --resume to continue it or choose a new --out")

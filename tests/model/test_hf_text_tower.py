@@ -272,7 +272,8 @@ def test_clip_model_in_the_combined_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("trainable", [0, -1])
 def test_clip_text_tower_survives_save_and_load(tmp_path: Path, trainable: int) -> None:
-    """Frozen: the trunk is rebuilt from model_path on load; fine-tuned: saved with the model. Same answers."""
+    """Frozen or fine-tuned, a text model read from a directory is saved with the model (weights, architecture,
+    tokenizer): the checkpoint loads and answers the same after the directory is gone."""
     from multimodal_rec.config import ModelConfig, RunConfig
     from multimodal_rec.model.checkpoint import load_model, save_model, trunk_from_source
     from multimodal_rec.model.multimodal import create_model
@@ -283,11 +284,17 @@ def test_clip_text_tower_survives_save_and_load(tmp_path: Path, trainable: int) 
     if trainable:
         with torch.no_grad():
             model.text.trunk.text_projection.weight.add_(1.0)  # "fine-tuned": differs from the directory's weights
-    assert trunk_from_source(model) == (trainable == 0)
+    assert not trunk_from_source(model)  # only the packaged model is rebuilt from its source
     save_model(model, cfg, tmp_path / "run")
-    loaded, _ = load_model(tmp_path / "run")
+    shutil.rmtree(path)
+    loaded, loaded_cfg = load_model(tmp_path / "run")
+    assert loaded_cfg.model.text.hf_arch["class"] == "CLIPTextModelWithProjection"
     with torch.no_grad():
         assert torch.equal(loaded.encode_text(TEXTS), model.encode_text(TEXTS))
+    broken = tmp_path / "run"
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(UserError, match="its text model's tokenizer/ is missing"):
+        load_model(broken)
 
 
 @pytest.mark.parametrize(
