@@ -127,8 +127,15 @@ def load_clip_text(layout: TextModelDir, use_projection: bool | None, source: st
             f"{source} has no text_projection (a CLIPTextModel): set model.text.use_projection: false"
         )
     cls = CLIPTextModelWithProjection if project else CLIPTextModel
+    kwargs: dict[str, Any] = {}
+    if layout.model_type == "clip":  # a CLIPModel's text_projection is sized by its top-level projection_dim
+        from transformers import CLIPConfig
+
+        full = CLIPConfig.from_pretrained(layout.path, local_files_only=True)
+        full.text_config.projection_dim = full.projection_dim
+        kwargs["config"] = full.text_config
     model, info = cls.from_pretrained(
-        layout.path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+        layout.path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
     unused = list(VISION_HALF) if layout.model_type == "clip" else []
     unused += [] if project else ["text_projection."]

@@ -57,6 +57,21 @@ class HFFrameTrunk(nn.Module):
         self.register_buffer("mean", torch.tensor(arch["image_mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(arch["image_std"]).view(1, 3, 1, 1), persistent=False)
 
+    def set_trainable(self, n: int) -> None:
+        """Train every weight (-1), none (0), or the last ``n`` transformer layers and everything after them (the
+        final norm, a pooling head, the projection): the usual partial unfreezing of a pretrained trunk."""
+        for p in self.parameters():
+            p.requires_grad = n < 0
+        if n <= 0:
+            return
+        layers = self.vision.encoder.layers
+        if n > len(layers):
+            raise ValueError(f"model.video.trainable_layers {n}: the vision trunk has {len(layers)} layers")
+        after = [self.projection, getattr(self.vision, "post_layernorm", None), getattr(self.vision, "head", None)]
+        for module in [*layers[len(layers) - n :], *after]:
+            for p in module.parameters() if module is not None else ():
+                p.requires_grad = True
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] frames ``[N, 3, H, W]`` -> the model's ``pixel_values`` ``[N, 3, S, S]``."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

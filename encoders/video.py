@@ -38,6 +38,9 @@ class VideoTowerConfig:
     # except keys under these prefixes (default: the classifier head the trunk drops anyway, so a file with or
     # without its head loads). Add a prefix only for a remainder you know is harmless.
     weights_ignore: list[str] = field(default_factory=lambda: list(CLASSIFIER_PREFIXES))
+    # trunk layers trained: -1 all (a CNN trained from scratch, the default), 0 frozen (training computes its
+    # features once per clip), n > 0 the last n transformer layers of an hf trunk and everything after them
+    trainable_layers: int = -1
     num_frames: int = 8  # T frames sampled uniformly per clip
     image_size: int = 112  # frames are resized to image_size x image_size by the decoder
     spatial_grid: int = 2  # trunk map pooled to grid x grid cells: keeps where the object is (motion needs it)
@@ -268,13 +271,36 @@ class VideoTower(nn.Module):
         self.out_dim = out_dim
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.trunk_frozen = self._set_trainable(cfg.trainable_layers)
 
-    def forward_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Per-clip feature ``[B, frame_dim]`` after temporal pooling."""
+    def _set_trainable(self, n: int) -> bool:
+        """Freeze the trunk (0), train it all (-1) or, for an hf trunk, its last ``n`` layers; whether it is frozen."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < -1:
+            raise ValueError(f"model.video.trainable_layers must be -1 (all), 0 (frozen) or a layer count, got {n!r}")
+        if isinstance(self.cnn, HFFrameTrunk):
+            self.cnn.set_trainable(n)
+        elif n > 0:
+            raise ValueError(f"model.video.trainable_layers {n}: a CNN trunk is trained whole (-1) or frozen (0)")
+        else:
+            for p in self.cnn.parameters():
+                p.requires_grad = n < 0
+        return n == 0
+
+    def train(self, mode: bool = True) -> VideoTower:
+        """As ``nn.Module.train``, but a frozen trunk always runs as at inference (no dropout, BatchNorm
+        statistics fixed): its features are the same in training and at encode time, so they can be cached."""
+        super().train(mode)
+        if getattr(self, "trunk_frozen", False):
+            self.cnn.eval()
+        return self
+
+    def trunk_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``[B, T, 3, H, W]`` -> the trunk's per-frame features ``[B, T, C]`` (an hf trunk's embeddings, a
+        CNN's map pooled to the spatial grid): everything before the trained frame projection."""
         B, T, C, H, W = frames.shape
         x = frames.reshape(B * T, C, H, W)
         if isinstance(self.cnn, HFFrameTrunk):  # preprocessed as its processor says, inside the trunk
-            return self.temporal(self.cnn(x).view(B, T, -1))  # [B*T, F] -> [B, T, F] -> [B, F]
+            return self.cnn(x).view(B, T, -1)  # [B*T, F] -> [B, T, F]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = (x - self.mean) / self.std
         if self.cfg.frame_diff:
@@ -284,9 +310,17 @@ class VideoTower(nn.Module):
             x = torch.cat([v, diff], 2).view(B * T, 2 * C, H, W)
         x = x.to(memory_format=torch.channels_last)
         fmap = self.cnn(x)  # [B*T, C', h, w]
-        cells = self.spatial(fmap).flatten(1)  # [B*T, C'*g*g]
-        feats = self.frame_proj(cells).view(B, T, -1)  # [B, T, F]
-        return self.temporal(feats)  # [B, F]
+        return self.spatial(fmap).flatten(1).view(B, T, -1)  # [B, T, C'*g*g]
+
+    def pool_trunk_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-frame trunk features ``[B, T, C]`` -> per-clip feature ``[B, frame_dim]`` (frame projection, then
+        temporal pooling): the trained part of the tower before its head."""
+        B, T, _ = feats.shape
+        return self.temporal(self.frame_proj(feats.flatten(0, 1)).view(B, T, -1))  # [B, T, F] -> [B, F]
+
+    def forward_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-clip feature ``[B, frame_dim]`` after temporal pooling."""
+        return self.pool_trunk_features(self.trunk_features(frames))
 
     def forward_head(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.head(features, normalize=normalize)  # [B, D]

@@ -28,6 +28,9 @@ class ModelConfig:
     video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
     user: UserTowerConfig = field(default_factory=UserTowerConfig)
     init_temperature: float = 0.07  # initial softmax temperature of both InfoNCE losses (learnable)
+    # "identity": the text and video heads start as the identity (linear heads, proj_hidden 0, of width embed_dim),
+    # so the towers start in a pretrained image-text model's own joint space (its projections); "random": as usual
+    heads_init: str = "random"
     popularity_prior: bool = True  # rec scores add w * log(1 + item's training interactions), w learned;
     # behaviour on the item side (a hybrid): an item never seen in training has count 0 and is ranked by content
 
@@ -104,6 +107,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)  # how `mmrec encode` cuts and describes videos
+    zero_shot: bool = False  # written by `mmrec init --from-pretrained`: nothing trained, so the user tower is
+    # random and recommending is refused (search works: the image-text model's own joint space); training clears it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,11 +165,11 @@ def list_presets() -> list[str]:
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a preset by name (``tiny``, ``small``, ``base``) or a YAML file by path."""
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
+    if not path.suffix and not path.is_file():  # a preset name (a directory of the same name is not a config)
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise UserError(f"unknown config preset {str(name_or_path)!r} (presets: {', '.join(list_presets())})")
-    if not path.exists():
+    if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -15,13 +15,14 @@ import sys
 from collections.abc import Sequence
 
 import multimodal_rec
-from multimodal_rec.cli import bench, data, encode, explain, query, serve, train
+from multimodal_rec.cli import bench, data, encode, explain, init, query, serve, train
 from multimodal_rec.cli import eval as evaluate
 from multimodal_rec.errors import InfrastructureError, UserError
 
 # in `mmrec --help` order
 COMMANDS = (
     data.add_synth,
+    init.add_init,
     train.add_train,
     encode.add_encode,
     encode.add_export,

@@ -26,6 +26,8 @@ def _bar(total: int, quiet: bool) -> tuple[Callable[[int, int], None], Callable[
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
+    if a.clip_dir:
+        return _synth_clip_dir(a)
     if a.long is not None:
         return _synth_long(a)
     from multimodal_rec.data.synth import make_world
@@ -66,6 +68,16 @@ def _synth_long(a: argparse.Namespace) -> None:
         print(f"wrote {s.videos} long videos of {s.parts} parts ({s.seconds / 60:.1f} min of video) to {s.out}")
 
 
+def _synth_clip_dir(a: argparse.Namespace) -> None:
+    from multimodal_rec.data.synth.clip_dir import make_clip_dir
+
+    out = make_clip_dir(a.out, seed=a.seed)
+    if a.json:
+        print_json({"out": str(out), "model_type": "clip", "random": True})
+    else:
+        print(f"wrote a randomly initialised CLIPModel directory to {out} (for trying --from-pretrained; no weights)")
+
+
 def add_synth(sub: Subparsers) -> None:
     s = add_command(sub, "synth", "make the synthetic demo world (videos, catalog, captions, interactions)", cmd_synth)
     s.add_argument("--out", required=True, help="output directory")
@@ -83,6 +95,12 @@ def add_synth(sub: Subparsers) -> None:
         "126 x 6 parts puts every combination in 6 videos",
     )
     s.add_argument("--parts", type=positive_int, default=6, help="--long: parts per video (default 6)")
+    s.add_argument(
+        "--clip-dir",
+        action="store_true",
+        help="instead: a small randomly initialised CLIPModel directory in --out (tokenizer, image processor, "
+        "safetensors), to try or benchmark `--from-pretrained` where no real weights are at hand",
+    )
 
 
 def cmd_presets(a: argparse.Namespace) -> None:

@@ -14,6 +14,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     from multimodal_rec.training.train import train
 
     cfg = load_config(a.config, overrides(a.set))
+    if a.from_pretrained:
+        from multimodal_rec.model.pretrained import pretrained_config
+
+        cfg = pretrained_config(cfg, a.from_pretrained)
     if a.epochs is not None:
         cfg.train.epochs = a.epochs
     res = train(cfg, a.data, a.out, resume=a.resume, progress=tqdm_progress(a.quiet))
@@ -37,6 +41,11 @@ def add_train(sub: Subparsers) -> None:
     s.add_argument("--config", default="small", help="preset name (mmrec presets) or YAML path (default small)")
     s.add_argument("--data", required=True, help="directory with catalog.csv, captions.csv, interactions.csv")
     s.add_argument("--out", required=True, help="run directory for checkpoints and metrics")
+    s.add_argument(
+        "--from-pretrained",
+        metavar="DIR",
+        help="local CLIPModel directory: both trunks from it, heads starting at its joint space (use --config clip)",
+    )
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--epochs", type=positive_int, default=None, help="override train.epochs")
     s.add_argument(

@@ -196,6 +196,9 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
         }
         out["ablation"] = ablation(rec, everything, vocab_queries(), paraphrase_queries())
     out["search_modes"] = compare_modes(rec)
+    if rec.cfg is not None and rec.cfg.zero_shot:  # mmrec init: no user tower to evaluate yet
+        out["user_to_video"] = {}
+        return out
     runs, out["users_target_seen"] = user_to_video(rec, ds, seeds, id_baselines)
     if runs:
         out["seeds"] = seeds

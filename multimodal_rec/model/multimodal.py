@@ -118,12 +118,32 @@ def create_model(cfg: ModelConfig, tokenizer: Any = None) -> MultimodalModel:
     :class:`InfrastructureError` saying what to install.
     """
     _check_video_trunk(cfg.video.trunk)
+    if cfg.heads_init not in ("random", "identity"):
+        raise UserError(f"model.heads_init must be random or identity, got {cfg.heads_init!r}")
     try:
-        return MultimodalModel(cfg, tokenizer)
+        model = MultimodalModel(cfg, tokenizer)
     except TextModelUnavailable as e:  # the environment, not the input: repaired by installing the package
         raise InfrastructureError(str(e)) from None
     except ValueError as e:  # the towers (which know nothing of UserError) refuse a value of their config
         raise UserError(f"model config refused: {str(e).splitlines()[0]}") from None
+    if cfg.heads_init == "identity":
+        _identity_head("text", model.text.head, model.text.feat_dim, cfg.embed_dim)
+        _identity_head("video", model.video.head, cfg.video.frame_dim, cfg.embed_dim)
+    return model
+
+
+@torch.no_grad()
+def _identity_head(name: str, head: nn.Module, width: int, dim: int) -> None:
+    """Set a linear head to the identity: the tower's features (``width`` wide) enter the joint space as they are."""
+    net = getattr(head, "net", None)
+    if not isinstance(net, nn.Linear) or width != dim:
+        raise UserError(
+            f"model.heads_init identity needs a linear {name} head as wide as its features: set "
+            f"model.{name}.proj_hidden: 0 and model.embed_dim: {width} "
+            f"(now: {'a linear' if isinstance(net, nn.Linear) else 'an MLP'} head, embed_dim {dim})"
+        )
+    net.weight.copy_(torch.eye(dim))
+    net.bias.zero_()
 
 
 def _check_video_trunk(name: str) -> None:

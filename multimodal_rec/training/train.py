@@ -7,6 +7,7 @@ user-history -> next-video contrastively on the same video forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -51,6 +52,7 @@ class TrainData:
     examples: list[HistoryExample]  # user-history -> next training video
     counts: dict[str, int]  # training interactions per video id (popularity prior)
     log_pop: np.ndarray  # [N] log(1 + count) of each training video
+    trunk_features: np.ndarray | None = None  # [N, T, C] a frozen video trunk's per-frame features, computed once
 
 
 def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: ProgressFn = no_progress) -> TrainData:
@@ -87,9 +89,11 @@ def prepare_data(cfg: RunConfig, ds: Dataset, cache_dir: Path, progress: Progres
 
 
 def make_optimizer_groups(model: MultimodalModel, cfg: RunConfig) -> list[dict[str, Any]]:
-    """AdamW groups: towers trained from scratch at ``lr``, an unfrozen pretrained text trunk at ``trunk_lr``."""
-    trunk = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text.trunk.")]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text.trunk.")]
+    """AdamW groups: towers trained from scratch at ``lr``, the unfrozen layers of pretrained trunks (the text
+    trunk, an hf video trunk) at ``trunk_lr``."""
+    prefixes = ("text.trunk.", "video.cnn.") if cfg.model.video.trunk == "hf" else ("text.trunk.",)
+    trunk = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefixes)]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
     groups: list[dict[str, Any]] = [{"params": rest, "lr": cfg.train.lr}]
     if trunk:
         groups.append({"params": trunk, "lr": cfg.train.trunk_lr})
@@ -171,21 +175,15 @@ class ContrastiveTask:
         m, tc = self.model, self.cfg.train
         rec_idx = np.array([self.index[ex.target] for ex in rec], dtype=np.int64)
         all_idx = np.concatenate([rec_idx, vidx])  # rec targets first: row i of the rec loss has column i
-        order = np.argsort(all_idx, kind="stable")  # sorted reads are kinder to the memory-mapped cache
-        frames = np.empty((len(all_idx), *self.data.frames.shape[1:]), dtype=np.uint8)
-        frames[order] = self.data.frames[all_idx[order]]
-        clips = frames_to_tensor(frames)  # [N, T, 3, H, W] uint8
-        if tc.augment > 0:
-            a = tc.augment
-            clips = augment_clips(clips, gen, shift=0.1 * a, zoom=0.15 * a, brightness=0.1 * a)
+        clips = self.clips(all_idx, gen)  # [N, T, 3, H, W] uint8 frames, or [N, T, C] frozen-trunk features
         R = len(rec)
         if tc.rec_trains_video or R == 0:
-            v = m.encode_video(clips)  # [N, D]
+            v = self.encode_clips(clips)  # [N, D]
             tv_from = 0  # every clip has a caption: all of them train text<->video
         else:  # the user tower learns to point into the space text<->video shapes: targets need no gradient
             with torch.no_grad():
-                v_rec = m.encode_video(clips[:R])  # [R, D]
-            v = torch.cat([v_rec, m.encode_video(clips[R:])])  # [N, D]
+                v_rec = self.encode_clips(clips[:R])  # [R, D]
+            v = torch.cat([v_rec, self.encode_clips(clips[R:])])  # [N, D]
             tv_from = R
         ids = torch.as_tensor(all_idx, device=v.device)
         caps = [rng.choice(self.data.captions[i]) for i in all_idx[tv_from:]]
@@ -206,6 +204,51 @@ class ContrastiveTask:
         out["loss"] = loss
         return out
 
+    def clips(self, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        """The training clips ``idx``: their cached frozen-trunk features ``[N, T, C]`` when the run has them,
+        else their frames ``[N, T, 3, H, W]`` (augmented when ``train.augment``)."""
+        source = self.data.frames if self.data.trunk_features is None else self.data.trunk_features
+        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to the memory-mapped cache
+        rows = np.empty((len(idx), *source.shape[1:]), dtype=source.dtype)
+        rows[order] = source[idx[order]]
+        if self.data.trunk_features is not None:
+            return torch.from_numpy(rows)
+        clips = frames_to_tensor(rows)
+        a = self.cfg.train.augment
+        return augment_clips(clips, gen, shift=0.1 * a, zoom=0.15 * a, brightness=0.1 * a) if a > 0 else clips
+
+    def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """What :meth:`clips` gave -> video vectors ``[N, D]``."""
+        m = self.model
+        if self.data.trunk_features is None:
+            return m.encode_video(clips)
+        return m.video.forward_head(m.video.pool_trunk_features(clips.to(m.device)))
+
+
+@torch.no_grad()
+def cache_trunk_features(
+    model: MultimodalModel, frames: np.ndarray, batch_size: int = 32, progress: ProgressFn = no_progress
+) -> np.ndarray:
+    """A frozen video trunk's per-frame features ``[N, T, C]`` (float32) of every cached clip: one trunk pass per
+    clip for the whole run, after which a step costs the temporal pooling and heads only."""
+    video = model.video
+    was_training = video.training
+    video.eval()
+    out: np.ndarray | None = None
+    bar = progress(total=len(frames), desc="trunk features", unit="clip")
+    try:
+        for i in range(0, len(frames), batch_size):
+            clips = frames_to_tensor(frames[i : i + batch_size]).to(model.device)
+            feats = video.trunk_features(clips).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(frames), *feats.shape[1:]), np.float32)
+            out[i : i + len(feats)] = feats
+            bar.update(len(feats))
+    finally:
+        bar.close()
+        video.train(was_training)
+    return out if out is not None else np.zeros((0, 0, 0), np.float32)
+
 
 BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
@@ -218,7 +261,7 @@ def recalibrate_batchnorm(model: MultimodalModel, data: TrainData, batch_size: i
     what training saw; one pass over the training clips with a cumulative average fixes that.
     """
     bns = [m for m in model.video.modules() if isinstance(m, BATCH_NORMS)]
-    if not bns:
+    if not bns or model.video.trunk_frozen:  # a frozen trunk keeps its statistics (its features are cached)
         return
     momenta = [m.momentum for m in bns]
     for m in bns:
@@ -252,6 +295,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` on the tables in ``data_dir``; write checkpoints (safetensors + config) to ``out_dir``."""
     out = Path(out_dir)
+    cfg = dataclasses.replace(cfg, zero_shot=False)  # what this run writes is trained
     tc = cfg.train
     refuse_unsupported(tc, UNSUPPORTED_TRAIN_OPTIONS, "the video model (mmrec train)")
     ds = load_dataset(data_dir)
@@ -287,6 +331,12 @@ def train(
             model.text_features(texts[i : i + 512])
             bar.update(len(texts[i : i + 512]))
         bar.close()
+
+    if model.video.trunk_frozen and tc.augment == 0:
+        data.trunk_features = cache_trunk_features(model, data.frames, progress=progress)
+        LOG.info("video trunk frozen: %d clips' trunk features computed once", len(data.trunk_features))
+    elif model.video.trunk_frozen:
+        LOG.info("video trunk frozen but train.augment > 0: each step runs the trunk on augmented frames")
 
     task = ContrastiveTask(model, cfg, data)
     res = fit(task, tc, out, device=device, resume=resume, progress=progress)
