@@ -82,6 +82,14 @@ def test_zero_shot_refuses_to_recommend(zero_shot_bundle: Path, capsys) -> None:
     assert main(["recommend", "--bundle", str(zero_shot_bundle), "--history", rec.video_ids[0], "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mmrec train --from-pretrained" in err[0]
+    from fastapi.testclient import TestClient
+
+    from multimodal_rec.serving import http
+
+    with TestClient(http.create_app(rec)) as client:
+        r = client.post("/recommend", json={"history": [rec.video_ids[0]], "k": 3})
+        assert r.status_code == 400 and "user tower is untrained" in r.json()["error"]
+        assert client.post("/search", json={"query": "a red circle", "k": 3}).status_code == 200
 
 
 def test_init_refusals_are_one_line(tmp_path: Path, clip_dir: Path, capsys) -> None:
