@@ -54,6 +54,15 @@ def _read_only(part: str, name: str, doc: str) -> property:
     return property(lambda self: getattr(getattr(self, part), name), doc=doc)
 
 
+def check_user_tower(cfg: Any) -> None:
+    """Refuse to recommend from a zero-shot bundle (``mmrec init --from-pretrained``): its user tower is random."""
+    if cfg is not None and cfg.zero_shot:
+        raise UserError(
+            "this bundle's model is zero-shot (mmrec init --from-pretrained): its user tower is untrained, so it "
+            "can search but not recommend; train one with `mmrec train --from-pretrained DIR --config clip`"
+        )
+
+
 class Recommender:
     """A loaded bundle.
 
@@ -139,16 +148,8 @@ class Recommender:
 
     def user_queries(self, histories: Sequence[Sequence[str]], prior: bool = True) -> np.ndarray:
         """Index-ready query vectors for histories of texts, read as given: cosine + the popularity prior."""
-        self._check_user_tower()
+        check_user_tower(self.cfg)
         return self._queries.user_queries(histories, self.xb.shape[1], prior)
-
-    def _check_user_tower(self) -> None:
-        """Refuse to recommend from a zero-shot bundle (``mmrec init --from-pretrained``): its user tower is random."""
-        if self.cfg is not None and self.cfg.zero_shot:
-            raise UserError(
-                "this bundle's model is zero-shot (mmrec init --from-pretrained): its user tower is untrained, so it "
-                "can search but not recommend; train one with `mmrec train --from-pretrained DIR --config clip`"
-            )
 
     encode_queries = _read_only("_queries", "encode_texts", "``encode_queries(texts)``: ``xq [n, D]`` float32.")
     encode_histories = _read_only(
@@ -240,7 +241,7 @@ class Recommender:
     def explain(self, history: Sequence[str], *, history_ids: bool = False) -> list[tuple[str, float]]:
         """The attention weight of each history item as the tower read it (an id as its video's text; unknown
         ids left out, see :meth:`resolve_history`): which items drove the recommendation."""
-        self._check_user_tower()
+        check_user_tower(self.cfg)
         return self._queries.attention(self._state.resolve_history(check_history(history), history_ids).texts)
 
     def resolve_history(self, history: Sequence[str], *, history_ids: bool = False) -> ResolvedHistory:
