@@ -27,6 +27,8 @@ PATHS = [
     "FAISS GPU Flat",
     "FAISS GPU IVF",
     "Ray GPU actor",
+    "CLIP zero-shot encode",
+    "CLIP fine-tune",
     "serving on GPU",
 ]
 
