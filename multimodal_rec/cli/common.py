@@ -77,8 +77,20 @@ def overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_recommender(bundle: str) -> Any:
-    """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it)."""
+SYNONYMS_HELP = (
+    "a synonyms / query-rewrite file in Solr's synonyms.txt format ('a, b, c': b and c read as a; 'a, b => c'; "
+    "# comments), applied to query and free-text history words; off by default"
+)
+
+
+def add_synonyms_flag(sp: argparse.ArgumentParser) -> None:
+    """``--synonyms FILE`` (commands that answer queries)."""
+    sp.add_argument("--synonyms", metavar="FILE", default=None, help=SYNONYMS_HELP)
+
+
+def load_recommender(bundle: str, synonyms: str | None = None) -> Any:
+    """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it),
+    rewriting queries with the ``synonyms`` file when one is given."""
     from multimodal_rec.serving.recommender import Recommender
 
-    return Recommender.load(bundle)
+    return Recommender.load(bundle, synonyms=synonyms)

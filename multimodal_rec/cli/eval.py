@@ -8,6 +8,7 @@ from typing import Any
 from multimodal_rec.cli.common import (
     Subparsers,
     add_command,
+    add_synonyms_flag,
     load_recommender,
     overrides,
     positive_int,
@@ -22,8 +23,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     if a.queries is not None:
         return _eval_queries(a)
-    if a.k or a.mode:
-        raise UserError("--k and --mode apply to --queries (a query file run through the bundle's search)")
+    if a.k or a.mode or a.synonyms:
+        raise UserError("--k, --mode and --synonyms apply to --queries (a query file run through the bundle's search)")
     if a.dataset is not None:
         return _eval_dataset(a)
     if not a.bundle or not a.data:
@@ -46,7 +47,7 @@ def _eval_queries(a: argparse.Namespace) -> None:
         raise UserError("--queries evaluates a bundle on a query file: give --bundle, not --data or --dataset")
     if not a.bundle:
         raise UserError("--queries needs --bundle (the bundle whose search answers the queries)")
-    res = evaluate_queries(load_recommender(a.bundle), a.queries, ks=a.k or DEFAULT_KS, mode=a.mode)
+    res = evaluate_queries(load_recommender(a.bundle, a.synonyms), a.queries, ks=a.k or DEFAULT_KS, mode=a.mode)
     if a.json:
         print_json(res)
     else:
@@ -106,6 +107,7 @@ def add_eval(sub: Subparsers) -> None:
     s.add_argument(
         "--mode", choices=("vector", "lexical", "hybrid"), help="--queries: search mode (default: the bundle's)"
     )
+    add_synonyms_flag(s)
     s.add_argument(
         "--data", help="data directory (held-out split + last events; with moments.csv: the long-video evaluation)"
     )

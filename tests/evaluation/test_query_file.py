@@ -189,11 +189,16 @@ def test_cli_eval_queries_json_and_errors(bundle: Path, tmp_path: Path, capsys: 
     assert np.isfinite(list(res["metrics"].values())).all()
     assert main(["eval", "--queries", str(f), "--bundle", str(bundle), "--mode", "lexical", "--quiet"]) == 0
     assert "mode lexical" in capsys.readouterr().out
+    syn = _csv(tmp_path, "red, crimson\n", "synonyms.txt")
+    args = ["eval", "--queries", str(f), "--bundle", str(bundle), "--synonyms", str(syn), "--json", "--quiet"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["synonyms"]["rules"] == 1  # recorded with the figures
     missing = tmp_path / "nope.csv"
     assert main(["eval", "--queries", str(missing), "--bundle", str(bundle), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and len(err.splitlines()) == 1
     assert main(["eval", "--queries", str(f), "--quiet"]) == 2
     assert "needs --bundle" in capsys.readouterr().err
-    assert main(["eval", "--bundle", str(bundle), "--data", str(tmp_path), "--k", "5", "--quiet"]) == 2
-    assert "apply to --queries" in capsys.readouterr().err
+    for flag in (["--k", "5"], ["--synonyms", str(syn)]):  # a --data evaluation never reads a synonyms file
+        assert main(["eval", "--bundle", str(bundle), "--data", str(tmp_path), *flag, "--quiet"]) == 2
+        assert "apply to --queries" in capsys.readouterr().err
