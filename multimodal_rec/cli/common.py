@@ -90,7 +90,11 @@ def add_synonyms_flag(sp: argparse.ArgumentParser) -> None:
 
 def load_recommender(bundle: str, synonyms: str | None = None) -> Any:
     """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it),
-    rewriting queries with the ``synonyms`` file when one is given."""
+    rewriting queries with the ``synonyms`` file when one is given (read first: a malformed file fails at once)."""
     from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.synonyms import load_synonyms
 
-    return Recommender.load(bundle, synonyms=synonyms)
+    rules = load_synonyms(synonyms) if synonyms else None
+    rec = Recommender.load(bundle)
+    rec.synonyms.set(rules)
+    return rec

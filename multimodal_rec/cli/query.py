@@ -49,8 +49,8 @@ def cmd_search(a: argparse.Namespace) -> None:
         }
         if len(a.query) == 1:
             out["hits"] = out["results"][0]["hits"]
-        if rec.synonyms_info:
-            out["synonyms"] = rec.synonyms_info
+        if rec.synonyms.info:
+            out["synonyms"] = rec.synonyms.info
         print_json(out)
         return
     for q, hits in zip(a.query, results, strict=True):
@@ -115,7 +115,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
     why = rec.explain(a.history, history_ids=ids)
     if a.json:
         attention = [{"text": t, "weight": w} for t, w in why]
-        synonyms = {"synonyms": rec.synonyms_info} if rec.synonyms_info else {}
+        synonyms = {"synonyms": rec.synonyms.info} if rec.synonyms.info else {}
         print_json({"hits": [h.to_dict() for h in hits], "attention": attention, **read.to_dict(), **synonyms})
         return
     print_hits(f"recommend for a history of {len(a.history)} items:", hits)

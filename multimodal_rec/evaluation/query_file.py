@@ -166,7 +166,7 @@ def evaluate_queries(
     """Mean P@K, R@K, NDCG@K (each K of ``ks``) and MRR of ``rec.search`` over the judged queries of ``source``.
 
     ``mode``: vector, lexical or hybrid (None: the bundle's default, ``rec.search_mode``). The result also holds the
-    per-query figures (``per_query``), what was dropped, and the synonym file in use (``rec.synonyms_info``).
+    per-query figures (``per_query``), what was dropped, and the synonyms file in use (``rec.synonyms.info``).
     """
     ks = check_ks(ks)
     qs = read_queries(source, rec.catalog, list(rec.row_of))
@@ -197,7 +197,7 @@ def evaluate_queries(
         "relevant": float(n_rel.mean()),
         "metrics": metrics,
         "dropped": {"unknown_video_ids": qs.unknown_ids, "queries_without_relevant": len(qs.without_relevant)},
-        "synonyms": getattr(rec, "synonyms_info", None),
+        "synonyms": rec.synonyms.info if hasattr(rec, "synonyms") else None,
         "per_query": rows,
     }
 

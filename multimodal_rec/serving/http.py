@@ -354,7 +354,7 @@ def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> Non
     @app.get("/healthz", response_model=m.health, response_model_exclude_none=True)
     def healthz() -> dict[str, Any]:
         """Liveness: the bundle is loaded, how many videos it serves, and the synonyms file in use (when one is)."""
-        return {"status": "ok", "videos": len(rec), "synonyms": rec.synonyms_info}
+        return {"status": "ok", "videos": len(rec), "synonyms": rec.synonyms.info}
 
 
 def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
@@ -375,7 +375,7 @@ def run_server(
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
     With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
-    ``synonyms``: a synonyms file applied to every query (``Recommender.set_synonyms``; shown by ``/healthz``).
+    ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``).
     """
     _require_serve_extra("uvicorn")
     import uvicorn
@@ -391,7 +391,8 @@ def run_server(
     if workers == 1:
         from multimodal_rec.serving.recommender import Recommender
 
-        rec = Recommender.load(bundle, synonyms=syn)
+        rec = Recommender.load(bundle)
+        rec.synonyms.set(syn)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
         uvicorn.run(create_app(rec), **options)
         return
@@ -400,8 +401,7 @@ def run_server(
     read_manifest(bundle, verify=False)  # fail here, once, rather than in every worker
     os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
-    if synonyms:
-        os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve())
+    os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve()) if synonyms else ""
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
 
@@ -438,4 +438,6 @@ def _app_from_env() -> "FastAPI":
         torch.set_num_threads(int(threads))
     from multimodal_rec.serving.recommender import Recommender
 
-    return create_app(Recommender.load(bundle, synonyms=os.environ.get(_SYNONYMS_ENV) or None))
+    rec = Recommender.load(bundle)
+    rec.synonyms.set(os.environ.get(_SYNONYMS_ENV) or None)
+    return create_app(rec)

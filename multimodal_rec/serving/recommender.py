@@ -28,7 +28,7 @@ from multimodal_rec.serving.lexical import LexicalIndex, text_columns
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
-from multimodal_rec.serving.synonyms import Synonyms, as_synonyms, rewrite_history, rewrite_texts
+from multimodal_rec.serving.synonyms import QueryRewriter
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -94,44 +94,19 @@ class Recommender:
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
         # BM25, built now, never stored; a bundle made before hybrid search (no "encode") keeps vector as its default
         self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default="encode" in manifest)
-        self._synonyms: Synonyms | None = None  # query rewrites (set_synonyms); off by default
+        self._syn = QueryRewriter()  # the synonyms file: off until .synonyms.set(path)
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        device: str = "cpu",
-        verify: bool = True,
-        mmap: bool = True,
-        *,
-        synonyms: str | Path | Synonyms | None = None,
-    ) -> Recommender:
+    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
         """Load a bundle written by ``mmrec encode`` or :meth:`save`; checksums are verified unless ``verify=False``.
 
         With ``mmap`` (the default) the index and embeddings are memory-mapped, so several worker processes
-        serving one bundle share a single copy in the page cache. ``synonyms``: a synonyms file to apply to queries
-        (:meth:`set_synonyms`), read before the bundle so a bad file fails at once.
+        serving one bundle share a single copy in the page cache.
         """
-        syn = as_synonyms(synonyms)
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
-        rec = cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
-        rec.set_synonyms(syn)
-        return rec
-
-    # --- query rewriting ------------------------------------------------------------------------------------------
-    def set_synonyms(self, synonyms: str | Path | Synonyms | None) -> None:
-        """Rewrite search queries and free-text history items with a synonyms file (Solr's ``synonyms.txt`` format,
-        :mod:`multimodal_rec.serving.synonyms`), or stop rewriting (None, the default state). Takes effect for every
-        later call; the file is read here (UserError naming the file and line when malformed)."""
-        self._synonyms = as_synonyms(synonyms)
-
-    synonyms = property(lambda self: self._synonyms, doc="The synonym rules in use (None: queries read as typed).")
-    synonyms_info = property(
-        lambda self: None if self._synonyms is None else self._synonyms.info(),
-        doc="``{path, sha256, rules, terms}`` of the synonyms file in use, or None.",
-    )
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -147,6 +122,7 @@ class Recommender:
 
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
+    synonyms = property(lambda self: self._syn, doc="Query rewrites (serving.synonyms): ``.set(path)``, ``.info``.")
 
     index = property(
         lambda self: self._state.index,
@@ -210,8 +186,7 @@ class Recommender:
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one model call, one FAISS call); one filter for all."""
         k, min_score = check_k(k), check_min_score(min_score)
-        check_texts(texts)
-        texts = rewrite_texts(self._synonyms, texts)  # the synonym file, when one is set
+        texts = self._syn.texts(check_texts(texts))  # the synonyms file, when one is set
         mode = self._lexical.mode(mode, self.catalog)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
         rank = Rankers(self._state, self._lexical, self.text_queries, texts, filters, passing)
@@ -224,15 +199,14 @@ class Recommender:
     ) -> list[Hit]:
         """The ``k`` segments that best match a text query, best first (a video once per matching segment; ``moment``:
         the segment's span); ``filters``, ``min_score`` as in :meth:`search`. No segments: as :meth:`search`."""
-        text, k, min_score = check_text(text), check_k(k), check_min_score(min_score)
-        text = rewrite_texts(self._synonyms, [text])[0]
+        text, k, min_score = self._syn.text(check_text(text)), check_k(k), check_min_score(min_score)
         passing = filter_mask(self.catalog, filters)
         return keep_above(self._state.search_moments(self.text_queries([text]), k, filters, passing), min_score)[0]
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
         none of the query's tokens (e.g. only emoji); the text model is English-only, so its hits are noise."""
-        return self._queries.query_info(rewrite_texts(self._synonyms, [check_text(text)])[0])
+        return self._queries.query_info(self._syn.text(check_text(text)))
 
     def recommend(
         self,
@@ -253,19 +227,14 @@ class Recommender:
         with that title). ``k`` hits still come back when enough videos remain; ``filters`` as in :meth:`search`."""
         k, history, exclude = check_k(k), check_history(history), check_exclude(exclude)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        texts = self._history_texts(history, history_ids)
+        texts = self._syn.history(self._state.resolve_history(history, history_ids))  # free text rewritten
         seen = history if exclude_seen else ()  # the caller's own items: an id names only its video
         return self._state.search(self.user_queries([texts]), k, exclude, filters, seen, passing)[0]
 
     def explain(self, history: Sequence[str], *, history_ids: bool = False) -> list[tuple[str, float]]:
         """The attention weight of each history item as the tower read it (an id as its video's text; unknown
         ids left out, see :meth:`resolve_history`): which items drove the recommendation."""
-        return self._queries.attention(self._history_texts(check_history(history), history_ids))
-
-    def _history_texts(self, history: Sequence[str], history_ids: bool) -> list[str]:
-        """What the user tower reads: ids as their video's text, free-text items with the synonym rules applied."""
-        read = self._state.resolve_history(history, history_ids)
-        return rewrite_history(self._synonyms, read.items, read.texts, read.resolved)
+        return self._queries.attention(self._syn.history(self.resolve_history(history, history_ids=history_ids)))
 
     def resolve_history(self, history: Sequence[str], *, history_ids: bool = False) -> ResolvedHistory:
         """What the user tower reads for ``history``: an item exactly (surrounding spaces aside, case-sensitive) a
@@ -339,7 +308,7 @@ class Recommender:
         if self._noise is None or self._noise[0] != len(self):
             self._noise = (len(self), noise_score(partial(self.search_batch, mode="vector")))
         modes = {"search_mode": self.search_mode, "text_columns": list(self.text_columns)}
-        return {**self._basic_info(), **modes, "noise_score": self._noise[1], "synonyms": self.synonyms_info}
+        return {**self._basic_info(), **modes, "noise_score": self._noise[1], "synonyms": self._syn.info}
 
     def _basic_info(self) -> dict[str, Any]:
         return {"path": str(self.path), "videos": len(self), **{k: self.manifest[k] for k in ("embed_dim", "index")}}

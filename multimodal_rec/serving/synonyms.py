@@ -71,22 +71,41 @@ class Synonyms:
         return {"path": self.path, "sha256": self.sha256, "rules": self.rules, "terms": len(self.targets)}
 
 
-def rewrite_texts(syn: Synonyms | None, texts: Sequence[str]) -> list[str]:
-    """Texts as the model and BM25 read them: the rules applied, or as given when there are none."""
-    return list(texts) if syn is None else syn.rewrite_all(texts)
+class QueryRewriter:
+    """The synonym rules a :class:`~multimodal_rec.serving.recommender.Recommender` applies to what it reads (off
+    until :meth:`set`). The rules are swapped whole, so each call reads one set of rules from start to end."""
 
+    def __init__(self) -> None:
+        self.rules: Synonyms | None = None
 
-def rewrite_history(syn: Synonyms | None, items: Sequence[str], texts: Sequence[str], ids: Any) -> list[str]:
-    """A resolved history's texts with the free-text items rewritten (``items[i]`` read as ``texts[i]``; items
-    whose stripped form is in ``ids`` were read as a video's own text, which is left as the catalog has it)."""
-    if syn is None:
-        return list(texts)
-    return [t if item.strip() in ids else syn.rewrite(t) for item, t in zip(items, texts, strict=True)]
+    def set(self, synonyms: str | Path | Synonyms | None) -> None:
+        """Rewrite with a synonyms file (read now: UserError naming the file and line when malformed), a parsed
+        :class:`Synonyms`, or stop rewriting (None)."""
+        self.rules = synonyms if synonyms is None or isinstance(synonyms, Synonyms) else load_synonyms(synonyms)
 
+    @property
+    def info(self) -> dict[str, Any] | None:
+        """``{"path", "sha256", "rules", "terms"}`` of the rules in use, None when off."""
+        rules = self.rules
+        return None if rules is None else rules.info()
 
-def as_synonyms(source: str | Path | Synonyms | None) -> Synonyms | None:
-    """A :class:`Synonyms` from a file path (parsed), a parsed one, or None (no rewriting)."""
-    return source if source is None or isinstance(source, Synonyms) else load_synonyms(source)
+    def texts(self, texts: Sequence[str]) -> list[str]:
+        """Queries as the model and BM25 read them: rewritten (as given when off)."""
+        rules = self.rules
+        return list(texts) if rules is None else rules.rewrite_all(texts)
+
+    def text(self, text: str) -> str:
+        """One query as read."""
+        return self.texts([text])[0]
+
+    def history(self, read: Any) -> list[str]:
+        """A resolved history's texts (``serving.catalog.ResolvedHistory``) as the user tower reads them: free-text
+        items rewritten; an item read as a served video's own text (``read.resolved``) stays as the catalog has it."""
+        rules = self.rules
+        if rules is None:
+            return list(read.texts)
+        pairs = zip(read.items, read.texts, strict=True)
+        return [t if item.strip() in read.resolved else rules.rewrite(t) for item, t in pairs]
 
 
 def load_synonyms(path: str | Path) -> Synonyms:

@@ -108,7 +108,9 @@ def plain(bundle: Path):
 def rewriting(bundle: Path, syn_file: Path):
     from multimodal_rec.serving.recommender import Recommender
 
-    return Recommender.load(bundle, synonyms=syn_file)
+    rec = Recommender.load(bundle)
+    rec.synonyms.set(syn_file)
+    return rec
 
 
 def _same(a: list, b: list) -> bool:
@@ -116,7 +118,7 @@ def _same(a: list, b: list) -> bool:
 
 
 def test_off_by_default(plain) -> None:
-    assert plain.synonyms is None and plain.synonyms_info is None and plain.info()["synonyms"] is None
+    assert plain.synonyms.rules is None and plain.synonyms.info is None and plain.info()["synonyms"] is None
 
 
 @pytest.mark.parametrize("mode", ["vector", "lexical", "hybrid"])
@@ -142,24 +144,20 @@ def test_history_free_text_is_rewritten_ids_read_as_their_titles_are_not(plain, 
     assert _same(rewriting.recommend(["a blue patch"], k=5), plain.recommend(["a blue patch"], k=5))
 
 
-def test_set_synonyms_turns_rewriting_on_and_off(bundle: Path, syn_file: Path, plain) -> None:
+def test_synonyms_set_turns_rewriting_on_and_off(bundle: Path, syn_file: Path, plain, tmp_path: Path) -> None:
     from multimodal_rec.serving.recommender import Recommender
 
     rec = Recommender.load(bundle)
-    rec.set_synonyms(syn_file)
+    rec.synonyms.set(syn_file)
     assert rec.info()["synonyms"]["rules"] == 6
     assert _same(rec.search("crimson", k=3, mode="vector"), plain.search("red", k=3, mode="vector"))
-    rec.set_synonyms(None)
-    assert _same(rec.search("crimson", k=3, mode="vector"), plain.search("crimson", k=3, mode="vector"))
-
-
-def test_a_bad_file_fails_before_the_bundle_loads(tmp_path: Path) -> None:
-    from multimodal_rec.serving.recommender import Recommender
-
     bad = tmp_path / "bad.txt"
     bad.write_text("a, b\nc =>\n")
     with pytest.raises(UserError, match="line 2"):
-        Recommender.load(tmp_path / "no-such-bundle", synonyms=bad)  # the synonyms are read first
+        rec.synonyms.set(bad)
+    assert rec.synonyms.info["rules"] == 6  # a bad file leaves the rules in use as they were
+    rec.synonyms.set(None)
+    assert _same(rec.search("crimson", k=3, mode="vector"), plain.search("crimson", k=3, mode="vector"))
 
 
 def test_http_healthz_shows_the_file_and_search_rewrites(rewriting, plain, syn_file: Path) -> None:
@@ -191,3 +189,23 @@ def test_cli_search_and_a_malformed_file(bundle: Path, syn_file: Path, tmp_path:
     assert main([*args, "--synonyms", str(bad), "red"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{bad.resolve()}, line 3: a term is needed on both sides" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_server_applies_the_file_in_every_worker(
+    bundle: Path, syn_file: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    from fastapi.testclient import TestClient
+
+    from multimodal_rec.serving import http
+
+    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS", "MMREC_SERVE_SYNONYMS"):
+        monkeypatch.setenv(name, "")  # restored after the test
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+    calls: list = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    monkeypatch.setattr(http, "check_port_free", lambda host, port: None)
+    http.run_server(str(bundle), workers=workers, synonyms=str(syn_file))
+    app = calls[0] if workers == 1 else getattr(http, "_app_from_env")()  # noqa: B009 (what each worker runs)
+    assert TestClient(app).get("/healthz").json()["synonyms"]["path"] == str(syn_file.resolve())
