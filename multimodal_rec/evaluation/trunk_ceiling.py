@@ -37,38 +37,44 @@ Features = Callable[[Sequence[str]], np.ndarray]  # texts -> unit-norm trunk fea
 
 
 def trunk_features(model: Any) -> Features:
-    """The model's text-trunk features of texts, L2-normalised (``[n, H]`` float32; no gradient, no projection)."""
+    """The model's text-trunk features of texts, L2-normalised (``[n, H]`` float32; no gradient, no projection); each
+    distinct text runs through the trunk once."""
 
     def features(texts: Sequence[str]) -> np.ndarray:
+        distinct, at = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True)
         with torch.inference_mode():
-            x = model.text_features(list(texts)).float().cpu().numpy()
-        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+            x = model.text_features(distinct.tolist()).float().cpu().numpy()
+        return (x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12))[at]
 
     return features
 
 
-def nearest_phrase_scores(xq: np.ndarray, phrases: list[dict], catalog: pd.DataFrame, features: Features) -> np.ndarray:
-    """``[nq, N]``: the cosine between each query ``xq`` and the phrase of each video's combination (``-inf`` for a
-    video whose combination has no phrase)."""
+def phrase_of_videos(phrases: list[dict], catalog: pd.DataFrame) -> np.ndarray:
+    """``[N]``: the index of each video's combination among ``phrases`` (-1: none)."""
     index = {tuple(p[a] for a in ATTRS): i for i, p in enumerate(phrases)}
-    xp = features([p["query"] for p in phrases])  # [P, H]
-    of_video = np.array([index.get(tuple(v), -1) for v in catalog[list(ATTRS)].astype(str).to_numpy()])
+    return np.array([index.get(tuple(v), -1) for v in catalog[list(ATTRS)].astype(str).to_numpy()], dtype=np.int64)
+
+
+def nearest_phrase_scores(xq: np.ndarray, xp: np.ndarray, of_video: np.ndarray) -> np.ndarray:
+    """``[nq, N]``: the cosine between each query ``xq [nq, H]`` and the phrase ``xp [P, H]`` of each video's
+    combination (``of_video [N]``; ``-inf`` for a video whose combination has no phrase)."""
     scores = (xq @ xp.T)[:, np.maximum(of_video, 0)]  # [nq, N]
     scores[:, of_video < 0] = -np.inf
     return scores
 
 
-def max_caption_scores(
-    xq: np.ndarray, captions: pd.DataFrame, row_of: Mapping[str, int], features: Features
-) -> np.ndarray:
-    """``[nq, N]`` (N = ``len(row_of)``): each video's best cosine between the query and its captions (``-inf`` for a
-    video without one)."""
+def captions_by_row(captions: pd.DataFrame, row_of: Mapping[str, int]) -> tuple[list[str], np.ndarray]:
+    """The captions of the catalog's videos sorted by catalog row, and that row of each."""
     caps = captions[captions["video_id"].astype(str).isin(row_of)]
-    rows = caps["video_id"].astype(str).map(row_of).to_numpy()
+    rows = caps["video_id"].astype(str).map(row_of).to_numpy(dtype=np.int64)
     order = np.argsort(rows, kind="stable")
-    rows = rows[order]
-    xc = features(caps["caption"].astype(str).to_numpy()[order].tolist())  # [nc, H], grouped by video row
-    scores = np.full((len(xq), len(row_of)), -np.inf, dtype=np.float32)
+    return caps["caption"].astype(str).to_numpy()[order].tolist(), rows[order]
+
+
+def max_caption_scores(xq: np.ndarray, xc: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``[nq, n]``: each video's best cosine between the query and its captions (``xc [nc, H]``, sorted by their
+    catalog ``rows [nc]``); ``-inf`` for a video without a caption."""
+    scores = np.full((len(xq), n), -np.inf, dtype=np.float32)
     if len(rows):
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])  # first caption of each video
         scores[:, rows[starts]] = np.maximum.reduceat(xq @ xc.T, starts, axis=1)
@@ -89,14 +95,17 @@ def trunk_ceiling(
     out, "_whole_catalog": every row}``). ``catalog`` rows are the bundle's, ``captions`` has video_id, caption."""
     features = trunk_features(model)
     row_of = {v: i for i, v in enumerate(catalog["video_id"].astype(str))}
+    texts, cap_rows = captions_by_row(captions, row_of)
+    xp, xc = features([p["query"] for p in phrases]), features(texts)  # [P, H], [nc, H]: once for every query set
+    of_video = phrase_of_videos(phrases, catalog)
     out: dict[str, Any] = {"trunk": "frozen" if getattr(model.text, "trunk_frozen", True) else "fine-tuned"}
-    out |= {"phrases": len(phrases), "captions": int(captions["video_id"].astype(str).isin(row_of).sum())}
+    out |= {"phrases": len(phrases), "captions": len(texts)}
     for name, qs in queries.items():
         xq = features([q["query"] for q in qs])  # [nq, H]
         relevant = attribute_relevance(catalog, qs)  # [nq, N]
         scores = {
-            "nearest_phrase": nearest_phrase_scores(xq, phrases, catalog, features),
-            "max_caption": max_caption_scores(xq, captions, row_of, features),
+            "nearest_phrase": nearest_phrase_scores(xq, xp, of_video),
+            "max_caption": max_caption_scores(xq, xc, cap_rows, len(catalog)),
         }
         for method, s in scores.items():
             for suffix, rows in scopes.items():
