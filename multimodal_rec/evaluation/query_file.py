@@ -61,7 +61,7 @@ def read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if not path.is_file():
         raise UserError(f"query file {path} does not exist")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise UserError(f"query file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:

@@ -53,7 +53,7 @@ def _csv(tmp_path: Path, text: str, name: str = "q.csv") -> Path:
 def test_metrics_equal_a_hand_computation(tmp_path: Path) -> None:
     # a: relevant v1 (rank 2) and v4 (rank 5); b: relevant v5 (rank 1), plus a row for an unknown id (dropped);
     # c: only an unknown id, so the query is left out.
-    f = _csv(tmp_path, "query,video_id\na,v1\na,v4\nb,v5\nb,v99\nc,v42\n")
+    f = _csv(tmp_path, "\ufeffquery,video_id\na,v1\na,v4\nb,v5\nb,v99\nc,v42\n")  # with a BOM, as Excel writes
     rec = _StubSearch()
     res = evaluate_queries(rec, f, ks=(2, 5), mode="lexical")
     assert rec.modes == ["lexical"] and res["mode"] == "lexical"
