@@ -103,7 +103,7 @@ def add_eval(sub: Subparsers) -> None:
         help="a platform's judged queries: columns query,video_id (one relevant video per row) or query + attribute "
         "columns matched against the catalog's (e.g. query,color,shape,motion) -> P@K, R@K, nDCG@K, MRR",
     )
-    s.add_argument("--k", type=positive_int, nargs="+", metavar="K", help="--queries: cut-offs (default 5 10)")
+    s.add_argument("-k", "--k", type=positive_int, nargs="+", metavar="K", help="--queries: cut-offs (default 5 10)")
     s.add_argument(
         "--mode", choices=("vector", "lexical", "hybrid"), help="--queries: search mode (default: the bundle's)"
     )
