@@ -77,8 +77,24 @@ def overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_recommender(bundle: str) -> Any:
-    """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it)."""
-    from multimodal_rec.serving.recommender import Recommender
+SYNONYMS_HELP = (
+    "a synonyms / query-rewrite file in Solr's synonyms.txt format ('a, b, c': b and c read as a; 'a, b => c'; "
+    "# comments), applied to query and free-text history words; off by default"
+)
 
-    return Recommender.load(bundle)
+
+def add_synonyms_flag(sp: argparse.ArgumentParser) -> None:
+    """``--synonyms FILE`` (commands that answer queries)."""
+    sp.add_argument("--synonyms", metavar="FILE", default=None, help=SYNONYMS_HELP)
+
+
+def load_recommender(bundle: str, synonyms: str | None = None) -> Any:
+    """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it),
+    rewriting queries with the ``synonyms`` file when one is given (read first: a malformed file fails at once)."""
+    from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.synonyms import load_synonyms
+
+    rules = load_synonyms(synonyms) if synonyms else None
+    rec = Recommender.load(bundle)
+    rec.synonyms.set(rules)
+    return rec

@@ -8,6 +8,7 @@ from typing import Any
 from multimodal_rec.cli.common import (
     Subparsers,
     add_command,
+    add_synonyms_flag,
     load_recommender,
     overrides,
     positive_int,
@@ -20,6 +21,10 @@ from multimodal_rec.progress import tqdm_progress
 def cmd_eval(a: argparse.Namespace) -> None:
     from multimodal_rec.evaluation.bundle_eval import evaluate, format_report
 
+    if a.queries is not None:
+        return _eval_queries(a)
+    if a.k or a.mode or a.synonyms:
+        raise UserError("--k, --mode and --synonyms apply to --queries (a query file run through the bundle's search)")
     if a.dataset is not None:
         return _eval_dataset(a)
     if not a.bundle or not a.data:
@@ -33,6 +38,20 @@ def cmd_eval(a: argparse.Namespace) -> None:
         print_json(res)
     else:
         print(format_report(res))
+
+
+def _eval_queries(a: argparse.Namespace) -> None:
+    from multimodal_rec.evaluation.query_file import DEFAULT_KS, evaluate_queries, format_queries
+
+    if a.dataset is not None or a.data:
+        raise UserError("--queries evaluates a bundle on a query file: give --bundle, not --data or --dataset")
+    if not a.bundle:
+        raise UserError("--queries needs --bundle (the bundle whose search answers the queries)")
+    res = evaluate_queries(load_recommender(a.bundle, a.synonyms), a.queries, ks=a.k or DEFAULT_KS, mode=a.mode)
+    if a.json:
+        print_json(res)
+    else:
+        print(format_queries(res))
 
 
 def _dataset_config(pairs: list[str]) -> dict[str, Any]:
@@ -77,7 +96,18 @@ def add_eval(sub: Subparsers) -> None:
     s = add_command(
         sub, "eval", "full-ranking evaluation: a bundle on its data directory, or --dataset ml-100k", cmd_eval
     )
-    s.add_argument("--bundle", help="bundle to evaluate (with --data)")
+    s.add_argument("--bundle", help="bundle to evaluate (with --data or --queries)")
+    s.add_argument(
+        "--queries",
+        metavar="CSV",
+        help="a platform's judged queries: columns query,video_id (one relevant video per row) or query + attribute "
+        "columns matched against the catalog's (e.g. query,color,shape,motion) -> P@K, R@K, nDCG@K, MRR",
+    )
+    s.add_argument("-k", "--k", type=positive_int, nargs="+", metavar="K", help="--queries: cut-offs (default 5 10)")
+    s.add_argument(
+        "--mode", choices=("vector", "lexical", "hybrid"), help="--queries: search mode (default: the bundle's)"
+    )
+    add_synonyms_flag(s)
     s.add_argument(
         "--data", help="data directory (held-out split + last events; with moments.csv: the long-video evaluation)"
     )

@@ -11,6 +11,7 @@ from multimodal_rec.cli.common import (
     LOG,
     Subparsers,
     add_command,
+    add_synonyms_flag,
     load_recommender,
     positive_int,
     print_hits,
@@ -28,7 +29,7 @@ def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(a: argparse.Namespace) -> None:
     if a.contact_sheet and len(a.query) != 1:
         raise UserError("--contact-sheet draws the hits of one query: give exactly one")
-    rec = load_recommender(a.bundle)
+    rec = load_recommender(a.bundle, a.synonyms)
     for q in a.query:
         if not rec.query_info(q)["in_vocabulary"]:
             LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
@@ -48,6 +49,8 @@ def cmd_search(a: argparse.Namespace) -> None:
         }
         if len(a.query) == 1:
             out["hits"] = out["results"][0]["hits"]
+        if rec.synonyms.info:
+            out["synonyms"] = rec.synonyms.info
         print_json(out)
         return
     for q, hits in zip(a.query, results, strict=True):
@@ -90,13 +93,14 @@ def add_search(sub: Subparsers) -> None:
         help="vector (text tower), lexical (BM25 over the catalog's title/description/tags) or hybrid (both, fused "
         "by reciprocal rank); default: hybrid when the catalog has text, else vector",
     )
+    add_synonyms_flag(s)
     s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
     s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")
     s.add_argument("--sheet-px", type=positive_int, default=96, help="contact-sheet frame size in px (default 96)")
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
-    rec = load_recommender(a.bundle)
+    rec = load_recommender(a.bundle, a.synonyms)
     ids = a.history_ids
     read = rec.resolve_history(a.history, history_ids=ids)
     _note_resolution(read.resolved, read.unknown)
@@ -111,7 +115,8 @@ def cmd_recommend(a: argparse.Namespace) -> None:
     why = rec.explain(a.history, history_ids=ids)
     if a.json:
         attention = [{"text": t, "weight": w} for t, w in why]
-        print_json({"hits": [h.to_dict() for h in hits], "attention": attention, **read.to_dict()})
+        synonyms = {"synonyms": rec.synonyms.info} if rec.synonyms.info else {}
+        print_json({"hits": [h.to_dict() for h in hits], "attention": attention, **read.to_dict(), **synonyms})
         return
     print_hits(f"recommend for a history of {len(a.history)} items:", hits)
     top = max(why, key=lambda x: x[1])
@@ -154,3 +159,4 @@ def add_recommend(sub: Subparsers) -> None:
         action="store_true",
         help="also recommend videos the history names (an item equal to a video id or title); skipped by default",
     )
+    add_synonyms_flag(s)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from multimodal_rec.cli.common import Subparsers, add_command, positive_int
+from multimodal_rec.cli.common import Subparsers, add_command, add_synonyms_flag, positive_int
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
     from multimodal_rec.serving.http import run_server
 
-    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers)
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, synonyms=a.synonyms)
 
 
 def add_serve(sub: Subparsers) -> None:
@@ -21,3 +21,4 @@ def add_serve(sub: Subparsers) -> None:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
+    add_synonyms_flag(s)

@@ -18,7 +18,7 @@ import numpy as np
 
 from multimodal_rec.data.tables import history_examples, item_counts, load_dataset, training_events
 from multimodal_rec.evaluation.long_eval import evaluate_long, format_long, read_moments
-from multimodal_rec.evaluation.metrics import leave_out_metrics, relevance_metrics, target_ranks
+from multimodal_rec.evaluation.metrics import leave_out_metrics, target_ranks
 from multimodal_rec.evaluation.simple import (
     mean_history_scores,
     popularity_scores,
@@ -26,7 +26,8 @@ from multimodal_rec.evaluation.simple import (
     seen_mask,
     target_not_seen,
 )
-from multimodal_rec.evaluation.text_search import compare_modes, format_modes
+from multimodal_rec.evaluation.text_search import attribute_relevance, compare_modes, format_modes, semantic_metrics
+from multimodal_rec.evaluation.trunk_ceiling import format_ceiling, trunk_ceiling
 from multimodal_rec.serving.recommender import Recommender
 
 LOG = logging.getLogger(__name__)
@@ -69,18 +70,13 @@ def semantic_retrieval(
     On the held-out videos a query has two relevant videos, so R@5 is the share of them found and P@5 is at
     most 0.4; ``hit_rate@k`` divides by ``min(k, relevant)`` (kept for comparison with older reports).
     """
-    cat = rec.catalog.iloc[rows]
-    attrs = cat[list(ATTRS)].astype(str).to_numpy()
-    want = np.array([[q[a] for a in ATTRS] for q in queries], dtype=object).astype(str)  # [nq, 3]
-    relevant = (attrs[None, :, :] == want[:, None, :]).all(2)  # [nq, n]
+    relevant = attribute_relevance(rec.catalog.iloc[rows], queries)  # [nq, n]
     some = relevant.any(1)
     if not some.any():
         return {"queries": 0}
     xq = rec.encode_queries([q["query"] for q, ok in zip(queries, some, strict=True) if ok])
     xb = rec.embeddings if xb is None else xb
-    per_query = relevance_metrics(xq @ xb[rows].T, relevant[some], k)
-    out = {"queries": int(some.sum()), "relevant": float(relevant[some].sum(1).mean())}
-    return out | {("mrr" if m == "rr" else m): float(v.mean()) for m, v in per_query.items()}
+    return semantic_metrics(xq @ xb[rows].T, relevant[some], k)
 
 
 def _user_sequences(rec: Recommender, ds: Any, users: list[str]) -> list[list[int]]:
@@ -195,6 +191,9 @@ def _evaluate(rec: Recommender, data_dir: str | Path, seeds: int, id_baselines: 
             "paraphrase_whole_catalog": semantic_retrieval(rec, paraphrase_queries(), everything),
         }
         out["ablation"] = ablation(rec, everything, vocab_queries(), paraphrase_queries())
+        sets = {"vocabulary": vocab_queries(), "paraphrase": paraphrase_queries()}
+        scopes = {"": rows, "_whole_catalog": everything}
+        out["trunk_ceiling"] = trunk_ceiling(rec.model, rec.catalog, ds.captions, scopes, sets, vocab_queries())
     out["search_modes"] = compare_modes(rec)
     if rec.cfg is not None and rec.cfg.zero_shot:  # mmrec init: no user tower to evaluate yet
         out["user_to_video"] = {}
@@ -307,6 +306,8 @@ def format_report(res: dict[str, Any]) -> str:
         )
     if res.get("semantic_retrieval"):
         lines += _format_semantic(res["semantic_retrieval"])
+    if res.get("trunk_ceiling"):
+        lines += format_ceiling(res["trunk_ceiling"], res.get("semantic_retrieval"))
     if res.get("ablation"):
         lines += _format_ablation(res["ablation"])
     if res.get("search_modes"):

@@ -124,18 +124,31 @@ def relevance_metrics(scores: np.ndarray, relevant: np.ndarray, k: int) -> dict[
     if (n_rel == 0).any():
         raise ValueError("every query needs at least one relevant item")
     order = np.lexsort((rel, -s), axis=1)  # by score, then non-relevant (False) first
-    ranked = np.take_along_axis(rel, order, axis=1)  # [n, N] relevance in ranked order
-    disc = 1.0 / np.log2(np.arange(2, s.shape[1] + 2))  # position i (1-based) -> 1 / log2(i + 1)
+    return ranked_relevance_metrics(np.take_along_axis(rel, order, axis=1), n_rel, k)
+
+
+def ranked_relevance_metrics(ranked: np.ndarray, n_rel: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """:func:`relevance_metrics` from rankings already made: ``ranked [n, L]`` (bool) says whether the item at each
+    position is relevant (a list shorter than the catalog, e.g. a search's top ``L`` hits, padded with False), and
+    ``n_rel [n]`` (>= 1) how many relevant items each query has in all. A query whose list holds no relevant item
+    has reciprocal rank 0 (MRR@L)."""
+    ranked = np.asarray(ranked, dtype=bool)
+    n_rel = np.asarray(n_rel)
+    L = ranked.shape[1]
+    if k > L:  # positions past the list's end hold nothing relevant
+        ranked = np.pad(ranked, ((0, 0), (0, k - L)))
+    disc = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))  # position i (1-based) -> 1 / log2(i + 1)
     hits = ranked[:, :k].sum(1)
     p, r = hits / k, hits / n_rel  # P@k divides by k even when fewer than k items are ranked (as trec_eval)
     ideal = np.cumsum(disc)[np.minimum(k, n_rel) - 1]
+    found = ranked.any(1)
     return {
         f"p@{k}": p,
         f"r@{k}": r,
         f"f1@{k}": np.where(hits > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0),
         f"hit_rate@{k}": hits / np.minimum(k, n_rel),
         f"ndcg@{k}": (ranked[:, :k] * disc[:k]).sum(1) / ideal,
-        "rr": 1.0 / (ranked.argmax(1) + 1),
+        "rr": np.where(found, 1.0 / (ranked.argmax(1) + 1), 0.0),
     }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.evaluation.known_item import known_item_mrr
-from multimodal_rec.evaluation.metrics import precision_at_k
+from multimodal_rec.evaluation.metrics import precision_at_k, relevance_metrics
 
 LOG = logging.getLogger(__name__)
 MODES = ("vector", "lexical", "hybrid")
@@ -35,6 +35,21 @@ def relevant_ids(catalog: pd.DataFrame, query: dict[str, str]) -> set[str]:
     """Ids of the videos whose colour, shape and motion are the query's."""
     hit = np.logical_and.reduce([catalog[a].astype(str) == query[a] for a in ATTRS])
     return set(catalog["video_id"].astype(str)[hit])
+
+
+def attribute_relevance(catalog: pd.DataFrame, queries: list[dict]) -> np.ndarray:
+    """``[nq, n]`` bool: whether catalog row ``j`` shows query ``i``'s colour, shape and motion."""
+    attrs = catalog[list(ATTRS)].astype(str).to_numpy()  # [n, 3]
+    want = np.array([[q[a] for a in ATTRS] for q in queries], dtype=object).astype(str)  # [nq, 3]
+    return (attrs[None, :, :] == want[:, None, :]).all(2)
+
+
+def semantic_metrics(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Mean P@k, R@k, hit rate@k, NDCG@k and MRR of ``scores [nq, n]`` against ``relevant [nq, n]`` (every row
+    with a relevant item; full ranking, ties against the relevant items), with the query count and mean relevant."""
+    per_query = relevance_metrics(scores, relevant, k)
+    out = {"queries": len(relevant), "relevant": float(relevant.sum(1).mean())}
+    return out | {("mrr" if m == "rr" else m): float(v.mean()) for m, v in per_query.items()}
 
 
 def semantic_p_at_k(rec: Any, catalog: pd.DataFrame, queries: list[dict], mode: str, k: int = 5) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pandas as pd
 from multimodal_rec.errors import UserError
 from multimodal_rec.serving.moments import check_moments_mode
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
+from multimodal_rec.serving.synonyms import load_synonyms
 from multimodal_rec.serving.validation import MAX_HISTORY, MAX_K, MAX_QUERY_CHARS
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ LOG = logging.getLogger(__name__)
 SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
 _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
+_SYNONYMS_ENV = "MMREC_SERVE_SYNONYMS"  # the synonyms file of run_server, for the worker processes
 _MAX_ERRORS = 3  # validation problems named in one error line
 _MAX_ERROR_CHARS = 400
 
@@ -349,10 +351,10 @@ def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> Non
             raise HTTPException(404, f"unknown video id {video_id[:100]!r}")
         return _json_value(rec.catalog.iloc[row].to_dict())
 
-    @app.get("/healthz", response_model=m.health)
+    @app.get("/healthz", response_model=m.health, response_model_exclude_none=True)
     def healthz() -> dict[str, Any]:
-        """Liveness: the bundle is loaded and how many videos it serves."""
-        return {"status": "ok", "videos": len(rec)}
+        """Liveness: the bundle is loaded, how many videos it serves, and the synonyms file in use (when one is)."""
+        return {"status": "ok", "videos": len(rec), "synonyms": rec.synonyms.info}
 
 
 def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
@@ -367,10 +369,13 @@ def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
 
 
 # --- running it -----------------------------------------------------------------------------------------------------
-def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def run_server(
+    bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, synonyms: str | None = None
+) -> None:
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
     With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
+    ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``).
     """
     _require_serve_extra("uvicorn")
     import uvicorn
@@ -380,12 +385,14 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UserError(f"port must be an integer in [0, 65535], got {port!r}")
     check_port_free(host, port)  # before loading the bundle (seconds): a port in use is known at once
+    syn = load_synonyms(synonyms) if synonyms else None  # a bad file, too
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
     if workers == 1:
         from multimodal_rec.serving.recommender import Recommender
 
         rec = Recommender.load(bundle)
+        rec.synonyms.set(syn)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
         uvicorn.run(create_app(rec), **options)
         return
@@ -394,6 +401,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     read_manifest(bundle, verify=False)  # fail here, once, rather than in every worker
     os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve()) if synonyms else ""
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
 
@@ -430,4 +438,6 @@ def _app_from_env() -> "FastAPI":
         torch.set_num_threads(int(threads))
     from multimodal_rec.serving.recommender import Recommender
 
-    return create_app(Recommender.load(bundle))
+    rec = Recommender.load(bundle)
+    rec.synonyms.set(os.environ.get(_SYNONYMS_ENV) or None)
+    return create_app(rec)

@@ -28,6 +28,7 @@ from multimodal_rec.serving.lexical import LexicalIndex, text_columns
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
+from multimodal_rec.serving.synonyms import QueryRewriter
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -102,6 +103,7 @@ class Recommender:
         self._noise: tuple[int, float | None] | None = None  # (videos served, noise_score), computed on first use
         # BM25, built now, never stored; a bundle made before hybrid search (no "encode") keeps vector as its default
         self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default="encode" in manifest)
+        self._syn = QueryRewriter()  # the synonyms file: off until .synonyms.set(path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
@@ -129,6 +131,7 @@ class Recommender:
 
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
+    synonyms = property(lambda self: self._syn, doc="Query rewrites (serving.synonyms): ``.set(path)``, ``.info``.")
 
     index = property(
         lambda self: self._state.index,
@@ -193,7 +196,7 @@ class Recommender:
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one model call, one FAISS call); one filter for all."""
         k, min_score = check_k(k), check_min_score(min_score)
-        check_texts(texts)
+        texts = self._syn.texts(check_texts(texts))  # the synonyms file, when one is set
         mode = self._lexical.mode(mode, self.catalog)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
         rank = Rankers(self._state, self._lexical, self.text_queries, texts, filters, passing)
@@ -206,14 +209,14 @@ class Recommender:
     ) -> list[Hit]:
         """The ``k`` segments that best match a text query, best first (a video once per matching segment; ``moment``:
         the segment's span); ``filters``, ``min_score`` as in :meth:`search`. No segments: as :meth:`search`."""
-        text, k, min_score = check_text(text), check_k(k), check_min_score(min_score)
+        text, k, min_score = self._syn.text(check_text(text)), check_k(k), check_min_score(min_score)
         passing = filter_mask(self.catalog, filters)
         return keep_above(self._state.search_moments(self.text_queries([text]), k, filters, passing), min_score)[0]
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens", "tokens", "in_vocabulary"}``: ``in_vocabulary`` is False when the tokenizer knows
         none of the query's tokens (e.g. only emoji); the text model is English-only, so its hits are noise."""
-        return self._queries.query_info(check_text(text))
+        return self._queries.query_info(self._syn.text(check_text(text)))
 
     def recommend(
         self,
@@ -234,7 +237,7 @@ class Recommender:
         with that title). ``k`` hits still come back when enough videos remain; ``filters`` as in :meth:`search`."""
         k, history, exclude = check_k(k), check_history(history), check_exclude(exclude)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
-        texts = self._state.resolve_history(history, history_ids).texts
+        texts = self._syn.history(self._state.resolve_history(history, history_ids))  # free text rewritten
         seen = history if exclude_seen else ()  # the caller's own items: an id names only its video
         return self._state.search(self.user_queries([texts]), k, exclude, filters, seen, passing)[0]
 
@@ -242,7 +245,7 @@ class Recommender:
         """The attention weight of each history item as the tower read it (an id as its video's text; unknown
         ids left out, see :meth:`resolve_history`): which items drove the recommendation."""
         check_user_tower(self.cfg)
-        return self._queries.attention(self._state.resolve_history(check_history(history), history_ids).texts)
+        return self._queries.attention(self._syn.history(self.resolve_history(history, history_ids=history_ids)))
 
     def resolve_history(self, history: Sequence[str], *, history_ids: bool = False) -> ResolvedHistory:
         """What the user tower reads for ``history``: an item exactly (surrounding spaces aside, case-sensitive) a
@@ -316,7 +319,7 @@ class Recommender:
         if self._noise is None or self._noise[0] != len(self):
             self._noise = (len(self), noise_score(partial(self.search_batch, mode="vector")))
         modes = {"search_mode": self.search_mode, "text_columns": list(self.text_columns)}
-        return {**self._basic_info(), **modes, "noise_score": self._noise[1]}
+        return {**self._basic_info(), **modes, "noise_score": self._noise[1], "synonyms": self._syn.info}
 
     def _basic_info(self) -> dict[str, Any]:
         return {"path": str(self.path), "videos": len(self), **{k: self.manifest[k] for k in ("embed_dim", "index")}}

@@ -196,6 +196,7 @@ def _response_models() -> tuple[Any, Any, Any, Any, Any]:
     class HealthResponse(BaseModel):
         status: str
         videos: int
+        synonyms: dict[str, Any] | None = None  # the synonyms file in use: path, sha256, rules, terms
 
     class ErrorResponse(BaseModel):
         error: str
