@@ -8,6 +8,7 @@ rows, vectors, the index, tombstones and the lock that guards them), the query e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from multimodal_rec.serving.lexical import LexicalIndex, text_columns
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
+from multimodal_rec.serving.text_backends import KnownTexts, ServeConfig
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -81,10 +83,13 @@ class Recommender:
         segment_content: np.ndarray | None = None,
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
+        serve: ServeConfig | None = None,
+        known_texts: KnownTexts | None = None,
     ) -> None:
-        """Keyword arguments: the bundle's segments (none: one per video) and each video's vector parts."""
+        """Keyword arguments: the bundle's segments (none: one per video) and each video's vector parts; ``serve``:
+        how queries are encoded (text backend, query cache, micro-batching); ``known_texts``: stored item features."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
-        self._queries = QueryEncoder(model)
+        self._queries = QueryEncoder(model, serve, Path(path), known_texts)
         seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
         parts, prior = {"segments": seg, "content": content, "text": text}, model.cfg.popularity_prior
         self._state = CatalogState(
@@ -95,16 +100,29 @@ class Recommender:
         self._lexical = LexicalIndex(text_columns(manifest, catalog), catalog, hybrid_default="encode" in manifest)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+        *,
+        text_backend: str | None = None,
+        serve: ServeConfig | None = None,
+    ) -> Recommender:
         """Load a bundle written by ``mmrec encode`` or :meth:`save`; checksums are verified unless ``verify=False``.
 
         With ``mmap`` (the default) the index and embeddings are memory-mapped, so several worker processes
-        serving one bundle share a single copy in the page cache.
+        serving one bundle share a single copy in the page cache. ``text_backend``: what runs the text trunk for
+        queries, ``torch`` (default), ``onnx`` or ``onnx-int8`` (ONNX Runtime, CPU; the graph is exported on first
+        use and cached in the bundle); ``serve``: that and the other query settings (:class:`ServeConfig`).
         """
+        serve = dataclasses.replace(serve or ServeConfig(), **({"text_backend": text_backend} if text_backend else {}))
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
-        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
+        known = KnownTexts(b.text_features, b.text_feature_keys) if b.text_feature_keys is not None else None
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b), serve=serve, known_texts=known)
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -120,6 +138,9 @@ class Recommender:
 
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
+    query_features = _read_only(
+        "_queries", "features", "Where query texts get their trunk features (known texts, LRU cache, batched trunk)."
+    )
 
     index = property(
         lambda self: self._state.index,
@@ -292,7 +313,8 @@ class Recommender:
         _require_unsharded(self.manifest, "save")
         with self._state.mutation():
             snap = self._state.compacted()
-            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap))
+            known = self._queries.features.known
+            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap, known))
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
             self._lexical.index_for(self.catalog)  # rebuilt over the compacted rows
@@ -337,15 +359,35 @@ def _segment_parts(b: Bundle) -> dict[str, Any]:
     return {**seg, "segment_content": b.segment_content, "content": b.content, "text": b.text}
 
 
-def _bundle_of(model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot) -> Bundle:
-    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with."""
+def _bundle_of(
+    model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot, known: KnownTexts | None
+) -> Bundle:
+    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with, and
+    the trunk features of its item texts (the stored ones kept, the others, e.g. of added videos, computed)."""
     parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
     index = {INDEX_FILE: snap.index}
     contents = Bundle(model, cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts)
     contents.fields = {k: v for k, v in manifest.items() if k not in ("format", "files", "segments")}
+    contents.text_features, contents.text_feature_keys = _item_features(model, snap.catalog, known)
     if parts["segments"] is not None:
         contents.fields["segments"] = len(parts["segments"])
     return contents
+
+
+def _item_features(model: MultimodalModel, catalog: pd.DataFrame, known: KnownTexts | None) -> tuple[np.ndarray, list]:
+    """Trunk features ``[M, H]`` of the catalog's item texts and the texts: stored ones reused, the rest computed."""
+    from multimodal_rec.encoding.known_texts import item_texts, trunk_features_of
+
+    texts = item_texts(catalog)
+    rows = [known.row.get(t) for t in texts] if known is not None else [None] * len(texts)
+    missing = [t for t, r in zip(texts, rows, strict=True) if r is None]
+    new = dict(zip(missing, trunk_features_of(model, missing), strict=True))
+    feats = (
+        np.stack([new[t] if r is None else known.features[r] for t, r in zip(texts, rows, strict=True)])
+        if texts
+        else np.zeros((0, model.text.feat_dim), np.float32)
+    )
+    return feats.astype(np.float32), texts
 
 
 def _require_unsharded(manifest: Mapping[str, Any], what: str) -> None:
