@@ -77,8 +77,20 @@ def overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_recommender(bundle: str) -> Any:
+def load_recommender(bundle: str, text_backend: str | None = None) -> Any:
     """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it)."""
     from multimodal_rec.serving.recommender import Recommender
 
-    return Recommender.load(bundle)
+    return Recommender.load(bundle, text_backend=text_backend)
+
+
+TEXT_BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")  # = serving.text_backends.TEXT_BACKENDS (not imported: torch)
+TEXT_BACKEND_HELP = (
+    "what runs the text trunk for queries: torch (default), onnx or onnx-int8 (ONNX Runtime on the CPU, needs the "
+    "onnx extra; the graph is exported on first use and cached in the bundle's onnx/ directory)"
+)
+
+
+def add_text_backend(s: argparse.ArgumentParser) -> None:
+    """``--text-backend`` (search, recommend, serve)."""
+    s.add_argument("--text-backend", choices=TEXT_BACKEND_CHOICES, default=None, help=TEXT_BACKEND_HELP)

@@ -11,6 +11,7 @@ from multimodal_rec.cli.common import (
     LOG,
     Subparsers,
     add_command,
+    add_text_backend,
     load_recommender,
     positive_int,
     print_hits,
@@ -28,7 +29,7 @@ def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(a: argparse.Namespace) -> None:
     if a.contact_sheet and len(a.query) != 1:
         raise UserError("--contact-sheet draws the hits of one query: give exactly one")
-    rec = load_recommender(a.bundle)
+    rec = load_recommender(a.bundle, a.text_backend)
     for q in a.query:
         if not rec.query_info(q)["in_vocabulary"]:
             LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
@@ -90,13 +91,14 @@ def add_search(sub: Subparsers) -> None:
         help="vector (text tower), lexical (BM25 over the catalog's title/description/tags) or hybrid (both, fused "
         "by reciprocal rank); default: hybrid when the catalog has text, else vector",
     )
+    add_text_backend(s)
     s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
     s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")
     s.add_argument("--sheet-px", type=positive_int, default=96, help="contact-sheet frame size in px (default 96)")
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
-    rec = load_recommender(a.bundle)
+    rec = load_recommender(a.bundle, a.text_backend)
     ids = a.history_ids
     read = rec.resolve_history(a.history, history_ids=ids)
     _note_resolution(read.resolved, read.unknown)
@@ -154,3 +156,4 @@ def add_recommend(sub: Subparsers) -> None:
         action="store_true",
         help="also recommend videos the history names (an item equal to a video id or title); skipped by default",
     )
+    add_text_backend(s)

@@ -34,12 +34,14 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.text_backends import ServeConfig
 
 __all__ = ["MAX_FILTERS", "create_app", "run_server"]
 LOG = logging.getLogger(__name__)
 SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
 _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
+_SERVE_ENV = "MMREC_SERVE_CONFIG"  # the ServeConfig, as JSON, for worker processes
 _MAX_ERRORS = 3  # validation problems named in one error line
 _MAX_ERROR_CHARS = 400
 
@@ -367,13 +369,28 @@ def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
 
 
 # --- running it -----------------------------------------------------------------------------------------------------
-def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def run_server(
+    bundle: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    text_backend: str | None = None,
+    serve: "ServeConfig | None" = None,
+) -> None:
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
     With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
+    ``text_backend``: torch (default), onnx or onnx-int8; ``serve``: the query settings (see ``Recommender.load``).
     """
     _require_serve_extra("uvicorn")
+    import dataclasses
+
     import uvicorn
+
+    from multimodal_rec.serving.text_backends import ServeConfig
+
+    serve = dataclasses.replace(serve or ServeConfig(), **({"text_backend": text_backend} if text_backend else {}))
+    serve.check()
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be a positive integer, got {workers!r}")
@@ -385,7 +402,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     if workers == 1:
         from multimodal_rec.serving.recommender import Recommender
 
-        rec = Recommender.load(bundle)
+        rec = Recommender.load(bundle, serve=serve)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
         uvicorn.run(create_app(rec), **options)
         return
@@ -394,6 +411,7 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     read_manifest(bundle, verify=False)  # fail here, once, rather than in every worker
     os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ[_SERVE_ENV] = json.dumps(dataclasses.asdict(serve))
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
 
@@ -429,5 +447,7 @@ def _app_from_env() -> "FastAPI":
 
         torch.set_num_threads(int(threads))
     from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.text_backends import ServeConfig
 
-    return create_app(Recommender.load(bundle))
+    serve = ServeConfig(**json.loads(os.environ[_SERVE_ENV])) if os.environ.get(_SERVE_ENV) else None
+    return create_app(Recommender.load(bundle, serve=serve))

@@ -12,6 +12,7 @@ catalog, the reference for a ``min_score`` (:func:`keep_above`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -54,15 +55,17 @@ class QueryEncoder:
         self.serve.check()
         trunk = make_trunk(self.serve.text_backend, model, bundle, self._lock, self.serve.onnx_threads)
         self.features = TextFeatures(trunk, model.text.feat_dim, self.serve, known)
+        self._serial = threading.Lock() if not self.serve.concurrent else contextlib.nullcontext()
 
     def _torch_features(self, texts: list[str]) -> torch.Tensor:
         return torch.from_numpy(self.features(texts)).to(self.model.device)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> ``xq [n, D]`` float32."""
-        feats = self._torch_features(list(texts))
-        with torch.inference_mode():
-            return to_numpy(self.model.text.forward_head(feats))
+        with self._serial:
+            feats = self._torch_features(list(texts))
+            with torch.inference_mode():
+                return to_numpy(self.model.text.forward_head(feats))
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens": n, "tokens": m, "in_vocabulary": bool}`` for a query, special tokens not counted:
@@ -76,7 +79,7 @@ class QueryEncoder:
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Histories (oldest first) -> ``xq [n, D]`` and attention weights ``[n, S]``."""
-        with torch.inference_mode():
+        with self._serial, torch.inference_mode():
             u, w = self.model.encode_user([list(h) for h in histories], features=self._torch_features)
             return to_numpy(u), to_numpy(w)
 

@@ -42,6 +42,8 @@ class ServeConfig:
     query_cache: int = 4096  # recent query texts whose trunk features are kept (LRU); 0 = off (privacy)
     batch_window_ms: float = 2.0  # under concurrency, wait up to this long to batch more queries (0: no wait)
     max_batch: int = 64  # at most this many texts in one trunk pass
+    known_texts: bool = True  # use the bundle's stored trunk features of item texts (text_features.npy)
+    concurrent: bool = True  # False: one query encoding at a time under one lock, as before issue 18 (benchmarks)
 
     def check(self) -> None:
         """One line for a setting that cannot be meant."""
@@ -51,6 +53,9 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_batch" else 0):
                 raise UserError(f"serve.{name} must be an integer >= {1 if name == 'max_batch' else 0}, got {v!r}")
+        for name in ("known_texts", "concurrent"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"serve.{name} must be true or false, got {getattr(self, name)!r}")
         w = self.batch_window_ms
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 100:
             raise UserError(f"serve.batch_window_ms must be a number in [0, 100], got {w!r}")
@@ -142,7 +147,7 @@ class TextFeatures:
     """Texts -> trunk features ``[N, H]`` float32: known item texts, then the LRU cache, then the (batched) trunk."""
 
     def __init__(self, trunk: Any, feat_dim: int, cfg: ServeConfig, known: KnownTexts | None = None) -> None:
-        self.trunk, self.feat_dim, self.known = trunk, int(feat_dim), known
+        self.trunk, self.feat_dim, self.known = trunk, int(feat_dim), known if cfg.known_texts else None
         self.cache = VectorCache(cfg.query_cache)
         self.batcher = MicroBatcher(trunk, cfg.batch_window_ms / 1e3, cfg.max_batch)
         self.backend = getattr(trunk, "name", "torch")
