@@ -238,7 +238,10 @@ def create_app(
 
 
 def _new_app() -> "FastAPI":
-    """The bare FastAPI app (OpenAPI title, version, description), with FastAPI's own telemetry off."""
+    """The bare FastAPI app (OpenAPI title, version, description), with FastAPI's own telemetry off.
+
+    ``/docs`` and ``/redoc`` load their scripts and styles from this service (the fastapi-offline package of the
+    serve extra), never from a CDN, so they work on an offline network; without that package they are left out."""
     from fastapi import FastAPI
 
     import multimodal_rec
@@ -246,12 +249,17 @@ def _new_app() -> "FastAPI":
     kwargs: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI's own OpenTelemetry logs exception messages
         kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    return FastAPI(
+    kwargs.update(
         title="multimodal_rec",
         version=multimodal_rec.__version__,
         description="Text-to-video search and history-based recommendation over one encoded catalog.",
-        **kwargs,
     )
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        LOG.warning("fastapi-offline is not installed: no /docs or /redoc (FastAPI's load their assets from a CDN)")
+        return FastAPI(docs_url=None, redoc_url=None, **kwargs)
+    return FastAPIOffline(**kwargs)
 
 
 def _observe(app: "FastAPI", rec: "Recommender") -> Any:
