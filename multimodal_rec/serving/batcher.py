@@ -1,9 +1,10 @@
 """Micro-batching: texts from concurrent requests encoded in one forward pass, as inference servers do.
 
-A caller hands its texts to :class:`MicroBatcher` and waits; one worker thread takes every request queued (up to
-``max_batch`` texts), runs ``fn`` once on all of them and hands each caller its rows. While a pass runs, new requests
-queue up, so batches grow with the load and an idle service adds no wait. When the previous batch served more than
-one request (there is concurrency), the worker also waits up to ``window_s`` for more before it starts a pass.
+A caller that finds no pass running runs ``fn`` on its own texts at once, in its own thread (an idle service adds
+no hop and no wait). Otherwise it queues its texts and waits: one worker thread takes every request queued (up to
+``max_batch`` texts), runs ``fn`` once on all of them when the running pass ends, and hands each caller its rows; so
+batches grow with the load. When the previous batch served more than one request (there is concurrency), the worker
+also waits up to ``window_s`` for more before it starts a pass. One pass runs at a time.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class _Request:
 class MicroBatcher:
     """``batcher(texts) -> fn(texts)``, with concurrent calls merged into one ``fn`` call (rows in call order).
 
-    ``fn`` maps a list of texts to an array with one row per text; it only ever runs on the worker thread, one call
-    at a time, so it needs no lock of its own. An exception in ``fn`` is raised in every caller of that batch.
+    ``fn`` maps a list of texts to an array with one row per text; it runs one call at a time (in the caller's
+    thread when nothing else runs, else on the worker thread), so it needs no lock of its own. An
+    exception in ``fn`` is raised in every caller of that batch.
     """
 
     def __init__(self, fn: Callable[[list[str]], np.ndarray], window_s: float = 0.002, max_batch: int = 64) -> None:
@@ -42,6 +44,7 @@ class MicroBatcher:
         self.fn, self.window_s, self.max_batch = fn, float(window_s), int(max_batch)
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._start = threading.Lock()
+        self._pass = threading.Lock()  # held while fn runs
         self._worker: threading.Thread | None = None
         self._carry: _Request | None = None  # taken from the queue but left for the next batch (it did not fit)
         self.batches = 0  # passes run, and requests served by them: the mean batch is requests / batches
@@ -51,6 +54,13 @@ class MicroBatcher:
         req = _Request(list(texts))
         if not req.texts:
             return self.fn([])
+        if self._pass.acquire(blocking=False):  # nothing running: no reason to wait for company
+            try:
+                out = self.fn(req.texts)
+                self.batches, self.requests = self.batches + 1, self.requests + 1  # counted under the pass lock
+            finally:
+                self._pass.release()
+            return out
         self._ensure_worker()
         self._queue.put(req)
         req.done.wait()
@@ -92,14 +102,14 @@ class MicroBatcher:
             last = len(batch)
             texts = [t for r in batch for t in r.texts]
             try:
-                out = self.fn(texts)
+                with self._pass:
+                    out = self.fn(texts)
+                    self.batches, self.requests = self.batches + 1, self.requests + len(batch)
             except BaseException as e:  # every caller of this batch gets it; the worker keeps serving
                 for r in batch:
                     r.error = e
                     r.done.set()
                 continue
-            self.batches += 1
-            self.requests += len(batch)
             start = 0
             for r in batch:
                 r.result = out[start : start + len(r.texts)]
