@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.bench.serve import HISTORY_LEN, WARMUP, _ms, bench_serve, sample_texts
+from multimodal_rec.bench.serve import HISTORY_LEN, WARMUP, bench_serve, latency_ms, sample_texts
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def bench_variants_search(
         times = _timed(fn, queries, names)
         ref = float(np.median(times[BASELINE]))
         for n in names:
-            out["variants"][n][call] = {**_ms(times[n]), "ratio": round(float(np.median(times[n])) / ref, 3)}
+            out["variants"][n][call] = {**latency_ms(times[n]), "ratio": round(float(np.median(times[n])) / ref, 3)}
     xq0 = base.encode_queries(texts)
     top0 = [{h.video_id for h in hs} for hs in base.search_batch(texts, k, mode="vector")]
     for n in names:

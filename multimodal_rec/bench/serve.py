@@ -52,7 +52,7 @@ def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
     return [pool[i] for i in rng.permutation(max(n, len(pool)))[:n] % len(pool)]
 
 
-def _ms(x: Sequence[float]) -> dict[str, float]:
+def latency_ms(x: Sequence[float]) -> dict[str, float]:
     a = np.asarray(x) * 1e3
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
 
@@ -138,10 +138,10 @@ def bench_search(
         base = np.median(np.add(t_enc, t_search))
         ratios[name] = float(np.median(t_ours) / base)
         out[name] = {
-            "end_to_end": _ms(t_ours),
-            "encode": _ms(t_enc),
-            "index_search": _ms(t_search),
-            "raw_total": _ms(np.add(t_enc, t_search)),
+            "end_to_end": latency_ms(t_ours),
+            "encode": latency_ms(t_enc),
+            "index_search": latency_ms(t_search),
+            "raw_total": latency_ms(np.add(t_enc, t_search)),
             "overhead_ratio": round(ratios[name], 4),
         }
         LOG.info("bench search %s: %s", name, out[name])
@@ -306,8 +306,8 @@ def bench_serve(
         "startup_s": round(proc.startup_s, 2),
         "seconds": round(res["seconds"], 3),
         "throughput_rps": round(requests / res["seconds"], 2),
-        **_ms(all_lat),
-        "endpoints": {path: {"requests": len(v), **_ms(v)} for path, v in sorted(res["lat"].items())},
+        **latency_ms(all_lat),
+        "endpoints": {path: {"requests": len(v), **latency_ms(v)} for path, v in sorted(res["lat"].items())},
         "errors": len(res["errors"]),
         "error_examples": sorted(set(res["errors"]))[:5],
         "server_exit_code": proc.returncode,

@@ -13,7 +13,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from multimodal_rec.serving.text_backends import ServeConfig
 
     serve = build_config(ServeConfig, overrides(a.set), "serve")
-    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, text_backend=a.text_backend, serve=serve)
+    serve.text_backend = a.text_backend or serve.text_backend
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, serve=serve)
 
 
 def add_serve(sub: Subparsers) -> None:

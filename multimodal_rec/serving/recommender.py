@@ -8,7 +8,6 @@ rows, vectors, the index, tombstones and the lock that guards them), the query e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +28,7 @@ from multimodal_rec.serving.lexical import LexicalIndex, text_columns
 from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_above, noise_score
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
-from multimodal_rec.serving.text_backends import KnownTexts, ServeConfig
+from multimodal_rec.serving.text_backends import KnownTexts, QueryOptions, serve_config
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -45,6 +44,8 @@ from multimodal_rec.serving.validation import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from multimodal_rec.config import RunConfig
 
 __all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommender", "ResolvedHistory"]
@@ -83,13 +84,11 @@ class Recommender:
         segment_content: np.ndarray | None = None,
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
-        serve: ServeConfig | None = None,
-        known_texts: KnownTexts | None = None,
+        queries: QueryEncoder | None = None,
     ) -> None:
-        """Keyword arguments: the bundle's segments (none: one per video) and each video's vector parts; ``serve``:
-        how queries are encoded (text backend, query cache, micro-batching); ``known_texts``: stored item features."""
+        """Keyword arguments: the bundle's segments (none: one per video), each video's vector parts, its queries."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
-        self._queries = QueryEncoder(model, serve, Path(path), known_texts)
+        self._queries = queries or QueryEncoder(model)
         seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
         parts, prior = {"segments": seg, "content": content, "text": text}, model.cfg.popularity_prior
         self._state = CatalogState(
@@ -101,28 +100,15 @@ class Recommender:
 
     @classmethod
     def load(
-        cls,
-        path: str | Path,
-        device: str = "cpu",
-        verify: bool = True,
-        mmap: bool = True,
-        *,
-        text_backend: str | None = None,
-        serve: ServeConfig | None = None,
+        cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True, **opts: Unpack[QueryOptions]
     ) -> Recommender:
         """Load a bundle written by ``mmrec encode`` or :meth:`save`; checksums are verified unless ``verify=False``.
-
-        With ``mmap`` (the default) the index and embeddings are memory-mapped, so several worker processes
-        serving one bundle share a single copy in the page cache. ``text_backend``: what runs the text trunk for
-        queries, ``torch`` (default), ``onnx`` or ``onnx-int8`` (ONNX Runtime, CPU; the graph is exported on first
-        use and cached in the bundle); ``serve``: that and the other query settings (:class:`ServeConfig`).
-        """
-        serve = dataclasses.replace(serve or ServeConfig(), **({"text_backend": text_backend} if text_backend else {}))
+        ``mmap``: index and embeddings memory-mapped (workers share one copy); ``text_backend``: torch (default), onnx
+        or onnx-int8 (ONNX Runtime); ``serve``: every query setting (:class:`.text_backends.ServeConfig`)."""
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
-        known = KnownTexts(b.text_features, b.text_feature_keys) if b.text_feature_keys is not None else None
-        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b), serve=serve, known_texts=known)
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b), queries=_query_encoder(b, opts))
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -138,9 +124,7 @@ class Recommender:
 
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
-    query_features = _read_only(
-        "_queries", "features", "Where query texts get their trunk features (known texts, LRU cache, batched trunk)."
-    )
+    query_features = _read_only("_queries", "features", "Query texts -> trunk features: stored, cached, batched.")
 
     index = property(
         lambda self: self._state.index,
@@ -313,8 +297,7 @@ class Recommender:
         _require_unsharded(self.manifest, "save")
         with self._state.mutation():
             snap = self._state.compacted()
-            known = self._queries.features.known
-            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap, known))
+            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap, self.query_features.known))
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
             self._lexical.index_for(self.catalog)  # rebuilt over the compacted rows
@@ -351,6 +334,12 @@ def _encode_items(
     raw, exact = raw_segments(vecs.seg_vectors, vecs.seg_row, vecs.content, vecs.text, float(enc.text_weight))
     extra = NewRows(vecs.seg_vectors, vecs.seg_row, vecs.spans, vecs.content, vecs.text, raw, exact)
     return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
+
+
+def _query_encoder(b: Bundle, opts: QueryOptions) -> QueryEncoder:
+    """The loaded model behind the text backend ``opts`` ask for, with the bundle's stored item-text features."""
+    known = KnownTexts(b.text_features, b.text_feature_keys) if b.text_feature_keys is not None else None
+    return QueryEncoder(b.model, serve_config(**opts), b.path, known)
 
 
 def _segment_parts(b: Bundle) -> dict[str, Any]:

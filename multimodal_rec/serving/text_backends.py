@@ -16,13 +16,14 @@ tower (recommend) runs on them in torch. :class:`TextFeatures` looks each text u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -59,6 +60,21 @@ class ServeConfig:
         w = self.batch_window_ms
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 100:
             raise UserError(f"serve.batch_window_ms must be a number in [0, 100], got {w!r}")
+
+
+class QueryOptions(TypedDict, total=False):
+    """The query keyword arguments of ``Recommender.load``: ``text_backend`` (torch, onnx, onnx-int8) overrides
+    ``serve.text_backend``."""
+
+    text_backend: str | None
+    serve: ServeConfig | None
+
+
+def serve_config(serve: ServeConfig | None = None, text_backend: str | None = None) -> ServeConfig:
+    """``serve`` (default: all defaults) with ``text_backend`` when given, checked; a copy, the caller's unchanged."""
+    out = dataclasses.replace(serve or ServeConfig(), **({"text_backend": text_backend} if text_backend else {}))
+    out.check()
+    return out
 
 
 class TorchTrunk:
