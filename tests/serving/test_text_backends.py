@@ -161,3 +161,18 @@ def test_query_cache_is_bounded_and_exact() -> None:
     off(["one"])
     off(["one"])
     assert len(off.cache) == 0 and calls[-2:] == [["one"], ["one"]]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("nope=1", "unknown config key serve.nope"), ("query_cache=-1", "serve.query_cache must be an integer >= 0")],
+)
+def test_serve_refuses_bad_settings_in_one_line(
+    own_bundle: Path, setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    from multimodal_rec.cli import main
+
+    assert main(["serve", "--bundle", str(own_bundle), "--port", "0", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
