@@ -327,7 +327,8 @@ def run_server(bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     try:
         uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
     finally:
-        if own is not None:
+        if own is not None:  # ours: gone with this server, and not inherited by whatever this process runs next
+            os.environ.pop(METRICS_ENV, None)
             shutil.rmtree(own, ignore_errors=True)
 
 

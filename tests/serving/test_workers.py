@@ -54,3 +54,19 @@ def test_two_workers_metrics_are_combined(bundle: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_metrics_directory_lives_only_as_long_as_the_server(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_server makes the multiprocess directory for its workers and leaves no trace in this process after."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from multimodal_rec.serving import http
+
+    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS", "MMREC_SERVE_CONFIG"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    seen: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    monkeypatch.setattr(http, "check_port_free", lambda host, port: None)
+    http.run_server(str(bundle), port=9000, workers=2)
+    assert len(seen) == 1 and seen[0]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ and not Path(seen[0]).exists()
