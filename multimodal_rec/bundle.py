@@ -10,7 +10,9 @@ video's segments, grouped by catalog row, in time order), ``segment_embeddings.n
 ``segment_content.npy`` ([S, D] their raw video-tower vectors: what incremental encoding reuses) and
 ``segments.faiss`` (one index over the search vectors, never sharded), these four written when some video has more
 than one segment. ``bundle.json`` then records ``encode`` (the EncodeConfig used) and ``segments`` (S);
-``sources.parquet`` a video's ``duration_s``.
+``sources.parquet`` a video's ``duration_s``. Optional from issue 18 on: ``text_features.npy`` ([M, H] float32
+text-trunk features) with ``text_features.parquet`` (column ``text``: the M distinct texts they are of, the texts a
+history item that names a catalog video is read as), so such an item needs no trunk pass when serving.
 
 Written atomically (temporary directory + rename), with the permissions the umask gives any new file or directory
 (not the temporary directory's 0700), so a service account can read what CI built; every checksum is verified on
@@ -58,6 +60,8 @@ SEGMENTS_FILE = "segments.parquet"
 SEGMENT_EMBEDDINGS_FILE = "segment_embeddings.npy"
 SEGMENT_CONTENT_FILE = "segment_content.npy"
 SEGMENT_INDEX_FILE = "segments.faiss"
+TEXT_FEATURES_FILE = "text_features.npy"  # [M, H] float32 text-trunk features of known item texts
+TEXT_FEATURE_KEYS_FILE = "text_features.parquet"  # column "text": row i of TEXT_FEATURES_FILE is of text i
 SEGMENT_COLUMNS = ("video_id", "start_s", "end_s")  # segments.parquet (``row`` is derived on load)
 DURATION_COLUMN = "duration_s"  # sources.parquet, optional: the video's length (0: no video file)
 SOURCE_COLUMNS = ("video_id", "abs_path", "size", "mtime_ns")  # sources.parquet
@@ -110,6 +114,8 @@ class Bundle:
     segment_embeddings: np.ndarray | None = None  # [S, D] search vectors
     segment_index: Any = None  # FAISS index over segment_embeddings
     segment_content: np.ndarray | None = None  # [S, D] raw video-tower vectors (for incremental encoding)
+    text_features: np.ndarray | None = None  # [M, H] text-trunk features of ``text_feature_keys`` (known items)
+    text_feature_keys: list[str] | None = None  # the M distinct texts of ``text_features``
 
 
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
@@ -243,6 +249,9 @@ def _save_optional(tmp: Path, b: Bundle) -> dict[str, Any]:
     for name, x in ((CONTENT_FILE, b.content), (TEXT_FILE, b.text)):
         if x is not None:
             np.save(tmp / name, np.ascontiguousarray(x, dtype=np.float32))
+    if b.text_features is not None and b.text_feature_keys is not None:
+        np.save(tmp / TEXT_FEATURES_FILE, np.ascontiguousarray(b.text_features, dtype=np.float32))
+        pd.DataFrame({"text": list(b.text_feature_keys)}).to_parquet(tmp / TEXT_FEATURE_KEYS_FILE, index=False)
     if b.segments is None:
         return {}
     if b.segment_embeddings is None or b.segment_index is None or len(b.segments) != len(b.segment_embeddings):
@@ -337,6 +346,11 @@ def _load_optional(b: Bundle, path: Path, mmap: bool) -> None:
             setattr(b, attr, np.load(path / name, mmap_mode=mode))
             if getattr(b, attr).shape != (N, D):
                 raise UserError(f"bundle {path} is inconsistent: {name} does not have one row per video")
+    if (path / TEXT_FEATURES_FILE).is_file() and (path / TEXT_FEATURE_KEYS_FILE).is_file():
+        b.text_features = np.load(path / TEXT_FEATURES_FILE, mmap_mode=mode)
+        b.text_feature_keys = list(pd.read_parquet(path / TEXT_FEATURE_KEYS_FILE)["text"].astype(str))
+        if b.text_features.ndim != 2 or len(b.text_feature_keys) != len(b.text_features):
+            raise UserError(f"bundle {path} is inconsistent: {TEXT_FEATURES_FILE} does not have one row per text")
     if not (path / SEGMENTS_FILE).is_file():
         return
     segs = pd.read_parquet(path / SEGMENTS_FILE)

@@ -52,7 +52,7 @@ def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
     return [pool[i] for i in rng.permutation(max(n, len(pool)))[:n] % len(pool)]
 
 
-def _ms(x: Sequence[float]) -> dict[str, float]:
+def latency_ms(x: Sequence[float]) -> dict[str, float]:
     a = np.asarray(x) * 1e3
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
 
@@ -138,10 +138,10 @@ def bench_search(
         base = np.median(np.add(t_enc, t_search))
         ratios[name] = float(np.median(t_ours) / base)
         out[name] = {
-            "end_to_end": _ms(t_ours),
-            "encode": _ms(t_enc),
-            "index_search": _ms(t_search),
-            "raw_total": _ms(np.add(t_enc, t_search)),
+            "end_to_end": latency_ms(t_ours),
+            "encode": latency_ms(t_enc),
+            "index_search": latency_ms(t_search),
+            "raw_total": latency_ms(np.add(t_enc, t_search)),
             "overhead_ratio": round(ratios[name], 4),
         }
         LOG.info("bench search %s: %s", name, out[name])
@@ -225,12 +225,17 @@ async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency:
 
 
 @contextlib.contextmanager
-def running_server(bundle: str | Path, startup_timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_server(
+    bundle: str | Path, startup_timeout: float = 180.0, settings: dict[str, Any] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``mmrec serve`` in a subprocess on a free 127.0.0.1 port, ready when yielded as (url, process); stopped
-    (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz answered."""
+    (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz answered. ``settings``:
+    ServeConfig fields, passed as ``--set KEY=VALUE``."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "multimodal_rec.cli", "serve", "--bundle", str(bundle), "--port", str(port), "-q"]
+    for key, value in (settings or {}).items():
+        cmd += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
     here = str(Path(__file__).resolve().parents[1])  # the server imports this same package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     LOG.info("starting %s", " ".join(cmd))
@@ -263,9 +268,13 @@ def bench_serve(
     seed: int = 0,
     startup_timeout: float = 180.0,
     request_timeout: float = 60.0,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start ``mmrec serve`` on a free 127.0.0.1 port, send ``requests`` (half /search, half /recommend) with
-    ``concurrency`` in flight, stop the server; throughput, p50/p99 latency and errors (non-200 or no hits)."""
+    ``concurrency`` in flight, stop the server; throughput, p50/p99 latency and errors (non-200 or no hits).
+
+    ``settings``: the server's ServeConfig fields; with them, search queries are titles + `` clip`` (free text, not
+    a stored item text: bench.backends), histories stay titles."""
     import pandas as pd
 
     if requests < 1 or concurrency < 1:
@@ -279,12 +288,12 @@ def bench_serve(
         raise UserError(f"not a bundle (no {CATALOG_FILE}): {bundle}")
     texts = sample_texts(pd.read_parquet(bundle / CATALOG_FILE), requests + HISTORY_LEN, seed)
     bodies: list[tuple[str, dict[str, Any]]] = [
-        ("/search", {"query": texts[i], "k": k})
+        ("/search", {"query": f"{texts[i]} clip" if settings else texts[i], "k": k})
         if i % 2 == 0
         else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
         for i in range(requests)
     ]
-    with running_server(bundle, startup_timeout) as (url, proc):
+    with running_server(bundle, startup_timeout, settings) as (url, proc):
         LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
         asyncio.run(_fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
         res = asyncio.run(_fire(url, bodies, concurrency, request_timeout))
@@ -297,8 +306,8 @@ def bench_serve(
         "startup_s": round(proc.startup_s, 2),
         "seconds": round(res["seconds"], 3),
         "throughput_rps": round(requests / res["seconds"], 2),
-        **_ms(all_lat),
-        "endpoints": {path: {"requests": len(v), **_ms(v)} for path, v in sorted(res["lat"].items())},
+        **latency_ms(all_lat),
+        "endpoints": {path: {"requests": len(v), **latency_ms(v)} for path, v in sorted(res["lat"].items())},
         "errors": len(res["errors"]),
         "error_examples": sorted(set(res["errors"]))[:5],
         "server_exit_code": proc.returncode,

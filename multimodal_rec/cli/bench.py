@@ -62,12 +62,29 @@ def _bench_search_or_serve(a: argparse.Namespace) -> None:
 
     if not a.bundle:
         raise UserError(f"bench {a.what} needs --bundle BUNDLE")
+    if a.text_backend:
+        return _bench_variants(a)
     if a.what == "search":
         res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed, device=a.device)
         text = bench_serve.format_search
     else:
         res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
         text = bench_serve.format_serve
+    if a.json:
+        print_json(res)
+    else:
+        print(text(res))
+
+
+def _bench_variants(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench import backends
+
+    if a.what == "search":
+        res = backends.bench_variants_search(a.bundle, a.text_backend, queries=a.queries, k=a.k, seed=a.seed)
+        text = backends.format_variants_search
+    else:
+        res = backends.bench_variants_serve(a.bundle, a.text_backend, a.requests, a.concurrency, a.k, a.seed)
+        text = backends.format_variants_serve
     if a.json:
         print_json(res)
     else:
@@ -138,3 +155,9 @@ def add_bench(sub: Subparsers) -> None:
     g.add_argument("--queries", type=positive_int, default=500, help="bench search: queries and histories timed")
     g.add_argument("--requests", type=positive_int, default=2000, help="bench serve: requests sent in all")
     g.add_argument("--concurrency", type=positive_int, default=16, help="bench serve: requests in flight")
+    g.add_argument(
+        "--text-backend",
+        metavar="LIST",
+        help="bench search / serve: compare query-encoding variants side by side, e.g. torch,onnx,onnx-int8 "
+        "(always with 'before': torch, one query at a time, no stored item features); ratios to before",
+    )

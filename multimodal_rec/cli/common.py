@@ -88,13 +88,26 @@ def add_synonyms_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--synonyms", metavar="FILE", default=None, help=SYNONYMS_HELP)
 
 
-def load_recommender(bundle: str, synonyms: str | None = None) -> Any:
+def load_recommender(bundle: str, synonyms: str | None = None, text_backend: str | None = None) -> Any:
     """The :class:`Recommender` of a bundle directory (imported here: torch loads only for commands that need it),
-    rewriting queries with the ``synonyms`` file when one is given (read first: a malformed file fails at once)."""
+    rewriting queries with the ``synonyms`` file when one is given (read first: a malformed file fails at once) and
+    encoding them with ``text_backend`` (None: torch)."""
     from multimodal_rec.serving.recommender import Recommender
     from multimodal_rec.serving.synonyms import load_synonyms
 
     rules = load_synonyms(synonyms) if synonyms else None
-    rec = Recommender.load(bundle)
+    rec = Recommender.load(bundle, text_backend=text_backend)
     rec.synonyms.set(rules)
     return rec
+
+
+TEXT_BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")  # = serving.text_backends.TEXT_BACKENDS (not imported: torch)
+TEXT_BACKEND_HELP = (
+    "what runs the text trunk for queries: torch (default), onnx or onnx-int8 (ONNX Runtime on the CPU, needs the "
+    "onnx extra; the graph is exported on first use and cached in the bundle's onnx/ directory)"
+)
+
+
+def add_text_backend(s: argparse.ArgumentParser) -> None:
+    """``--text-backend`` (search, recommend, serve)."""
+    s.add_argument("--text-backend", choices=TEXT_BACKEND_CHOICES, default=None, help=TEXT_BACKEND_HELP)

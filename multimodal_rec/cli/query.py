@@ -12,6 +12,7 @@ from multimodal_rec.cli.common import (
     Subparsers,
     add_command,
     add_synonyms_flag,
+    add_text_backend,
     load_recommender,
     positive_int,
     print_hits,
@@ -29,7 +30,7 @@ def _filters(rec: Any, exprs: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(a: argparse.Namespace) -> None:
     if a.contact_sheet and len(a.query) != 1:
         raise UserError("--contact-sheet draws the hits of one query: give exactly one")
-    rec = load_recommender(a.bundle, a.synonyms)
+    rec = load_recommender(a.bundle, a.synonyms, a.text_backend)
     for q in a.query:
         if not rec.query_info(q)["in_vocabulary"]:
             LOG.warning("query %r has no word the text model knows (it reads English only): its hits are noise", q)
@@ -94,13 +95,14 @@ def add_search(sub: Subparsers) -> None:
         "by reciprocal rank); default: hybrid when the catalog has text, else vector",
     )
     add_synonyms_flag(s)
+    add_text_backend(s)
     s.add_argument("--contact-sheet", metavar="PNG", help="also draw the hits as rows of sampled frames into PNG")
     s.add_argument("--sheet-frames", type=positive_int, default=6, help="frames per contact-sheet row (default 6)")
     s.add_argument("--sheet-px", type=positive_int, default=96, help="contact-sheet frame size in px (default 96)")
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
-    rec = load_recommender(a.bundle, a.synonyms)
+    rec = load_recommender(a.bundle, a.synonyms, a.text_backend)
     ids = a.history_ids
     read = rec.resolve_history(a.history, history_ids=ids)
     _note_resolution(read.resolved, read.unknown)
@@ -160,3 +162,4 @@ def add_recommend(sub: Subparsers) -> None:
         help="also recommend videos the history names (an item equal to a video id or title); skipped by default",
     )
     add_synonyms_flag(s)
+    add_text_backend(s)

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from multimodal_rec.cli.common import Subparsers, add_command, add_synonyms_flag, positive_int
+from multimodal_rec.cli.common import (
+    Subparsers,
+    add_command,
+    add_synonyms_flag,
+    add_text_backend,
+    overrides,
+    positive_int,
+)
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
+    from multimodal_rec.config import build_config
     from multimodal_rec.serving.http import run_server
+    from multimodal_rec.serving.text_backends import ServeConfig
 
-    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, synonyms=a.synonyms)
+    serve = build_config(ServeConfig, overrides(a.set), "serve")
+    serve.text_backend = a.text_backend or serve.text_backend
+    serve.synonyms = a.synonyms or serve.synonyms
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, serve=serve)
 
 
 def add_serve(sub: Subparsers) -> None:
@@ -22,3 +34,13 @@ def add_serve(sub: Subparsers) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
     add_synonyms_flag(s)
+    add_text_backend(s)
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="query settings (serving.text_backends.ServeConfig): query_cache=N (0: no cache), batch_window_ms=MS, "
+        "max_batch=N, onnx_threads=N, known_texts=false, concurrent=false (one query at a time, as before), "
+        "synonyms=FILE (= --synonyms)",
+    )

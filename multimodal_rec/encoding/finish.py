@@ -20,6 +20,7 @@ from multimodal_rec.bundle import DURATION_COLUMN, INDEX_FILE, Bundle, save_bund
 from multimodal_rec.encoding.embed import EncodedRows
 from multimodal_rec.encoding.items import ItemVectors, combine
 from multimodal_rec.encoding.job import EncodeJob
+from multimodal_rec.encoding.known_texts import known_text_features
 from multimodal_rec.errors import UserError
 from multimodal_rec.index.build import build_index, choose_factory
 from multimodal_rec.index.shards import build_sharded_index, shard_file_names
@@ -132,6 +133,7 @@ def finish_encode(job: EncodeJob, t0: float) -> EncodeResult:
         bundle.content, bundle.text = iv.content, iv.text
     for name, value in _segment_parts(rows, iv, list(encoded["video_id"])).items():
         setattr(bundle, name, value)
+    bundle.text_features, bundle.text_feature_keys = known_text_features(job.model, meta)  # history items: no trunk
     path = save_bundle(job.out, bundle)
     shutil.rmtree(job.shards.work, ignore_errors=True)  # the bundle holds everything now
     new_rows = [r for k in range(job.n_shards) if k not in job.resumed_shards for r in job.shard_rows(k)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,13 +85,16 @@ class MultimodalModel(nn.Module):
         return self.video.forward_head(self.video.forward_features(frames), normalize=normalize)
 
     # --- user -------------------------------------------------------------------------------------------
-    def history_batch(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Histories (oldest first) -> item features ``[B, S, H]`` and mask ``[B, S]``, last ``max_history`` kept."""
+    def history_batch(
+        self, histories: Sequence[Sequence[str]], features: Callable[[list[str]], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Histories (oldest first) -> item features ``[B, S, H]`` and mask ``[B, S]``, last ``max_history`` kept.
+        ``features``: where item texts get their trunk features (default :meth:`text_features`; serving: its own)."""
         keep = self.cfg.user.max_history
         histories = [list(h)[-keep:] for h in histories]
         S = max(1, max((len(h) for h in histories), default=1))
         flat = [t for h in histories for t in h]
-        feats = self.text_features(flat)  # [sum(len), H]
+        feats = (features or self.text_features)(flat)  # [sum(len), H]
         B, H = len(histories), self.text.feat_dim
         items = torch.zeros(B, S, H, device=self.device, dtype=feats.dtype)
         mask = torch.zeros(B, S, dtype=torch.bool, device=self.device)
@@ -103,9 +106,11 @@ class MultimodalModel(nn.Module):
             offset += n
         return items, mask
 
-    def encode_user(self, histories: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_user(
+        self, histories: Sequence[Sequence[str]], features: Callable[[list[str]], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Histories of item texts (oldest first) -> ``[B, D]`` and attention weights ``[B, S]``."""
-        items, mask = self.history_batch(histories)
+        items, mask = self.history_batch(histories, features)
         return self.user(items, mask)
 
 

@@ -15,9 +15,6 @@ import logging
 import math
 import os
 import re
-import time
-import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.metrics import METRICS_ENV, add_metrics_route, observe
 from multimodal_rec.serving.moments import check_moments_mode
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
 from multimodal_rec.serving.synonyms import load_synonyms
@@ -42,12 +40,9 @@ SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'
 _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
 _SYNONYMS_ENV = "MMREC_SERVE_SYNONYMS"  # the synonyms file of run_server, for the worker processes
+_SERVE_ENV = "MMREC_SERVE_CONFIG"  # the ServeConfig, as JSON, for worker processes
 _MAX_ERRORS = 3  # validation problems named in one error line
 _MAX_ERROR_CHARS = 400
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 
 def _check_limit(name: str, value: int, top: int) -> None:
@@ -156,59 +151,6 @@ def _validation_error(errors: list[dict[str, Any]], content_type: str | None = "
     return 422, _one_line(line)
 
 
-# --- metrics + logging + last-resort errors, as one ASGI middleware ---------------------------------------------
-class _Observe:
-    """Counts requests by endpoint and status, times them, logs one line each, and turns a crash into a JSON 500.
-
-    The endpoint label is the route template (``/videos/{video_id}``), never the raw path: bounded label
-    cardinality, and no video id a user looked at in the logs.
-    """
-
-    def __init__(self, app: ASGIApp, router: Any, requests: Any, latency: Any) -> None:
-        from starlette.routing import Match
-
-        self.app, self.router, self.requests, self.latency = app, router, requests, latency
-        self.no_match = Match.NONE
-
-    def _endpoint(self, scope: Scope) -> str:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match != self.no_match:
-                return str(getattr(route, "path", "other"))
-        return "other"
-
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        endpoint, t0, status = self._endpoint(scope), time.perf_counter(), 500
-        started = False
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = int(message["status"]), True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        except Exception as e:
-            # Type and frames only: an exception message could quote request data.
-            frames = "".join(traceback.format_tb(e.__traceback__))
-            LOG.error("unhandled %s on %s %s\n%s", type(e).__name__, scope.get("method"), endpoint, frames)
-            if started:
-                raise
-            status, body = 500, json.dumps({"error": "internal server error"}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            dt = time.perf_counter() - t0
-            self.requests.labels(endpoint=endpoint, status=str(status)).inc()
-            self.latency.labels(endpoint=endpoint).observe(dt)
-            LOG.info("%s %s %d %.1f ms", scope.get("method"), endpoint, status, dt * 1e3)
-
-
 # --- the app ------------------------------------------------------------------------------------------------------
 def create_app(
     rec: "Recommender", max_query_chars: int = MAX_QUERY_CHARS, max_history: int = MAX_HISTORY, max_k: int = MAX_K
@@ -229,16 +171,17 @@ def create_app(
 
     m = api_models(max_query_chars, max_history, max_k)
     app = _new_app()
-    registry = _observe(app, rec)
+    registry = observe(app, rec)
     _add_error_handlers(app)
     _add_query_routes(app, rec, m)
     _add_catalog_routes(app, rec, m)
-    _add_metrics_route(app, registry)
+    add_metrics_route(app, registry)
     return app
 
 
 def _new_app() -> "FastAPI":
-    """The bare FastAPI app (OpenAPI title, version, description), with FastAPI's own telemetry off."""
+    """The bare FastAPI app (OpenAPI title, version, description), with FastAPI's own telemetry off; /docs and
+    /redoc load their assets from this service (fastapi-offline, no CDN: they work offline), else are left out."""
     from fastapi import FastAPI
 
     import multimodal_rec
@@ -246,30 +189,14 @@ def _new_app() -> "FastAPI":
     kwargs: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI's own OpenTelemetry logs exception messages
         kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    return FastAPI(
-        title="multimodal_rec",
-        version=multimodal_rec.__version__,
-        description="Text-to-video search and history-based recommendation over one encoded catalog.",
-        **kwargs,
-    )
-
-
-def _observe(app: "FastAPI", rec: "Recommender") -> Any:
-    """Request counts, latency and catalog size in the app's own Prometheus registry (returned, also in
-    ``app.state.registry``), collected by the :class:`_Observe` middleware."""
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-    registry = CollectorRegistry(auto_describe=True)
-    requests = Counter(
-        "mmrec_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=registry
-    )
-    latency = Histogram(
-        "mmrec_http_request_duration_seconds", "request latency by endpoint", ["endpoint"], registry=registry
-    )
-    Gauge("mmrec_catalog_videos", "videos in the served catalog", registry=registry).set(len(rec))
-    app.state.registry = registry
-    app.add_middleware(_Observe, router=app.router, requests=requests, latency=latency)
-    return registry
+    kwargs.update(title="multimodal_rec", version=multimodal_rec.__version__)
+    kwargs["description"] = "Text-to-video search and history-based recommendation over one encoded catalog."
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        LOG.warning("fastapi-offline is not installed: no /docs or /redoc (FastAPI's load their assets from a CDN)")
+        return FastAPI(docs_url=None, redoc_url=None, **kwargs)
+    return FastAPIOffline(**kwargs)
 
 
 def _add_error_handlers(app: "FastAPI") -> None:
@@ -357,28 +284,31 @@ def _add_catalog_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> Non
         return {"status": "ok", "videos": len(rec), "synonyms": rec.synonyms.info}
 
 
-def _add_metrics_route(app: "FastAPI", registry: Any) -> None:
-    """GET /metrics: the registry in Prometheus text format."""
-    from fastapi import Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    @app.get("/metrics", response_class=Response)
-    def metrics() -> Response:
-        """Prometheus text format: request counts, latency histograms, catalog size."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
 # --- running it -----------------------------------------------------------------------------------------------------
 def run_server(
-    bundle: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, synonyms: str | None = None
+    bundle: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    synonyms: str | None = None,
+    serve: Any = None,
 ) -> None:
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
     With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
-    ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``).
+    ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``; or
+    ``serve.synonyms``). ``serve``: the query settings (a ``ServeConfig``: text backend, cache, micro-batching; see
+    ``Recommender.load``).
     """
     _require_serve_extra("uvicorn")
+    import dataclasses
+
     import uvicorn
+
+    from multimodal_rec.serving.text_backends import serve_config
+
+    serve = serve_config(serve)
+    synonyms = synonyms or serve.synonyms
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be a positive integer, got {workers!r}")
@@ -391,7 +321,7 @@ def run_server(
     if workers == 1:
         from multimodal_rec.serving.recommender import Recommender
 
-        rec = Recommender.load(bundle)
+        rec = Recommender.load(bundle, serve=serve)
         rec.synonyms.set(syn)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
         uvicorn.run(create_app(rec), **options)
@@ -402,8 +332,19 @@ def run_server(
     os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
     os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve()) if synonyms else ""
+    os.environ[_SERVE_ENV] = json.dumps(dataclasses.asdict(serve))
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
-    uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+    import shutil
+    import tempfile
+
+    own = None if os.environ.get(METRICS_ENV) else tempfile.mkdtemp(prefix="mmrec-metrics-")  # else: the user's
+    os.environ[METRICS_ENV] = os.environ.get(METRICS_ENV) or str(own)  # read by the workers' prometheus-client
+    try:
+        uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+    finally:
+        if own is not None:  # ours: gone with this server, and not inherited by whatever this process runs next
+            os.environ.pop(METRICS_ENV, None)
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -437,7 +378,9 @@ def _app_from_env() -> "FastAPI":
 
         torch.set_num_threads(int(threads))
     from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.text_backends import ServeConfig
 
-    rec = Recommender.load(bundle)
+    serve = ServeConfig(**json.loads(os.environ[_SERVE_ENV])) if os.environ.get(_SERVE_ENV) else None
+    rec = Recommender.load(bundle, serve=serve)
     rec.synonyms.set(os.environ.get(_SYNONYMS_ENV) or None)
     return create_app(rec)

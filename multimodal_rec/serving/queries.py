@@ -12,10 +12,12 @@ catalog, the reference for a ``min_score`` (:func:`keep_above`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel, to_numpy
 from multimodal_rec.model.prior import query_prior, with_prior_column
+from multimodal_rec.serving.text_backends import KnownTexts, ServeConfig, TextFeatures, make_trunk
 
 if TYPE_CHECKING:
     from multimodal_rec.serving.results import Hit
@@ -33,18 +36,36 @@ LOG = logging.getLogger(__name__)
 
 
 class QueryEncoder:
-    """The served model behind a lock (torch modules are not safe to call from several threads at once)."""
+    """The served model. Inference runs from many threads at once (inference mode, no shared mutable state); the
+    lock guards the tokenizer, and the trunk features come from :class:`TextFeatures` (known item texts, an LRU
+    cache, the micro-batched trunk: torch or ONNX Runtime, see ``serve``)."""
 
-    def __init__(self, model: MultimodalModel) -> None:
+    def __init__(
+        self,
+        model: MultimodalModel,
+        serve: ServeConfig | None = None,
+        bundle: Path | None = None,
+        known: KnownTexts | None = None,
+    ) -> None:
         self.model = model
         self._lock = threading.Lock()
         self.prior_coef = model.rec_prior_coef()  # the learned weight of log1p(count), in cosine units
         self.prior_query = query_prior(self.prior_coef)  # what a user query carries in the index's prior column
+        self.serve = serve or ServeConfig()
+        self.serve.check()
+        trunk = make_trunk(self.serve.text_backend, model, bundle, self._lock, self.serve.onnx_threads)
+        self.features = TextFeatures(trunk, model.text.feat_dim, self.serve, known)
+        self._serial = threading.Lock() if not self.serve.concurrent else contextlib.nullcontext()
+
+    def _torch_features(self, texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.features(texts)).to(self.model.device)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> ``xq [n, D]`` float32."""
-        with self._lock, torch.inference_mode():
-            return to_numpy(self.model.encode_text(list(texts)))
+        with self._serial:
+            feats = self._torch_features(list(texts))
+            with torch.inference_mode():
+                return to_numpy(self.model.text.forward_head(feats))
 
     def query_info(self, text: str) -> dict[str, Any]:
         """``{"unknown_tokens": n, "tokens": m, "in_vocabulary": bool}`` for a query, special tokens not counted:
@@ -58,8 +79,8 @@ class QueryEncoder:
 
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Histories (oldest first) -> ``xq [n, D]`` and attention weights ``[n, S]``."""
-        with self._lock, torch.inference_mode():
-            u, w = self.model.encode_user([list(h) for h in histories])
+        with self._serial, torch.inference_mode():
+            u, w = self.model.encode_user([list(h) for h in histories], features=self._torch_features)
             return to_numpy(u), to_numpy(w)
 
     def text_queries(self, texts: Sequence[str], width: int) -> np.ndarray:

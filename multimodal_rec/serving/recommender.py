@@ -29,6 +29,7 @@ from multimodal_rec.serving.queries import QueryEncoder, check_min_score, keep_a
 from multimodal_rec.serving.results import AddResult, Hit
 from multimodal_rec.serving.segments import NewRows, bundle_parts, raw_segments, segment_table
 from multimodal_rec.serving.synonyms import QueryRewriter
+from multimodal_rec.serving.text_backends import KnownTexts, QueryOptions, serve_config
 from multimodal_rec.serving.validation import (
     MAX_EXCLUDE,
     MAX_K,
@@ -44,6 +45,8 @@ from multimodal_rec.serving.validation import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from multimodal_rec.config import RunConfig
 
 __all__ = ["MAX_EXCLUDE", "MAX_K", "TEXT_COLUMNS", "AddResult", "Hit", "Recommender", "ResolvedHistory"]
@@ -91,10 +94,11 @@ class Recommender:
         segment_content: np.ndarray | None = None,
         content: np.ndarray | None = None,
         text: np.ndarray | None = None,
+        queries: QueryEncoder | None = None,
     ) -> None:
-        """Keyword arguments: the bundle's segments (none: one per video) and each video's vector parts."""
+        """Keyword arguments: the bundle's segments (none: one per video), each video's vector parts, its queries."""
         self.path, self.manifest, self.cfg = path, manifest, cfg
-        self._queries = QueryEncoder(model)
+        self._queries = queries or QueryEncoder(model)
         seg = segment_table(catalog, embeddings, segments, segment_embeddings, segment_index, mapped, segment_content)
         parts, prior = {"segments": seg, "content": content, "text": text}, model.cfg.popularity_prior
         self._state = CatalogState(
@@ -106,16 +110,16 @@ class Recommender:
         self._syn = QueryRewriter()  # the synonyms file: off until .synonyms.set(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True) -> Recommender:
+    def load(
+        cls, path: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = True, **opts: Unpack[QueryOptions]
+    ) -> Recommender:
         """Load a bundle written by ``mmrec encode`` or :meth:`save`; checksums are verified unless ``verify=False``.
-
-        With ``mmap`` (the default) the index and embeddings are memory-mapped, so several worker processes
-        serving one bundle share a single copy in the page cache.
-        """
+        ``mmap``: index and embeddings memory-mapped (workers share one copy); ``text_backend``: torch (default), onnx
+        or onnx-int8 (ONNX Runtime); ``serve``: every query setting (:class:`.text_backends.ServeConfig`)."""
         b = load_bundle(path, device=device, verify=verify, mmap=mmap)
         b.model.cache_text_features = False  # a server sees endless distinct queries: never keep them
         state = (b.catalog, b.embeddings, b.index, b.cfg, mmap, b.sources, b.skipped)
-        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b))
+        return cls(b.path, b.model, b.manifest, *state, **_segment_parts(b), queries=_query_encoder(b, opts))
 
     # --- the served state: a change swaps in new objects (add_videos, remove_videos, save) ----------------------
     model = _read_only("_queries", "model", "The model (with its tokenizer): encodes queries and added videos.")
@@ -132,12 +136,10 @@ class Recommender:
     segments = _read_only("_state", "segment_frame", "video_id, start_s, end_s, row: each video's segments in order.")
     text_columns = _read_only("_lexical", "columns", "The catalog columns lexical search reads (encode.text_columns).")
     synonyms = property(lambda self: self._syn, doc="Query rewrites (serving.synonyms): ``.set(path)``, ``.info``.")
+    query_features = _read_only("_queries", "features", "Query texts -> trunk features: stored, cached, batched.")
 
-    index = property(
-        lambda self: self._state.index,
-        lambda self, index: setattr(self._state, "index", index),
-        doc="The FAISS index over ``xb`` (row ``i`` is catalog row ``i``).",
-    )
+    index = property(lambda self: self._state.index, lambda self, index: setattr(self._state, "index", index))
+    index.__doc__ = "The FAISS index over ``xb`` (row ``i`` is catalog row ``i``)."
     row_of: Mapping[str, int] = _read_only("_state", "row_of", "Live video id -> its row (removed videos are absent).")
 
     def __len__(self) -> int:
@@ -306,7 +308,7 @@ class Recommender:
         _require_unsharded(self.manifest, "save")
         with self._state.mutation():
             snap = self._state.compacted()
-            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap))
+            out = save_bundle(path, _bundle_of(self.model, self.cfg, self.manifest, snap, self.query_features.known))
             self._state.adopt(snap)
             self.path, self.manifest = out, read_manifest(out, verify=False)
             self._lexical.index_for(self.catalog)  # rebuilt over the compacted rows
@@ -319,13 +321,14 @@ class Recommender:
         if self._noise is None or self._noise[0] != len(self):
             self._noise = (len(self), noise_score(partial(self.search_batch, mode="vector")))
         modes = {"search_mode": self.search_mode, "text_columns": list(self.text_columns)}
-        return {**self._basic_info(), **modes, "noise_score": self._noise[1], "synonyms": self._syn.info}
-
-    def _basic_info(self) -> dict[str, Any]:
-        return {"path": str(self.path), "videos": len(self), **{k: self.manifest[k] for k in ("embed_dim", "index")}}
+        return {**_basic_info(self), **modes, "noise_score": self._noise[1], "synonyms": self._syn.info}
 
     def __repr__(self) -> str:
-        return f"Recommender({json.dumps(self._basic_info())})"
+        return f"Recommender({json.dumps(_basic_info(self))})"
+
+
+def _basic_info(rec: Recommender) -> dict[str, Any]:
+    return {"path": str(rec.path), "videos": len(rec), **{k: rec.manifest[k] for k in ("embed_dim", "index")}}
 
 
 def _encode_items(
@@ -345,21 +348,47 @@ def _encode_items(
     return df[[not e for e in errors]].reset_index(drop=True), vecs.item, extra, skipped
 
 
+def _query_encoder(b: Bundle, opts: QueryOptions) -> QueryEncoder:
+    """The loaded model behind the text backend ``opts`` ask for, with the bundle's stored item-text features."""
+    known = KnownTexts(b.text_features, b.text_feature_keys) if b.text_feature_keys is not None else None
+    return QueryEncoder(b.model, serve_config(**opts), b.path, known)
+
+
 def _segment_parts(b: Bundle) -> dict[str, Any]:
     """The constructor's keyword arguments for a loaded bundle's segments and vector parts."""
     seg = {"segments": b.segments, "segment_embeddings": b.segment_embeddings, "segment_index": b.segment_index}
     return {**seg, "segment_content": b.segment_content, "content": b.content, "text": b.text}
 
 
-def _bundle_of(model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot) -> Bundle:
-    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with."""
+def _bundle_of(
+    model: MultimodalModel, cfg: RunConfig, manifest: Mapping[str, Any], snap: Snapshot, known: KnownTexts | None
+) -> Bundle:
+    """What :meth:`Recommender.save` writes: a compacted snapshot, with the manifest fields it was loaded with, and
+    the trunk features of its item texts (the stored ones kept, the others, e.g. of added videos, computed)."""
     parts = bundle_parts(snap.segments, list(snap.catalog["video_id"].astype(str)), snap.content, snap.text)
     index = {INDEX_FILE: snap.index}
     contents = Bundle(model, cfg, snap.catalog, snap.embeddings, snap.sources, snap.skipped, index, **parts)
     contents.fields = {k: v for k, v in manifest.items() if k not in ("format", "files", "segments")}
+    contents.text_features, contents.text_feature_keys = _item_features(model, snap.catalog, known)
     if parts["segments"] is not None:
         contents.fields["segments"] = len(parts["segments"])
     return contents
+
+
+def _item_features(model: MultimodalModel, catalog: pd.DataFrame, known: KnownTexts | None) -> tuple[np.ndarray, list]:
+    """Trunk features ``[M, H]`` of the catalog's item texts and the texts: stored ones reused, the rest computed."""
+    from multimodal_rec.encoding.known_texts import item_texts, trunk_features_of
+
+    texts = item_texts(catalog)
+    rows = [known.row.get(t) for t in texts] if known is not None else [None] * len(texts)
+    missing = [t for t, r in zip(texts, rows, strict=True) if r is None]
+    new = dict(zip(missing, trunk_features_of(model, missing), strict=True))
+    feats = (
+        np.stack([new[t] if r is None else known.features[r] for t, r in zip(texts, rows, strict=True)])
+        if texts
+        else np.zeros((0, model.text.feat_dim), np.float32)
+    )
+    return feats.astype(np.float32), texts
 
 
 def _require_unsharded(manifest: Mapping[str, Any], what: str) -> None:

@@ -463,7 +463,7 @@ def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch:
 
 def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uvicorn = pytest.importorskip("uvicorn")
-    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS"):
+    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS", "MMREC_SERVE_CONFIG"):
         monkeypatch.setenv(name, "")  # restored (unset) after the test
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # keep this process's torch threads
     calls: list[tuple[Any, dict[str, Any]]] = []
