@@ -36,6 +36,10 @@ class TextTowerConfig:
     max_length: int = 32  # tokens per text; longer texts are truncated
     trainable_layers: int = 0  # 0 = frozen trunk (features cacheable), -1 = fine-tune all, n = last n layers
     proj_hidden: int = 512  # hidden width of the projection MLP (0 = linear)
+    # LiT ("locked-image tuning", here the text side): the head is the identity over the trunk's pooled features and
+    # is never trained, so queries keep exactly the pretrained model's similarity structure and the video tower
+    # learns to land in it. Needs a frozen trunk, proj_hidden 0 and model.embed_dim = the trunk's width (MiniLM: 384)
+    lock_head: bool = False
     dropout: float = 0.1  # dropout inside the projection MLP
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for forward-compatible options
 
@@ -163,6 +167,22 @@ class TextTower(nn.Module):
         self.head = ProjectionHead(self.feat_dim, out_dim, cfg.proj_hidden, cfg.dropout)
         self.out_dim = out_dim
         self._set_trainable(cfg.trainable_layers)
+        if cfg.lock_head:
+            self._lock_head()
+
+    def _lock_head(self) -> None:
+        """The head as the identity, frozen (``lock_head``): the joint space is the trunk's own."""
+        if self.cfg.proj_hidden != 0 or self.feat_dim != self.out_dim or not self.trunk_frozen:
+            raise ValueError(
+                f"model.text.lock_head needs model.text.proj_hidden: 0, model.text.trainable_layers: 0 and "
+                f"model.embed_dim: {self.feat_dim} (the text trunk's width)"
+            )
+        net = self.head.net
+        with torch.no_grad():
+            net.weight.copy_(torch.eye(self.feat_dim))
+            net.bias.zero_()
+        for p in net.parameters():
+            p.requires_grad = False
 
     def _set_trainable(self, n: int) -> None:
         trainable = n != 0

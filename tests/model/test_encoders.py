@@ -132,3 +132,24 @@ def test_user_tower_without_attention_uses_last_step() -> None:
     mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
     _, w = tower(torch.randn(1, 3, 12), mask)
     assert w.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_locked_text_head_keeps_the_trunks_space() -> None:
+    """lock_head: text vectors are the normalised trunk features and the head gets no gradient (LiT)."""
+    import pytest
+    import torch
+
+    from encoders import TextTower, TextTowerConfig
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    cfg = TextTowerConfig(random_init=small, proj_hidden=0, lock_head=True)
+    tower = TextTower(cfg, 32).eval()
+    assert not any(p.requires_grad for p in tower.head.parameters())
+    ids = torch.randint(0, 1000, (3, 7))
+    mask = torch.ones_like(ids)
+    feats = tower.forward_features(ids, mask)
+    torch.testing.assert_close(tower(ids, mask), torch.nn.functional.normalize(feats, dim=-1))
+    with pytest.raises(ValueError, match=r"lock_head needs .*embed_dim: 32"):
+        TextTower(TextTowerConfig(random_init=small, proj_hidden=0, lock_head=True), 16)
+    with pytest.raises(ValueError, match="lock_head needs"):
+        TextTower(TextTowerConfig(random_init=small, proj_hidden=8, lock_head=True), 32)
