@@ -17,6 +17,7 @@ nothing). :meth:`WriteAheadLog.restart` truncates atomically: a new file with a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -180,10 +181,8 @@ class WriteAheadLog:
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError:
-            try:
+            with contextlib.suppress(OSError):  # else a torn tail, dropped on the next open anyway
                 self._f.truncate(at)
-            except OSError:  # a torn tail is dropped on the next open anyway
-                pass
             raise
         self.seq = seq
         return seq

@@ -106,7 +106,7 @@ def test_damaged_middle_record_is_refused(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[HEADER_LEN + 20] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="damaged.*valid records follow"):
+    with pytest.raises(UserError, match=r"damaged.*valid records follow"):
         read_log(path)
     with pytest.raises(UserError, match="damaged"):
         WriteAheadLog(path, 0)
