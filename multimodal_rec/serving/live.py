@@ -29,7 +29,7 @@ from multimodal_rec.errors import UserError
 from multimodal_rec.serving.recommender import Recommender
 from multimodal_rec.serving.results import AddResult
 from multimodal_rec.serving.validation import check_embeddings, new_videos
-from multimodal_rec.serving.wal import SEQ_FIELD, WriteAheadLog, fsync_dir, wal_path
+from multimodal_rec.serving.wal import SEQ_FIELD, WriteAheadLog, fsync_dir, read_log, wal_path
 
 LOG = logging.getLogger(__name__)
 MAX_ID_CHARS = 200
@@ -72,6 +72,20 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
     for d in [*(p for p in root.rglob("*") if p.is_dir()), root, root.parent]:
         fsync_dir(d)
+
+
+def load_replayed(bundle: str | Path, **load: Any) -> Recommender:
+    """A read-only load that serves every logged write: the bundle with its log's newer records applied in memory
+    (the log is neither locked nor changed: for readers, e.g. worker processes while no process writes)."""
+    path = Path(bundle).resolve()
+    rec = Recommender.load(path, **load)
+    seq = int(rec.manifest.get(SEQ_FIELD, 0))
+    records = [r for r in read_log(wal_path(path), repair=False)[1] if r["seq"] > seq]
+    for record in records:
+        _apply(rec, record)
+    if records:
+        LOG.info("replayed %d log records over %s (read-only)", len(records), path)
+    return rec
 
 
 class LiveCatalog:
@@ -172,9 +186,11 @@ def _checked_video(v: Mapping[str, Any], vid: str) -> dict[str, Any]:
         raise UserError(f"video {vid!r}: embedding must be a list of numbers")
     if not all(math.isfinite(x) for x in emb):
         raise UserError(f"video {vid!r}: embedding must be finite (no NaN or infinity)")
-    bad = next((k for k, x in meta.items() if isinstance(x, float) and not math.isfinite(x)), None)
+    scalar = str | int | float | bool | None
+    bad = next((k for k, x in meta.items() if not isinstance(x, scalar) or x != x or x in (math.inf, -math.inf)), None)
     if bad is not None:
-        raise UserError(f"video {vid!r}: metadata {str(bad)[:60]!r} must be finite")
+        what = "a string, a finite number, true/false or null"
+        raise UserError(f"video {vid!r}: metadata {str(bad)[:60]!r} must be {what}")
     return {"video_id": vid, "embedding": [float(x) for x in emb], "metadata": dict(meta)}
 
 
