@@ -40,7 +40,9 @@ def _start(bundle: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
         f"run_server({str(bundle)!r}, port={port}, admin_token_file={str(token_file)!r})"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = (bundle.parent / "server.log").open("ab")  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
     while True:
         try:
@@ -49,7 +51,7 @@ def _start(bundle: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read().decode()[-2000:] if proc.stderr else "server died")
+            raise AssertionError((bundle.parent / "server.log").read_text()[-2000:])
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.1)
 
