@@ -172,3 +172,25 @@ def test_openapi_lists_the_write_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"post", "get"} <= set(paths["/videos"]) | {"get"} and "delete" in paths["/videos/{video_id}"]
     assert "post" in paths["/admin/snapshot"]
+
+
+def test_writes_refuse_several_workers_and_bad_token_files(bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    """One line at start, before anything is loaded: writes need one process; a token file must hold a token."""
+    from multimodal_rec.errors import UserError
+    from multimodal_rec.serving import http
+
+    monkeypatch.setattr(http, "check_port_free", lambda host, port: None)
+    monkeypatch.delenv("MMREC_ADMIN_TOKEN", raising=False)
+    token = tmp_path / "t"
+    token.write_text(ADMIN)
+    with pytest.raises(UserError, match="--workers 1"):
+        http.run_server(str(bundle), workers=2, admin_token_file=str(token))
+    monkeypatch.setenv("MMREC_ADMIN_TOKEN", ADMIN)
+    with pytest.raises(UserError, match="--workers 1"):
+        http.run_server(str(bundle), workers=2)
+    token.write_text("  \n")
+    with pytest.raises(UserError, match="is empty") as e:
+        http.run_server(str(bundle), api_token_file=str(token))
+    with pytest.raises(UserError, match="cannot read"):
+        http.run_server(str(bundle), admin_token_file=str(tmp_path / "missing"))
+    assert ADMIN not in str(e.value)
