@@ -22,7 +22,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
     serve = build_config(ServeConfig, overrides(a.set), "serve")
     serve.text_backend = a.text_backend or serve.text_backend
     serve.synonyms = a.synonyms or serve.synonyms
-    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, serve=serve)
+    tokens = {"admin_token_file": a.admin_token_file, "api_token_file": a.api_token_file}
+    run_server(a.bundle, host=a.host, port=a.port, workers=a.workers, serve=serve, **tokens)
 
 
 def add_serve(sub: Subparsers) -> None:
@@ -33,6 +34,13 @@ def add_serve(sub: Subparsers) -> None:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
+    s.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="enables POST /videos, DELETE /videos/ID, POST /admin/snapshot for 'Authorization: Bearer <token in "
+        "FILE>' (or set MMREC_ADMIN_TOKEN); without it they answer 403. Needs --workers 1",
+    )
+    s.add_argument("--api-token-file", metavar="FILE", help="every read endpoint but /healthz needs this bearer token")
     add_synonyms_flag(s)
     add_text_backend(s)
     s.add_argument(

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.errors import UserError
+from multimodal_rec.serving.http_writes import MAX_BODY, Guard, add_write_routes, read_token
 from multimodal_rec.serving.metrics import METRICS_ENV, add_metrics_route, observe
 from multimodal_rec.serving.moments import check_moments_mode
 from multimodal_rec.serving.schemas import MAX_FILTERS, ApiModels, api_models
@@ -32,6 +33,7 @@ from multimodal_rec.serving.validation import MAX_HISTORY, MAX_K, MAX_QUERY_CHAR
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from multimodal_rec.serving.live import LiveCatalog
     from multimodal_rec.serving.recommender import Recommender
 
 __all__ = ["MAX_FILTERS", "create_app", "run_server"]
@@ -41,6 +43,8 @@ _BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn
 _THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
 _SYNONYMS_ENV = "MMREC_SERVE_SYNONYMS"  # the synonyms file of run_server, for the worker processes
 _SERVE_ENV = "MMREC_SERVE_CONFIG"  # the ServeConfig, as JSON, for worker processes
+_API_TOKEN_ENV = "MMREC_SERVE_API_TOKEN_FILE"  # the API token's file (never the token), for worker processes
+ADMIN_TOKEN_ENV = "MMREC_ADMIN_TOKEN"  # the admin token, when no --admin-token-file is given
 _MAX_ERRORS = 3  # validation problems named in one error line
 _MAX_ERROR_CHARS = 400
 
@@ -153,9 +157,20 @@ def _validation_error(errors: list[dict[str, Any]], content_type: str | None = "
 
 # --- the app ------------------------------------------------------------------------------------------------------
 def create_app(
-    rec: "Recommender", max_query_chars: int = MAX_QUERY_CHARS, max_history: int = MAX_HISTORY, max_k: int = MAX_K
+    rec: "Recommender",
+    max_query_chars: int = MAX_QUERY_CHARS,
+    max_history: int = MAX_HISTORY,
+    max_k: int = MAX_K,
+    *,
+    live: "LiveCatalog | None" = None,
+    admin_token: str | None = None,
+    api_token: str | None = None,
+    max_body: int = MAX_BODY,
 ) -> "FastAPI":
     """A FastAPI app answering search / recommend / explain over ``rec``; limits bound every request field.
+
+    ``live`` (a LiveCatalog over ``rec``) and ``admin_token`` enable the write endpoints (without both they answer
+    403); ``api_token`` protects the reads; ``max_body``: bytes of one request body (413 above).
 
     The limits default to the Recommender's own (serving.validation), and may only be lowered: the Recommender
     refuses more. Each app has its own Prometheus registry, so several apps can live in one process (tests, several
@@ -175,7 +190,9 @@ def create_app(
     _add_error_handlers(app)
     _add_query_routes(app, rec, m)
     _add_catalog_routes(app, rec, m)
+    add_write_routes(app, live, admin_token, m.errors)
     add_metrics_route(app, registry)
+    app.add_middleware(Guard, max_body=max_body, api_token=api_token, admin_token=admin_token)
     return app
 
 
@@ -292,13 +309,16 @@ def run_server(
     workers: int = 1,
     synonyms: str | None = None,
     serve: Any = None,
+    admin_token_file: str | None = None,
+    api_token_file: str | None = None,
 ) -> None:
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
     With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
     ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``; or
     ``serve.synonyms``). ``serve``: the query settings (a ``ServeConfig``: text backend, cache, micro-batching; see
-    ``Recommender.load``).
+    ``Recommender.load``). ``admin_token_file`` (else ``$MMREC_ADMIN_TOKEN``): enables the write endpoints, one
+    worker only (:mod:`.http_writes`); ``api_token_file``: the reads need it too. The write-ahead log is replayed.
     """
     _require_serve_extra("uvicorn")
     import dataclasses
@@ -316,15 +336,24 @@ def run_server(
         raise UserError(f"port must be an integer in [0, 65535], got {port!r}")
     check_port_free(host, port)  # before loading the bundle (seconds): a port in use is known at once
     syn = load_synonyms(synonyms) if synonyms else None  # a bad file, too
+    admin = read_token(admin_token_file, "admin token") or os.environ.get(ADMIN_TOKEN_ENV) or None
+    api = read_token(api_token_file, "API token")
+    if admin and workers > 1:
+        raise UserError("writes (an admin token) need --workers 1: worker processes would each hold their own catalog")
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
     if workers == 1:
-        from multimodal_rec.serving.recommender import Recommender
+        from multimodal_rec.serving.live import LiveCatalog, load_replayed
 
-        rec = Recommender.load(bundle, serve=serve)
+        live = LiveCatalog.open(bundle, serve=serve) if admin else None
+        rec = live.rec if live is not None else load_replayed(bundle, serve=serve)
         rec.synonyms.set(syn)
         LOG.info("serving %d videos from %s on http://%s:%d", len(rec), bundle, host, port)
-        uvicorn.run(create_app(rec), **options)
+        try:
+            uvicorn.run(create_app(rec, live=live, admin_token=admin, api_token=api), **options)
+        finally:
+            if live is not None:
+                live.close()
         return
     from multimodal_rec.bundle import read_manifest
 
@@ -333,6 +362,7 @@ def run_server(
     os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
     os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve()) if synonyms else ""
     os.environ[_SERVE_ENV] = json.dumps(dataclasses.asdict(serve))
+    os.environ[_API_TOKEN_ENV] = str(Path(api_token_file).resolve()) if api_token_file else ""
     LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     import shutil
     import tempfile
@@ -377,10 +407,10 @@ def _app_from_env() -> "FastAPI":
         import torch
 
         torch.set_num_threads(int(threads))
-    from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.live import load_replayed
     from multimodal_rec.serving.text_backends import ServeConfig
 
     serve = ServeConfig(**json.loads(os.environ[_SERVE_ENV])) if os.environ.get(_SERVE_ENV) else None
-    rec = Recommender.load(bundle, serve=serve)
+    rec = load_replayed(bundle, serve=serve)
     rec.synonyms.set(os.environ.get(_SYNONYMS_ENV) or None)
-    return create_app(rec)
+    return create_app(rec, api_token=read_token(os.environ.get(_API_TOKEN_ENV) or None, "API token"))
