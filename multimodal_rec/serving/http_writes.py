@@ -182,7 +182,9 @@ def _write_models() -> Any:
         embedding: list[Number] | None = Field(
             None, min_length=1, max_length=MAX_DIM, description="the video's vector: the bundle's dimension"
         )
-        path: str | None = Field(None, max_length=4096, description="not supported yet: send the embedding")
+        path: str | None = Field(
+            None, max_length=4096, description="instead of embedding: a file the server reads and encodes"
+        )
         metadata: Meta = Field(default_factory=dict, max_length=200, description="catalog columns -> values")
 
     class AddRequest(Strict):

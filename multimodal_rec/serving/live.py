@@ -137,6 +137,8 @@ class LiveCatalog:
                     )
                     continue
                 fresh.append(_checked_video(v, vid))
+            fresh, unread = _encode_paths(self.rec, fresh)  # videos given by path: decoded and encoded first
+            skipped += unread
             if not fresh:
                 return AddResult([], skipped)
             _frame_and_vectors(self.rec, fresh)  # every check add_videos makes, before anything is logged
@@ -175,23 +177,53 @@ class LiveCatalog:
 
 def _checked_video(v: Mapping[str, Any], vid: str) -> dict[str, Any]:
     """The log form of a video to add: its id, its embedding (finite floats) and metadata (a JSON object)."""
-    emb, meta = v.get("embedding"), v.get("metadata") or {}
-    if v.get("path") is not None:
-        raise UserError(f"video {vid!r}: adding by path is not supported by the live catalog yet; send its embedding")
-    if emb is None:
-        raise UserError(f"video {vid!r} needs an embedding")
+    emb, meta, path = v.get("embedding"), v.get("metadata") or {}, v.get("path")
+    if (emb is None) == (path is None):
+        raise UserError(f"video {vid!r} needs an embedding or a path the server can read (one of them)")
     if not isinstance(meta, Mapping) or "video_id" in meta:
         raise UserError(f"video {vid!r}: metadata must be an object of catalog columns (without video_id)")
+    if path is not None:
+        if not isinstance(path, str) or not path.strip():
+            raise UserError(f"video {vid!r}: path must be a non-empty string")
+        return {"video_id": vid, "path": path, "metadata": _checked_metadata(vid, meta)}
     if not isinstance(emb, list | tuple | np.ndarray) or not all(isinstance(x, int | float) for x in emb):
         raise UserError(f"video {vid!r}: embedding must be a list of numbers")
     if not all(math.isfinite(x) for x in emb):
         raise UserError(f"video {vid!r}: embedding must be finite (no NaN or infinity)")
+    return {"video_id": vid, "embedding": [float(x) for x in emb], "metadata": _checked_metadata(vid, meta)}
+
+
+def _checked_metadata(vid: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     scalar = str | int | float | bool | None
     bad = next((k for k, x in meta.items() if not isinstance(x, scalar) or x != x or x in (math.inf, -math.inf)), None)
     if bad is not None:
         what = "a string, a finite number, true/false or null"
         raise UserError(f"video {vid!r}: metadata {str(bad)[:60]!r} must be {what}")
-    return {"video_id": vid, "embedding": [float(x) for x in emb], "metadata": dict(meta)}
+    return dict(meta)
+
+
+def _encode_paths(rec: Recommender, videos: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """``videos`` with every one given by ``path`` decoded and encoded as ``mmrec encode`` made the bundle (its
+    frames and text blended into one item vector: the log holds the vector, so replay never decodes again), and the
+    ones that could not be read, with their reason. A video added this way is served as one segment."""
+    from multimodal_rec.bundle import encode_config_of
+
+    todo = [v for v in videos if "path" in v]
+    if not todo:
+        return videos, []
+    rows = [{"video_id": v["video_id"], **v["metadata"], "abs_path": str(Path(v["path"]).expanduser())} for v in todo]
+    vectors, errors = rec.encode_items(pd.DataFrame(rows), encode_config_of(rec.manifest))
+    encoded = iter(vectors.item)
+    item = {v["video_id"]: None if e else next(encoded) for v, e in zip(todo, errors, strict=True)}
+    out = [v if "path" not in v else _with_vector(v, item[v["video_id"]]) for v in videos]
+    skipped = [{"video_id": v["video_id"], "reason": e} for v, e in zip(todo, errors, strict=True) if e]
+    return [v for v in out if v is not None], skipped
+
+
+def _with_vector(v: dict[str, Any], vector: np.ndarray | None) -> dict[str, Any] | None:
+    if vector is None:
+        return None
+    return {"video_id": v["video_id"], "embedding": [float(x) for x in vector], "metadata": v["metadata"]}
 
 
 def _frame_and_vectors(rec: Recommender, videos: list[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -157,6 +157,7 @@ class Recommender:
         return self._queries.user_queries(histories, self.xb.shape[1], prior)
 
     encode_queries = _read_only("_queries", "encode_texts", "``encode_queries(texts)``: ``xq [n, D]`` float32.")
+    encode_items = _read_only("_queries", "encode_items", "``encode_items(df, enc)``: vectors of videos to add.")
     encode_histories = _read_only(
         "_queries", "encode_histories", "``encode_histories(histories)``: ``xq [n, D]``, attention ``[n, S]``."
     )

@@ -194,3 +194,14 @@ def test_writes_refuse_several_workers_and_bad_token_files(bundle: Path, tmp_pat
     with pytest.raises(UserError, match="cannot read"):
         http.run_server(str(bundle), admin_token_file=str(tmp_path / "missing"))
     assert ADMIN not in str(e.value)
+
+
+def test_add_by_path_over_http(client: TestClient, live: LiveCatalog, world: Path) -> None:
+    import pandas as pd
+
+    clip = str(world / pd.read_csv(world / "catalog.csv")["path"][1])
+    body = {"videos": [{"video_id": "up1", "path": clip}, {"video_id": "up2", "path": "/no/such/file.mp4"}]}
+    r = client.post("/videos", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == ["up1"] and [s["video_id"] for s in r.json()["skipped"]] == ["up2"]
+    assert client.get("/videos/up1").status_code == 200 and client.get("/videos/up2").status_code == 404

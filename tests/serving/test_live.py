@@ -141,3 +141,32 @@ def test_interrupted_bundle_replacement_is_recovered(copy: Path) -> None:
 def test_video_ids_that_are_refused(vid) -> None:
     with pytest.raises(UserError):
         check_video_id(vid)
+
+
+def test_add_by_path_encodes_logs_the_vector_and_replays(copy: Path, world: Path) -> None:
+    """A video given by path is decoded and encoded as mmrec encode made the bundle; the log holds its vector, so
+    a reopen serves the same vector without decoding; an unreadable path is skipped with its reason, not logged."""
+    import pandas as pd
+
+    cat = pd.read_csv(world / "catalog.csv")
+    clip = str(world / cat["path"][0])
+    live = LiveCatalog.open(copy)
+    res = live.add(
+        [
+            {"video_id": "by_path", "path": clip, "metadata": {"title": str(cat["title"][0])}},
+            {"video_id": "broken", "path": str(copy / "no-such.mp4"), "metadata": {}},
+        ]
+    )
+    assert res.added == ["by_path"] and [s["video_id"] for s in res.skipped] == ["broken"]
+    vec = np.asarray(live.rec.embeddings[live.rec.row_of["by_path"]])
+    same = np.asarray(live.rec.embeddings[live.rec.row_of[str(cat["video_id"][0])]])  # the clip, by mmrec encode
+    np.testing.assert_allclose(vec, same, atol=1e-5)
+    records = read_log(wal_path(copy))[1]
+    assert len(records) == 1 and [v["video_id"] for v in records[0]["videos"]] == ["by_path"]
+    np.testing.assert_allclose(records[0]["videos"][0]["embedding"], vec, atol=1e-6)
+    live.close()
+    live = LiveCatalog.open(copy)
+    np.testing.assert_allclose(np.asarray(live.rec.embeddings[live.rec.row_of["by_path"]]), vec, atol=1e-6)
+    with pytest.raises(UserError, match="needs an embedding or a path"):
+        live.add([{"video_id": "both", "path": clip, "embedding": vec.tolist()}])
+    live.close()
