@@ -44,7 +44,8 @@ def api_models(max_query_chars: int, max_history: int, max_k: int) -> ApiModels:
 
     Text = Annotated[str, Field(min_length=1, max_length=max_query_chars), AfterValidator(not_blank)]
     # JSON has one number type: 37.0 is the integer 37 to a JSON Schema validator, so the handler takes it too
-    K = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=max_k, description="how many hits to return")]
+    # (Field before the validator: after it, pydantic writes "ge"/"le" into the schema instead of minimum/maximum)
+    K = Annotated[int, Field(ge=1, le=max_k, description="how many hits to return"), BeforeValidator(_whole_number)]
     History = Annotated[
         list[Text],
         Field(
