@@ -7,13 +7,10 @@ is checked over HTTP; a second round, a second kill; finally the bundle is opene
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from live_server import start_server
 
 from multimodal_rec.bundle import read_manifest
 from multimodal_rec.serving.live import LiveCatalog
@@ -32,28 +30,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _start(bundle: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = (
-        "from multimodal_rec.serving.http import run_server; "
-        f"run_server({str(bundle)!r}, port={port}, admin_token_file={str(token_file)!r})"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = (bundle.parent / "server.log").open("ab")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError((bundle.parent / "server.log").read_text()[-2000:])
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
+    return start_server(bundle, token_file)
 
 
 class Client:
