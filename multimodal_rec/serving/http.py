@@ -341,7 +341,9 @@ def run_server(
     if admin and workers > 1:
         raise UserError("writes (an admin token) need --workers 1: worker processes would each hold their own catalog")
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.
-    options: dict[str, Any] = {"host": host, "port": port, "access_log": False}
+    # timeout_keep_alive 30 s: longer than clients' usual idle expiry (httpx, requests: 5 s), so a client never sends a
+    # request on a connection the server is closing (a transport error no retry policy should have to absorb)
+    options: dict[str, Any] = {"host": host, "port": port, "access_log": False, "timeout_keep_alive": 30}
     if workers == 1:
         from multimodal_rec.serving.live import LiveCatalog, load_replayed
 

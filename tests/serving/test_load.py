@@ -69,7 +69,9 @@ async def _run(url: str, seconds: float, dim: int, ids: list[str], seed: int) ->
             elif kind == "add":  # removable once acknowledged (a remove sent earlier would rightly be a 404)
                 added.extend(resp.json()["added"])
 
-    limits = httpx.Limits(max_connections=CONCURRENCY)
+    # idle connections are dropped by the client before uvicorn's 5 s keep-alive timeout could close one under a
+    # request being sent (a transport race every HTTP client meets; not the service's error)
+    limits = httpx.Limits(max_connections=CONCURRENCY, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         await asyncio.gather(*(one(client) for _ in range(CONCURRENCY)))
     return {"latency": lat, "errors": errors}
