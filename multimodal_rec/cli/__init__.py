@@ -9,6 +9,7 @@ on stderr, no traceback), 130 interrupted; any other exception is a bug and keep
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -18,6 +19,10 @@ import multimodal_rec
 from multimodal_rec.cli import bench, data, encode, explain, init, query, serve, train
 from multimodal_rec.cli import eval as evaluate
 from multimodal_rec.errors import InfrastructureError, UserError
+
+# the disk failing under a write (full, quota, read-only, I/O error): one line, exit 2; the writers replace files and
+# bundles only by a rename after a complete write, so what was there before is intact
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 # in `mmrec --help` order
 COMMANDS = (
@@ -93,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fn(args)
     except (UserError, InfrastructureError) as e:
         print(f"mmrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise  # not the disk: a bug, with its traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"mmrec {args.command}: error: disk: {e.strerror or e}{where}; nothing was replaced", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmrec {args.command}: interrupted", file=sys.stderr)

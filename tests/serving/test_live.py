@@ -170,3 +170,32 @@ def test_add_by_path_encodes_logs_the_vector_and_replays(copy: Path, world: Path
     with pytest.raises(UserError, match="needs an embedding or a path"):
         live.add([{"video_id": "both", "path": clip, "embedding": vec.tolist()}])
     live.close()
+
+
+@pytest.mark.parametrize("how", ["save", "encode"])
+def test_a_full_disk_during_save_or_encode_leaves_the_bundle(
+    how: str, copy: Path, trained: Path, world: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Disk trouble (issue 19) while ``Recommender.save`` or ``mmrec encode`` replaces a bundle: the previous version
+    still verifies, and the CLI says so in one line (exit 2)."""
+    from multimodal_rec import Recommender
+    from multimodal_rec.cli import main
+
+    before = read_manifest(copy)["files"]
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    rec = Recommender.load(copy) if how == "save" else None
+    monkeypatch.setattr(np, "save", full_disk)
+    if how == "save":
+        with pytest.raises(OSError, match="No space left"):
+            rec.save(copy)
+    else:
+        cmd = ["encode", "--model", str(trained), "--catalog", str(world / "catalog.csv"), "--out", str(copy)]
+        assert main([*cmd, "--rebuild", "--workers", "0", "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "disk: No space left on device" in err[0], err
+    monkeypatch.undo()
+    assert read_manifest(copy, verify=True)["files"] == before  # every checksum of the old version passes
+    assert len(Recommender.load(copy)) > 0
