@@ -551,3 +551,22 @@ def test_real_server_answers(bundle: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe\x00not utf-8",  # not UTF-8
+        b'{"query": "\xc3\x28", "k": 3}',  # an invalid UTF-8 sequence inside a string
+        b"[" * 100_000 + b"]" * 100_000,  # deeply nested
+        b'{"query": "' + b"a" * 2_000_000 + b'", "k": 3}',  # huge, under the body cap
+        b'{"query": "x", "k": 3',  # truncated
+    ],
+)
+def test_malformed_bodies_are_one_line_4xx(client: TestClient, body: bytes) -> None:
+    """Bad bytes anywhere (issue 19): a JSON 4xx naming the problem, never a 5xx, and the service answers after."""
+    r = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
+    err = r.json()["error"]
+    assert isinstance(err, str) and err and "\n" not in err
+    assert client.post("/search", json={"query": "a red circle", "k": 3}).status_code == 200
