@@ -99,3 +99,14 @@ def test_identity_heads_start_in_the_models_own_space(clip_dir: Path) -> None:
         create_model(bad)
     with pytest.raises(UserError, match="heads_init must be random or identity"):
         create_model(dataclasses.replace(cfg.model, heads_init="zeros"))
+
+
+def test_resume_a_run_from_a_pretrained_directory(clip_dir: Path, world: Path, tmp_path: Path) -> None:
+    """The checkpoint records the trunks' architectures (hf_arch); resume still sees the same model config."""
+    from multimodal_rec.training.train import train
+
+    cfg = _cfg(clip_dir)
+    cfg.train.epochs, cfg.train.max_steps = 2, 2
+    assert train(cfg, world, tmp_path / "run").steps == 2
+    cfg.train.max_steps = 0
+    assert train(cfg, world, tmp_path / "run", resume=True).steps > 2
