@@ -457,7 +457,8 @@ def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch:
     monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)  # port 8000 may be busy on this machine
     serve.run_server(str(bundle))
     ((app, kw),) = calls
-    assert kw == {"host": "127.0.0.1", "port": 8000, "access_log": False}
+    # keep-alive longer than clients' usual 5 s idle expiry: no request is sent on a connection being closed
+    assert kw == {"host": "127.0.0.1", "port": 8000, "access_log": False, "timeout_keep_alive": 30}
     assert TestClient(app).get("/healthz").json()["status"] == "ok"
 
 
