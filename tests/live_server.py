@@ -13,12 +13,17 @@ from pathlib import Path
 import httpx
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(bundle: Path, token_file: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
     """``run_server(bundle, admin_token_file=token_file)`` in a subprocess; returns it and its base URL once
     ``/healthz`` answers (AssertionError with the server's last output if it dies or does not start in time)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = (
         "from multimodal_rec.serving.http import run_server; "
         f"run_server({str(bundle)!r}, port={port}, admin_token_file={str(token_file)!r})"

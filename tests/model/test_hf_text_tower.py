@@ -19,6 +19,7 @@ import torch
 from encoders import TextTower, TextTowerConfig
 from encoders.hf_text import TextModelConfigError
 from encoders.text import default_model_path, load_tokenizer
+from multimodal_rec.data.synth.clip_dir import write_clip_tokenizer
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.text_features import text_features, tokenize
 
@@ -132,27 +133,6 @@ def test_packaged_minilm_features_are_unchanged() -> None:
 
 
 # --- CLIP -----------------------------------------------------------------------------------------------------
-def _clip_tokenizer_files(path: Path) -> int:
-    """A tiny real CLIPTokenizer (byte-level BPE, a few merges) saved into ``path``; returns its vocab size."""
-    from transformers import CLIPTokenizer
-
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:] + [256 + i for i in range(256 - len(bs))]
-    bs += [b for b in range(256) if b not in bs]
-    chars = [chr(c) for c in cs]
-    merges = ["r e", "re d</w>", "c a", "ca r</w>"]
-    vocab = chars + [c + "</w>" for c in chars] + ["re", "red</w>", "ca", "car</w>"]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    raw = path / "raw"
-    raw.mkdir(parents=True)
-    (raw / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(dict.fromkeys(vocab))}))
-    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), pad_token="<|endoftext|>")
-    tok.save_pretrained(path)
-    shutil.rmtree(raw)
-    return len(tok)
-
-
 def _clip_text_kwargs(vocab: int) -> dict:
     return dict(
         vocab_size=vocab,
@@ -173,7 +153,7 @@ def _clip_dir(path: Path, kind: str) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
-    text = _clip_text_kwargs(_clip_tokenizer_files(path))
+    text = _clip_text_kwargs(write_clip_tokenizer(path))
     if kind == "clip":
         vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32)
         model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 16}, projection_dim=24))

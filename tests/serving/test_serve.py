@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from live_server import free_port
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -524,9 +525,7 @@ def test_real_server_answers(bundle: Path) -> None:
     """One real uvicorn process on a free loopback port: healthz and a search over HTTP."""
     pytest.importorskip("uvicorn")
     httpx = pytest.importorskip("httpx")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = f"from multimodal_rec.serving.http import run_server; run_server({str(bundle)!r}, port={port})"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from live_server import free_port
 
 
 def test_two_workers_metrics_are_combined(bundle: Path) -> None:
     pytest.importorskip("uvicorn")
     pytest.importorskip("prometheus_client")
     httpx = pytest.importorskip("httpx")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = f"from multimodal_rec.serving.http import run_server; run_server({str(bundle)!r}, port={port}, workers=2)"
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

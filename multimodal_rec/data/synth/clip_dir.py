@@ -31,7 +31,7 @@ class ClipSize:
     max_positions: int = 40  # text positions (CLIP's: 77)
 
 
-def _tokenizer(path: Path) -> int:
+def write_clip_tokenizer(path: str | Path) -> int:
     """A tiny real CLIPTokenizer (every byte, a few merges) saved into ``path``; returns its vocabulary size."""
     from transformers import CLIPTokenizer
 
@@ -58,7 +58,7 @@ def make_clip_dir(out: str | Path, size: ClipSize = ClipSize(), seed: int = 0) -
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        vocab = _tokenizer(tmp)
+        vocab = write_clip_tokenizer(tmp)
         common = dict(hidden_size=size.width, intermediate_size=2 * size.width, num_hidden_layers=size.layers)
         text = dict(
             **common, num_attention_heads=size.heads, vocab_size=vocab, max_position_embeddings=size.max_positions,
