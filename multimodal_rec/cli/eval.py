@@ -75,6 +75,8 @@ def _dataset_config(pairs: list[str]) -> dict[str, Any]:
 def _eval_dataset(a: argparse.Namespace) -> None:
     from multimodal_rec.evaluation.ml100k.run import DEFAULT_METHODS, evaluate_ml100k, format_ml100k
 
+    if a.tune:
+        return _tune_dataset(a)
     config = _dataset_config(a.set)
     res = evaluate_ml100k(
         seeds=a.seeds or 3,
@@ -84,12 +86,37 @@ def _eval_dataset(a: argparse.Namespace) -> None:
         config=config,
         out_dir=a.out,
         progress=tqdm_progress(a.quiet),  # on stderr: --json keeps stdout to one object
+        tuned=a.tuned,
     )
     if a.json:
         print_json({k: v for k, v in res.items() if k != "recall_curve"})
     else:
         print(format_ml100k(res))
         print(f"results.json and recall_at_k.png in {a.out}")
+
+
+def _tune_dataset(a: argparse.Namespace) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    from multimodal_rec.evaluation.ml100k.tune import GRIDS, TUNABLE, estimate_seconds, format_tuned, tune_ml100k
+
+    if a.set or a.tuned or a.split != "loo" or a.seeds:
+        raise UserError("--tune searches the declared grids on seed 0's loo split: drop --set/--tuned/--split/--seeds")
+    methods = a.methods or TUNABLE
+    jobs = a.jobs or min(sum(len(GRIDS.get(m, ())) for m in methods), os.cpu_count() or 1) or 1
+    est = estimate_seconds(methods, jobs)
+    out = Path(a.out) / "tuned.json"
+    n = sum(len(GRIDS.get(m, ())) for m in methods)
+    how_long = f"about {est / 60:.0f} min (the committed search's measured trainings)" if est else "time unknown"
+    print(f"mmrec eval --tune: {n} trainings of {', '.join(methods)} in {jobs} processes, {how_long}", file=sys.stderr)
+    doc = tune_ml100k(methods, jobs=jobs, out_file=out, progress=tqdm_progress(a.quiet))
+    if a.json:
+        print_json(doc)
+    else:
+        print(format_tuned(doc))
+        print(f"chosen settings in {out}: later runs read them with --tuned {out}")
 
 
 def add_eval(sub: Subparsers) -> None:
@@ -128,3 +155,10 @@ def add_eval(sub: Subparsers) -> None:
     s.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="--dataset: model.X / train.X / recent"
     )
+    s.add_argument(
+        "--tune",
+        action="store_true",
+        help="--dataset: choose each method's settings on validation (a declared grid; slow) and write "
+        "OUT/tuned.json for later runs",
+    )
+    s.add_argument("--tuned", metavar="JSON", help="--dataset: settings a --tune run wrote (default: the committed)")

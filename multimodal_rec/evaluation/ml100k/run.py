@@ -22,12 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
-from multiprocessing import get_context
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,15 @@ import numpy as np
 
 from multimodal_rec.errors import UserError
 from multimodal_rec.evaluation.metrics import CURVE_KS, leave_out_metrics
+from multimodal_rec.evaluation.ml100k.methods import (
+    ID_BASELINES,
+    TUNED_FILE,
+    fit_and_score,
+    load_tuned,
+    merge,
+    method_params,
+    trainings_pool,
+)
 from multimodal_rec.evaluation.simple import (
     mean_history_scores,
     popularity_scores,
@@ -46,7 +52,6 @@ from multimodal_rec.progress import ProgressFn, no_progress
 
 LOG = logging.getLogger(__name__)
 TRAINED = ("user_tower", "user_tower_text_only", "user_tower_no_attention", "user_tower_unseen_items")
-ID_BASELINES = ("bpr_mf", "mult_dae", "sasrec")
 CHEAP = ("popularity", "mean_history", "random")
 ALL_METHODS = TRAINED + ID_BASELINES + CHEAP
 DEFAULT_METHODS = (
@@ -128,40 +133,6 @@ class LeaveOut:
         return leave_out_metrics(scores[ok], self.sp.targets[rows], self.seen[rows], self.vectors, self.counts)
 
 
-# --- one job of the pool: one seed x one trained method --------------------------------------------------
-def _job(method: str, seed: int, sp: Split, feats: np.ndarray, unseen: np.ndarray, cfg: dict[str, Any]) -> Any:
-    import torch
-
-    torch.set_num_threads(1)
-    n_items = len(feats)
-    if method in ID_BASELINES:
-        from multimodal_rec.evaluation import baselines
-
-        return getattr(baselines, method)([list(s) for s in sp.seqs], n_items, seed=seed)
-    from multimodal_rec.evaluation.ml100k.textrec import (
-        default_train_config,
-        score_users,
-        textrec_config,
-        train_textrec,
-    )
-
-    tcfg = textrec_config(cfg.get("model"))
-    if method == "user_tower_text_only":
-        tcfg = replace(tcfg, id_dim=0)
-    if method == "user_tower_no_attention":
-        tcfg = replace(tcfg, user=replace(tcfg.user, attention=False))
-    seqs = sp.seqs
-    if method == "user_tower_unseen_items":  # those movies vanish from training: no ID, no target, no history
-        held = np.zeros(n_items, dtype=bool)
-        held[unseen] = True
-        seqs = [s[~held[s]] for s in sp.seqs]
-    tc = default_train_config(seed=seed, **cfg.get("train", {}))
-    with tempfile.TemporaryDirectory(prefix="mmrec-ml100k-") as tmp:
-        model = train_textrec(seqs, feats, tcfg, tc, tmp, recent=int(cfg.get("recent", 0)))
-    # Scoring reads the full history (held-out movies included: by their text alone, as at serving time).
-    return score_users(model, [sp.seqs[u] for u in sp.users])
-
-
 def evaluate_ml100k(
     seeds: int = 3,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -170,11 +141,15 @@ def evaluate_ml100k(
     config: dict[str, Any] | None = None,
     out_dir: str | Path | None = None,
     progress: ProgressFn = no_progress,
+    tuned: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and score every method on ml-100k for ``seeds`` seeds; mean and std of each metric.
 
-    ``config`` overrides the text-rec defaults: ``{"model": {...TextRecConfig}, "train": {...TrainConfig},
-    "recent": N}``. With ``out_dir``, ``results.json`` and ``recall_at_k.png`` are written there.
+    Each trained method reads its settings from ``tuned`` (a file ``--tune`` wrote; default: the committed
+    ``tuned.json``), trains on the validation split with early stopping and is scored once on the test targets
+    (:mod:`multimodal_rec.evaluation.ml100k.protocol`). ``config`` overrides the towers' settings:
+    ``{"model": {...TextRecConfig}, "train": {...TrainConfig}, "recent": N}``. With ``out_dir``,
+    ``results.json`` and ``recall_at_k.png`` are written there.
     """
     from multimodal_rec.evaluation.ml100k.movielens import load_ml100k
     from multimodal_rec.evaluation.ml100k.textrec import text_features, textrec_config
@@ -184,14 +159,16 @@ def evaluate_ml100k(
         raise UserError(f"unknown method {unknown[0]!r} (choose from {', '.join(ALL_METHODS)})")
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    cfg = {"recent": 20, **(config or {})}
-    max_history = textrec_config(cfg.get("model")).user.max_history
+    doc = load_tuned(tuned)
+    trained = [m for m in methods if m in TRAINED or m in ID_BASELINES]
+    params = {m: merge(method_params(doc, m), (config or {}) if m in TRAINED else {}) for m in trained}
+    tower = params.get("user_tower") or merge(method_params(doc, "user_tower"), config or {})
+    max_history = textrec_config(tower.get("model")).user.max_history
     t0 = time.perf_counter()
     items, inter = load_ml100k()
     n_items = len(items)
     LOG.info("ml-100k: text features of %d movies (MiniLM, once)", n_items)
     feats = text_features(list(items["text"]))
-    trained = [m for m in methods if m in TRAINED or m in ID_BASELINES]
     work = [(m, s) for s in range(seeds) for m in trained]
     jobs = jobs or max(1, min(len(work), os.cpu_count() or 1))
     splits = {s: make_split(inter, items, s, split) for s in range(seeds)}
@@ -202,19 +179,25 @@ def evaluate_ml100k(
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
     evals = {s: LeaveOut.of(splits[s], x) for s in range(seeds)}
     runs: dict[str, list[dict[str, float]]] = {}
+    reports: dict[str, list[dict[str, Any]]] = {}
     LOG.info("ml-100k: %d trainings (%d seeds) in %d processes", len(work), seeds, jobs)
     bar = progress(total=len(work), desc="ml-100k trainings", unit="run")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {(m, s): pool.submit(_job, m, s, splits[s], feats, unseen[s], cfg) for m, s in work}
+    with trainings_pool(jobs) as pool:
+        futures = {
+            (m, s): pool.submit(
+                fit_and_score, m, s, _training_seqs(m, splits[s], unseen[s], n_items), feats, params[m], splits[s].seqs
+            )
+            for m, s in work
+        }
         for s in range(seeds):  # the cheap methods, while the pool trains
             _cheap_methods(evals[s], x, unseen[s], max_history, methods, np.random.default_rng(s), runs)
         for (m, s), fut in futures.items():
             sp = splits[s]
-            scores = fut.result()
-            if len(scores) == len(sp.seqs) != len(sp.users):  # ID baselines score every user; keep those with a target
-                scores = scores[sp.users]
+            scores, report = fut.result()
+            scores = scores[sp.users]  # every user was scored; the metrics are over the users with a test target
             sel = np.isin(sp.targets, unseen[s]) if m == "user_tower_unseen_items" else None
             runs.setdefault(m, []).append(evals[s].metrics(scores if sel is None else scores[sel], sel))
+            reports.setdefault(m, []).append(report)
             bar.update(1)
     bar.close()
     order = [m for m in ALL_METHODS if m in runs] + [m for m in runs if m not in ALL_METHODS]  # *_unseen_items last
@@ -227,12 +210,29 @@ def evaluate_ml100k(
         "items": n_items,
         "unseen_items": len(unseen[0]),
         "seconds": round(time.perf_counter() - t0, 1),
+        "tuned": str(tuned) if tuned is not None else f"(committed) {TUNED_FILE}",
+        "settings": {m: {"params": params[m], **_training_summary(reports[m])} for m in trained},
         "results": {m: _aggregate(runs[m]) for m in order},
         "recall_curve": {m: _curve(runs[m]) for m in order},
     }
     if out_dir is not None:
         write_outputs(res, Path(out_dir))
     return res
+
+
+def _training_seqs(method: str, sp: Split, unseen: np.ndarray, n_items: int) -> list[np.ndarray]:
+    """What ``method`` trains on: the training histories, less the held-out movies for ``user_tower_unseen_items``
+    (they vanish from training: no ID, no target, no history; scoring reads them by their text alone)."""
+    if method != "user_tower_unseen_items":
+        return sp.seqs
+    held = np.zeros(n_items, dtype=bool)
+    held[unseen] = True
+    return [s[~held[s]] for s in sp.seqs]
+
+
+def _training_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method over seeds: the early-stopping epochs, validation NDCG@10 and seconds of each training."""
+    return {k: [r.get(k) for r in reports] for k in ("best_epoch", "epochs_run", "val_ndcg@10", "seconds")}
 
 
 def _cheap_methods(

@@ -27,7 +27,7 @@ from encoders.heads import ProjectionHead
 from encoders.user import UserTower
 from multimodal_rec.config import TrainConfig, build_config, refuse_unsupported
 from multimodal_rec.errors import UserError
-from multimodal_rec.evaluation.metrics import target_ranks
+from multimodal_rec.evaluation.ml100k.protocol import VAL_METRIC, Validation, validation_ndcg
 from multimodal_rec.model.checkpoint import load_module, save_module
 from multimodal_rec.model.loss import InfoNCELoss
 from multimodal_rec.model.text_features import text_features
@@ -215,12 +215,10 @@ class NextItemTask:
     def validate(self) -> dict[str, float]:
         if self.val_targets is None:
             return {}
-        ok = np.flatnonzero(self.val_targets >= 0)
-        scores = score_users(self.model, [self.seqs[u] for u in ok])
-        for i, u in enumerate(ok):
-            scores[i, self.seqs[u]] = -np.inf
-        ranks = target_ranks(scores, self.val_targets[ok])
-        return {"ndcg@10": float(np.where(ranks <= 10, 1 / np.log2(ranks + 1), 0).mean())}
+        val = Validation(self.seqs, self.val_targets)
+        users = val.users
+        scores = score_users(self.model, [self.seqs[u] for u in users])
+        return {VAL_METRIC: validation_ndcg(scores, val, users)}
 
     def save(self, out: Path, extra: dict[str, Any]) -> None:
         save_textrec(self.model, out, extra)
@@ -271,8 +269,13 @@ def train_textrec(
     val_targets: np.ndarray | None = None,
     recent: int = 0,
     resume: bool = False,
+    report: dict[str, Any] | None = None,
 ) -> TextItemRecModel:
-    """Train a text-item recommender on ``seqs`` (item rows, oldest first) with the generic trainer."""
+    """Train a text-item recommender on ``seqs`` (item rows, oldest first) with the generic trainer.
+
+    With ``val_targets`` and ``tc.early_stop_metric`` (``ndcg@10``), the returned model holds the weights of the
+    epoch with the best validation figure; ``report`` (a dict) receives that epoch, the figure and the epochs run.
+    """
     from multimodal_rec.runtime import seed_everything
     from multimodal_rec.training.trainer import fit
 
@@ -287,7 +290,13 @@ def train_textrec(
     )
     model = TextItemRecModel(cfg, feats, counts > 0, counts)
     task = NextItemTask(model, seqs, tc, val_targets, recent)
-    fit(task, tc, out_dir, device=torch.device("cpu"), resume=resume)
+    res = fit(task, tc, out_dir, device=torch.device("cpu"), resume=resume)
+    best = Path(out_dir) / "best"
+    meta = load_module(model, best, CONFIG_FILE) if res.best is not None else {}
+    if report is not None:
+        report.update(epochs_run=res.epochs, best_epoch=int(meta.get("epoch", res.epochs)))
+        if res.best is not None:
+            report["val_ndcg@10"] = float(res.best[VAL_METRIC])
     return model.eval()
 
 

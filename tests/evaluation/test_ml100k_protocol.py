@@ -1,0 +1,157 @@
+"""The ml-100k validation protocol (issue 17): validation never touches the test targets, tuning never reads the
+test split, early stopping keeps the best epoch, and the final run trains with the settings a tuning wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_eval_ml100k import fake_ml100k
+
+from multimodal_rec.cli import main
+from multimodal_rec.errors import UserError
+from multimodal_rec.evaluation import baselines
+from multimodal_rec.evaluation.ml100k import run as eval_ml100k
+from multimodal_rec.evaluation.ml100k import tune
+from multimodal_rec.evaluation.ml100k.methods import fit_and_score, load_tuned
+from multimodal_rec.evaluation.ml100k.protocol import validation_ndcg, validation_split
+from multimodal_rec.evaluation.ml100k.run import Split, make_split
+
+TINY_TOWER = {
+    "model": {"embed_dim": 8, "item_hidden": 0, "id_dim": 4, "user": {"input_proj": 8, "hidden": 8, "attn_dim": 8}},
+    "train": {"epochs": 4, "early_stop_patience": 2, "batch_size": 16, "warmup_steps": 1},
+    "recent": 0,
+}
+TINY_GRIDS = {
+    "bpr_mf": [{"dim": 8, "epochs": 6, "patience": 2, "lr": lr} for lr in (0.01, 0.05)],
+    "user_tower": [TINY_TOWER],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch):
+    items, inter = fake_ml100k(users=24, items=40)
+    feats = np.random.default_rng(0).normal(size=(len(items), 12)).astype(np.float32)
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.movielens.load_ml100k", lambda: (items, inter))
+    monkeypatch.setattr("multimodal_rec.evaluation.ml100k.textrec.text_features", lambda texts: feats[: len(texts)])
+    return items, inter, feats
+
+
+@pytest.mark.parametrize("split", ["loo", "time"])
+def test_validation_targets_are_never_test_targets(fake, split: str) -> None:
+    """Each user's validation target is their last *training* event: a different event from the test target,
+    never in the validation history, and history + validation target is exactly the training history."""
+    items, inter, _ = fake
+    for seed in range(3):
+        sp = make_split(inter, items, seed, split)
+        val = validation_split(sp.seqs)
+        test_of = dict(zip(sp.users.tolist(), sp.targets.tolist(), strict=True))
+        assert len(val.users) > 0
+        for u in range(len(sp.seqs)):
+            if val.targets[u] < 0:
+                assert len(sp.seqs[u]) < 2
+                continue
+            assert val.targets[u] != test_of.get(u, -1)
+            assert val.targets[u] not in val.seqs[u]
+            assert [*val.seqs[u].tolist(), int(val.targets[u])] == sp.seqs[u].tolist()
+
+
+def test_validation_ndcg_excludes_training_items() -> None:
+    val = validation_split([np.array([0, 1, 2]), np.array([3, 2])])  # targets: 2 and 2
+    scores = np.zeros((2, 5))
+    scores[0, [0, 1]] = scores[1, 3] = 9.0  # each user's seen items scored above the target: ignored
+    scores[:, 2] = 5.0
+    assert validation_ndcg(scores, val) == 1.0
+    scores[1, 4] = 6.0  # an unseen item above user 1's target: rank 2
+    assert validation_ndcg(scores, val) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
+class _SealedSplit(Split):
+    """A split whose test targets raise when read."""
+
+    @property
+    def targets(self):  # type: ignore[override]
+        raise AssertionError("the test targets were read")
+
+    @targets.setter
+    def targets(self, value) -> None:
+        pass
+
+
+def test_tuning_never_reads_the_test_split(fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--tune on a split whose test targets raise when read; its choice is written and the final run reads it."""
+    items, inter, _ = fake
+    real = make_split
+
+    def sealed(*a, **k):
+        sp = real(*a, **k)
+        return _SealedSplit(sp.seqs, sp.users, sp.targets)
+
+    monkeypatch.setattr(eval_ml100k, "make_split", sealed)
+    monkeypatch.setattr(tune, "GRIDS", TINY_GRIDS)
+    out = tmp_path / "tuned.json"
+    doc = tune.tune_ml100k(["bpr_mf", "user_tower"], jobs=1, out_file=out)
+    assert json.loads(out.read_text()) == doc
+    bpr = doc["methods"]["bpr_mf"]
+    assert len(bpr["grid"]) == 2 and bpr["val_ndcg@10"] == max(r["val_ndcg@10"] for r in bpr["grid"])
+    assert bpr["params"] in TINY_GRIDS["bpr_mf"] and 1 <= bpr["best_epoch"] <= 6
+    assert "test targets never read" in doc["protocol"]
+    monkeypatch.setattr(eval_ml100k, "make_split", real)
+    res = eval_ml100k.evaluate_ml100k(seeds=1, methods=["bpr_mf", "user_tower"], jobs=1, tuned=out)
+    assert res["settings"]["bpr_mf"]["params"] == bpr["params"]
+    assert res["settings"]["user_tower"]["params"] == TINY_TOWER
+    assert all(1 <= e <= 4 for e in res["settings"]["user_tower"]["best_epoch"])
+
+
+@pytest.mark.parametrize("method", ["bpr_mf", "mult_dae", "sasrec"])
+def test_early_stopping_keeps_the_best_epoch(method: str) -> None:
+    """Scores after early stopping equal those of a plain run of exactly the best epoch count: the best epoch's
+    weights are restored (not the last ones), and validating changes nothing in the training itself."""
+    rng = np.random.default_rng(0)
+    seqs = [rng.choice(30, size=12, replace=False) for _ in range(25)]
+    val = validation_split(seqs)
+    small = {"bpr_mf": {"dim": 8, "lr": 0.05}, "mult_dae": {"hidden": 16, "latent": 8}, "sasrec": {"dim": 8}}[method]
+    fn = getattr(baselines, method)
+    report: dict = {}
+    stopped = fn(
+        val.seqs, 30, epochs=30, seed=1, val_targets=val.targets, patience=2, score_seqs=seqs, report=report, **small
+    )
+    assert report["epochs_run"] - report["best_epoch"] <= 2 and report["epochs_run"] <= 30
+    plain = fn(val.seqs, 30, epochs=report["best_epoch"], seed=1, score_seqs=seqs, **small)
+    np.testing.assert_allclose(stopped, plain, rtol=1e-5, atol=1e-5)
+    scored = fn(val.seqs, 30, epochs=report["best_epoch"], seed=1, **small)  # scored on the validation histories
+    assert method == "bpr_mf" or not np.allclose(scored, plain)  # score_seqs is what the scores are of
+
+
+def test_the_tower_scores_with_the_best_epochs_weights(fake) -> None:
+    items, inter, feats = fake
+    sp = make_split(inter, items, 0, "loo")
+    scores, report = fit_and_score("user_tower", 0, sp.seqs, feats, TINY_TOWER)
+    assert scores.shape == (len(sp.seqs), len(items)) and np.isfinite(scores).all()
+    assert 1 <= report["best_epoch"] <= report["epochs_run"] <= 4 and 0 <= report["val_ndcg@10"] <= 1
+
+
+def test_committed_settings_and_bad_files(tmp_path: Path, capsys) -> None:
+    doc = load_tuned()
+    assert set(tune.TUNABLE) <= set(doc["methods"])
+    for m, entry in doc["methods"].items():
+        assert entry["params"] in tune.GRIDS[m]  # the committed choice is one of the declared grid's settings
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="cannot read tuned settings"):
+        load_tuned(bad)
+    assert main(["eval", "--dataset", "ml-100k", "--tuned", str(tmp_path / "none.json"), "--methods", "bpr_mf"]) == 2
+    assert "run mmrec eval --dataset ml-100k --tune first" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "ml-100k", "--tune", "--seeds", "2"]) == 2
+    assert "--tune searches the declared grids" in capsys.readouterr().err
