@@ -89,9 +89,9 @@ class _SealedSplit(Split):
         pass
 
 
-def test_tuning_never_reads_the_test_split(fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("fake")
+def test_tuning_never_reads_the_test_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--tune on a split whose test targets raise when read; its choice is written and the final run reads it."""
-    del fake  # the fixture patches the data in; the split is made inside the tuning
     real = make_split
 
     def sealed(*a, **k):
