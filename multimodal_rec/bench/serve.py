@@ -86,7 +86,9 @@ def bench_search(
     encoding, FAISS search) done directly; ``overhead_ratio`` = median ours / median (encoding + FAISS).
 
     The same query (or history) goes through both ways in each round, in alternating order. ``device`` is
-    where the towers run (``auto``: a GPU when present); the index stays on the CPU either way.
+    where the towers run (``auto``: a GPU when present); the index stays on the CPU either way. The queries are
+    catalog titles, so the service's shortcuts (stored item-text features, the query cache) are off here: both
+    ways run the text trunk, and the ratio is our layer's cost. ``mmrec bench backends`` measures the shortcuts.
     """
     import torch
 
@@ -97,7 +99,10 @@ def bench_search(
 
     if queries < 1:
         raise UserError(f"queries must be >= 1, got {queries}")
-    rec = Recommender.load(bundle, device=str(pick_device(device)))
+    from multimodal_rec.serving.text_backends import ServeConfig
+
+    same_work = ServeConfig(known_texts=False, query_cache=0)  # else a title skips the trunk that raw_* runs
+    rec = Recommender.load(bundle, device=str(pick_device(device)), serve=same_work)
     model, index = rec.model, rec.index
     texts = sample_texts(rec.catalog, queries + HISTORY_LEN, seed)
     histories = [texts[i : i + HISTORY_LEN] for i in range(queries)]

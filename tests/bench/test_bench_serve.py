@@ -36,6 +36,25 @@ def test_bench_search_json_is_consistent(bundle: Path, capsys: pytest.CaptureFix
     assert res["pass"] == (res["search"]["overhead_ratio"] <= goal and res["recommend"]["overhead_ratio"] <= goal)
 
 
+def test_bench_search_runs_the_trunk_both_ways(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queries are catalog titles: with the stored item-text features or the query cache on, ``search`` would
+    skip the trunk that the direct path runs, and the overhead ratio would compare different work (it read 0.51 on
+    a GPU). The benchmark's Recommender has both off."""
+    from multimodal_rec.bench.serve import bench_search
+
+    seen = []
+    real = Recommender.load
+
+    def load(*a, **k):
+        seen.append(k.get("serve"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(Recommender, "load", load)
+    bench_search(bundle, queries=2, device="cpu")
+    assert len(seen) == 1 and seen[0] is not None
+    assert seen[0].known_texts is False and seen[0].query_cache == 0
+
+
 def test_bench_search_on_cuda_without_a_gpu_is_one_line(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "search", "--bundle", str(bundle), "--queries", "2", "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err  # scripts/gpu_check.sh runs it with --device cuda
