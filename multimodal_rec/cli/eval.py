@@ -55,14 +55,16 @@ def _eval_queries(a: argparse.Namespace) -> None:
 
 
 def _dataset_config(pairs: list[str]) -> dict[str, Any]:
-    """``--set`` pairs of ``--dataset`` runs as the nested dict ``evaluate_ml100k`` takes (model.X, train.X, recent)."""
+    """``--set`` pairs of ``--dataset`` runs as the nested dict ``evaluate_ml100k`` takes (model.X, train.X, recent,
+    per_user)."""
     config: dict[str, Any] = {}
     for key, value in overrides(pairs).items():
         section, _, rest = key.partition(".")
-        if section not in ("model", "train", "recent") or (section != "recent" and not rest):
-            raise UserError(f"--set keys for --dataset are model.X, train.X or recent, got {key!r}")
-        if section == "recent":
-            config["recent"] = value
+        flat = section in ("recent", "per_user")
+        if section not in ("model", "train", "recent", "per_user") or (flat == bool(rest)):
+            raise UserError(f"--set keys for --dataset are model.X, train.X, recent or per_user, got {key!r}")
+        if flat:
+            config[section] = value
         else:
             node = config.setdefault(section, {})
             *parents, leaf = rest.split(".")
@@ -153,7 +155,7 @@ def add_eval(sub: Subparsers) -> None:
     s.add_argument("--jobs", type=int, default=0, help="--dataset: parallel training processes (default: cores)")
     s.add_argument("--out", default="eval_out/ml-100k", help="--dataset: where results.json + recall_at_k.png go")
     s.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="--dataset: model.X / train.X / recent"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="--dataset: model.X, train.X, recent, per_user"
     )
     s.add_argument(
         "--tune",

@@ -155,3 +155,25 @@ def test_committed_settings_and_bad_files(tmp_path: Path, capsys) -> None:
     assert "run mmrec eval --dataset ml-100k --tune first" in capsys.readouterr().err
     assert main(["eval", "--dataset", "ml-100k", "--tune", "--seeds", "2"]) == 2
     assert "--tune searches the declared grids" in capsys.readouterr().err
+
+
+def test_per_user_draws_that_many_positions_afresh_each_epoch() -> None:
+    """``per_user`` = k: each epoch holds k distinct positions of each user (all of a shorter history), drawn
+    again each epoch, so that over the epochs every position is a target (the 20 most recent would never move)."""
+    from multimodal_rec.config import TrainConfig, build_config
+    from multimodal_rec.evaluation.ml100k.textrec import NextItemTask, TextItemRecModel, textrec_config
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.choice(50, size=n, replace=False) for n in (30, 4, 12, 30)]
+    feats = rng.normal(size=(50, 6)).astype(np.float32)
+    model = TextItemRecModel(textrec_config(TINY_TOWER["model"]), feats, np.ones(50, bool), np.ones(50))
+    task = NextItemTask(model, seqs, build_config(TrainConfig, {"batch_size": 1}, "train"), per_user=5)
+    covered: list[set[int]] = [set() for _ in seqs]
+    for epoch in range(60):
+        ex = np.concatenate(task.batches(epoch))
+        for u, s in enumerate(seqs):
+            mine = task.ends[ex[task.users[ex] == u]]
+            assert len(mine) == min(5, len(s) - 1) and len(set(mine.tolist())) == len(mine), (epoch, u)
+            covered[u] |= set(mine.tolist())
+    assert all(covered[u] == set(range(1, len(s))) for u, s in enumerate(seqs))
+    assert not np.array_equal(np.sort(np.concatenate(task.batches(0))), np.sort(np.concatenate(task.batches(1))))

@@ -153,9 +153,9 @@ def _tower(
         train_textrec,
     )
 
-    unknown = set(params) - {"model", "train", "recent"}
+    unknown = set(params) - {"model", "train", "recent", "per_user"}
     if unknown:
-        raise UserError(f"tower settings take model, train and recent, not {sorted(unknown)}")
+        raise UserError(f"tower settings take model, train, recent and per_user, not {sorted(unknown)}")
     tcfg = textrec_config(params.get("model"))
     if method == "user_tower_text_only":
         tcfg = replace(tcfg, id_dim=0)
@@ -165,6 +165,14 @@ def _tower(
     tc = default_train_config(**train)
     with tempfile.TemporaryDirectory(prefix="mmrec-ml100k-") as tmp:
         model = train_textrec(
-            val.seqs, feats, tcfg, tc, tmp, val_targets=val.targets, recent=int(params.get("recent", 0)), report=report
+            val.seqs,
+            feats,
+            tcfg,
+            tc,
+            tmp,
+            val_targets=val.targets,
+            recent=int(params.get("recent", 0)),
+            per_user=int(params.get("per_user", 0)),
+            report=report,
         )
     return score_users(model, score_seqs)

@@ -153,9 +153,12 @@ class NextItemTask:
         tc: TrainConfig,
         val_targets: np.ndarray | None = None,
         recent: int = 0,
+        per_user: int = 0,
     ) -> None:
         check_train_options(tc, model.cfg)
-        self.model, self.seqs, self.tc = model, seqs, tc
+        if recent < 0 or per_user < 0:
+            raise UserError(f"recent and per_user must be >= 0, got {recent} and {per_user}")
+        self.model, self.seqs, self.tc, self.per_user = model, seqs, tc, per_user
         self.val_targets = val_targets  # [n_users] item row after each sequence (-1 = none): early stopping
         # recent > 0: only each user's last ``recent`` positions are targets (closest to what is predicted next)
         pairs = [(u, t) for u, s in enumerate(seqs) for t in range(max(1, len(s) - recent if recent else 1), len(s))]
@@ -169,7 +172,16 @@ class NextItemTask:
         self.hard: torch.Tensor | None = None  # [N, hard_negatives] mined each epoch
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        perm = np.random.default_rng(self.tc.seed * 1000 + epoch).permutation(len(self.users))
+        """One epoch's shuffled examples; with ``per_user``, that many of each user's positions, drawn afresh each
+        epoch (every position is a target over the epochs, at the cost of ``per_user`` targets per user)."""
+        rng = np.random.default_rng(self.tc.seed * 1000 + epoch)
+        idx = np.arange(len(self.users))
+        if self.per_user:
+            order = np.lexsort((rng.random(len(idx)), self.users))  # by user, random within each user
+            by_user = self.users[order]
+            rank = np.arange(len(idx)) - np.searchsorted(by_user, by_user, side="left")
+            idx = np.sort(order[rank < self.per_user])
+        perm = rng.permutation(idx)
         bs = self.tc.batch_size
         return [perm[i : i + bs] for i in range(0, len(perm) - bs + 1, bs)] or [perm]
 
@@ -268,6 +280,7 @@ def train_textrec(
     *,
     val_targets: np.ndarray | None = None,
     recent: int = 0,
+    per_user: int = 0,
     resume: bool = False,
     report: dict[str, Any] | None = None,
 ) -> TextItemRecModel:
@@ -289,7 +302,7 @@ def train_textrec(
         np.concatenate([np.asarray(s, np.int64) for s in seqs] or [np.zeros(0, np.int64)]), minlength=N
     )
     model = TextItemRecModel(cfg, feats, counts > 0, counts)
-    task = NextItemTask(model, seqs, tc, val_targets, recent)
+    task = NextItemTask(model, seqs, tc, val_targets, recent, per_user)
     res = fit(task, tc, out_dir, device=torch.device("cpu"), resume=resume)
     best = Path(out_dir) / "best"
     meta = load_module(model, best, CONFIG_FILE) if res.best is not None else {}
