@@ -54,9 +54,8 @@ LOG = logging.getLogger(__name__)
 TRAINED = ("user_tower", "user_tower_text_only", "user_tower_no_attention", "user_tower_unseen_items")
 CHEAP = ("popularity", "mean_history", "random")
 ALL_METHODS = TRAINED + ID_BASELINES + CHEAP
-DEFAULT_METHODS = (
+DEFAULT_METHODS = (  # user_tower_text_only and user_tower_no_attention are ablations: --methods adds them
     "user_tower",
-    "user_tower_text_only",
     "popularity",
     "mean_history",
     "random",

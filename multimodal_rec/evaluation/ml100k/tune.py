@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import as_completed
 from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
@@ -92,11 +93,15 @@ def tune_ml100k(
     jobs = jobs or max(1, min(len(work), os.cpu_count() or 1))
     LOG.info("ml-100k --tune: %d trainings in %d processes", len(work), jobs)
     bar = progress(total=len(work), desc="ml-100k tuning", unit="run")
-    found: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    found: dict[str, list[dict[str, Any]]] = {m: [{}] * len(GRIDS[m]) for m in methods}
     with trainings_pool(jobs) as pool:
-        futures = {(m, i): pool.submit(_validate, m, train_seqs, feats, GRIDS[m][i]) for m, i in work}
-        for (m, i), fut in futures.items():
-            found[m].append({"params": GRIDS[m][i], **fut.result()})
+        futures = {pool.submit(_validate, m, train_seqs, feats, GRIDS[m][i]): (m, i) for m, i in work}
+        for fut in as_completed(futures):  # the bar moves as each training ends, in whatever order
+            m, i = futures[fut]
+            found[m][i] = {"params": GRIDS[m][i], **fut.result()}
+            LOG.info(
+                "ml-100k --tune: %s setting %d: %s", m, i + 1, {k: found[m][i][k] for k in found[m][i] if k != "params"}
+            )
             bar.update(1)
     bar.close()
     doc = {
