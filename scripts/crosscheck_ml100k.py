@@ -192,7 +192,10 @@ def format_report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    import cornac
+    try:
+        import cornac
+    except ImportError:
+        raise SystemExit("crosscheck_ml100k: needs Cornac, which is not a dependency: pip install cornac") from None
 
     from multimodal_rec.evaluation.ml100k.movielens import load_ml100k
 
