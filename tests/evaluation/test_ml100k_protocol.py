@@ -16,7 +16,7 @@ from multimodal_rec.errors import UserError
 from multimodal_rec.evaluation import baselines
 from multimodal_rec.evaluation.ml100k import run as eval_ml100k
 from multimodal_rec.evaluation.ml100k import tune
-from multimodal_rec.evaluation.ml100k.methods import fit_and_score, load_tuned
+from multimodal_rec.evaluation.ml100k.methods import fit_and_score, load_tuned, merge
 from multimodal_rec.evaluation.ml100k.protocol import validation_ndcg, validation_split
 from multimodal_rec.evaluation.ml100k.run import Split, make_split
 
@@ -108,10 +108,10 @@ def test_tuning_never_reads_the_test_split(monkeypatch: pytest.MonkeyPatch, tmp_
     assert bpr["params"] in TINY_GRIDS["bpr_mf"] and 1 <= bpr["best_epoch"] <= 6
     assert "test targets never read" in doc["protocol"]
     monkeypatch.setattr(eval_ml100k, "make_split", real)
-    res = eval_ml100k.evaluate_ml100k(seeds=1, methods=["bpr_mf", "user_tower"], jobs=1, tuned=out)
-    assert res["settings"]["bpr_mf"]["params"] == bpr["params"]
-    assert res["settings"]["user_tower"]["params"] == TINY_TOWER
-    assert all(1 <= e <= 4 for e in res["settings"]["user_tower"]["best_epoch"])
+    res = eval_ml100k.evaluate_ml100k(seeds=2, methods=["bpr_mf", "user_tower"], jobs=1, tuned=out)
+    for m in ("bpr_mf", "user_tower"):  # the chosen setting, for the epoch count validation chose, on every seed
+        assert res["settings"][m]["params"] == doc["methods"][m]["params"]
+        assert res["settings"][m]["epochs_run"] == [doc["methods"][m]["best_epoch"]] * 2
 
 
 @pytest.mark.parametrize("method", ["bpr_mf", "mult_dae", "sasrec"])
@@ -134,12 +134,24 @@ def test_early_stopping_keeps_the_best_epoch(method: str) -> None:
     assert method == "bpr_mf" or not np.allclose(scored, plain)  # score_seqs is what the scores are of
 
 
-def test_the_tower_scores_with_the_best_epochs_weights(fake) -> None:
+@pytest.mark.parametrize("method", ["user_tower", "sasrec"])
+def test_a_run_of_the_chosen_epoch_count_retraces_the_validated_one(fake, method: str) -> None:
+    """The final run trains for the epoch count validation chose, with no validation. On the validation histories
+    it must land on the very weights early stopping kept (same batches, same learning-rate schedule): then the
+    final run on the whole history differs from tuning only by the data it is given."""
     items, inter, feats = fake
     sp = make_split(inter, items, 0, "loo")
-    scores, report = fit_and_score("user_tower", 0, sp.seqs, feats, TINY_TOWER)
-    assert scores.shape == (len(sp.seqs), len(items)) and np.isfinite(scores).all()
-    assert 1 <= report["best_epoch"] <= report["epochs_run"] <= 4 and 0 <= report["val_ndcg@10"] <= 1
+    tower = merge(TINY_TOWER, {"train": {"epochs": 6, "early_stop_patience": 1}})
+    params = tower if method == "user_tower" else {"dim": 8, "epochs": 6, "patience": 1, "lr": 0.05}
+    tuned, report = fit_and_score(method, 0, sp.seqs, feats, params)
+    assert tuned.shape == (len(sp.seqs), len(items)) and np.isfinite(tuned).all()
+    assert 1 <= report["best_epoch"] <= report["epochs_run"] <= 6 and 0 <= report["val_ndcg@10"] <= 1
+    val = validation_split(sp.seqs)
+    again, rep2 = fit_and_score(method, 0, val.seqs, feats, params, sp.seqs, epochs=report["best_epoch"])
+    assert rep2["epochs_run"] == report["best_epoch"] and "val_ndcg@10" not in rep2
+    np.testing.assert_allclose(again, tuned, rtol=1e-5, atol=1e-5)
+    final, _ = fit_and_score(method, 0, sp.seqs, feats, params, epochs=report["best_epoch"])
+    assert not np.allclose(final, tuned)  # the whole history, the validation event included, is trained on
 
 
 def test_committed_settings_and_bad_files(tmp_path: Path, capsys) -> None:

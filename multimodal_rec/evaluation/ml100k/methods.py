@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.errors import UserError
-from multimodal_rec.evaluation.ml100k.protocol import VAL_METRIC, validation_split
+from multimodal_rec.evaluation.ml100k.protocol import VAL_METRIC, Validation, validation_split
 
 TOWERS = ("user_tower", "user_tower_text_only", "user_tower_no_attention", "user_tower_unseen_items")
 ID_BASELINES = ("bpr_mf", "mult_dae", "sasrec")
@@ -59,6 +59,13 @@ def method_params(tuned: dict[str, Any], method: str) -> dict[str, Any]:
     return copy.deepcopy(entry["params"])
 
 
+def chosen_epochs(tuned: dict[str, Any], method: str) -> int | None:
+    """The epoch count validation chose for ``method`` (the best epoch of the chosen setting), or None when the
+    settings file has none (the final run then stops early on validation itself)."""
+    best = tuned["methods"].get(settings_key(method), {}).get("best_epoch")
+    return int(best) if isinstance(best, int) and best >= 1 else None
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` laid over ``base``, nested dicts merged key by key (a new dict)."""
     out = copy.deepcopy(base)
@@ -91,18 +98,23 @@ def fit_and_score(
     feats: np.ndarray,
     params: dict[str, Any],
     score_seqs: list[np.ndarray] | None = None,
+    epochs: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Train ``method`` on the validation split of ``train_seqs`` with early stopping; score ``score_seqs``.
+    """Train ``method``; score ``score_seqs`` (default ``train_seqs``). Two ways, as in the protocol:
 
-    Returns scores ``[len(score_seqs), n_items]`` (default: ``train_seqs``, the histories with the validation
-    event back in) and a report: best epoch, epochs run, the validation NDCG@10 and the seconds.
+    - ``epochs`` None (tuning): on the validation split of ``train_seqs``, with early stopping on it;
+    - ``epochs`` N (the final run): on the whole of ``train_seqs`` (the validation event included) for the N epochs
+      that validation chose, with no validation (nothing is held out any more).
+
+    Returns scores ``[len(score_seqs), n_items]`` and a report: best epoch, epochs run, the validation NDCG@10
+    (tuning only) and the seconds.
     """
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one training per core: the pool runs as many as there are cores
     try:
-        return _fit_and_score(method, seed, train_seqs, feats, params, score_seqs)
+        return _fit_and_score(method, seed, train_seqs, feats, params, score_seqs, epochs)
     finally:
         torch.set_num_threads(threads)
 
@@ -114,8 +126,12 @@ def _fit_and_score(
     feats: np.ndarray,
     params: dict[str, Any],
     score_seqs: list[np.ndarray] | None,
+    epochs: int | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    val = validation_split(train_seqs)
+    if epochs is not None and epochs < 1:
+        raise UserError(f"epochs must be >= 1, got {epochs}")
+    # the final run: the whole training history, no validation targets (-1: none), the chosen epoch count
+    val = validation_split(train_seqs) if epochs is None else Validation(train_seqs, np.full(len(train_seqs), -1))
     score_seqs = train_seqs if score_seqs is None else score_seqs
     report: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -124,13 +140,18 @@ def _fit_and_score(
 
         if len(score_seqs) != len(train_seqs):
             raise UserError("the ID baselines score the users they were trained on: one history per user")
-        common = {"train_seqs": val.seqs, "n_items": len(feats), "seed": seed, "val_targets": val.targets}
+        common = {"train_seqs": val.seqs, "n_items": len(feats), "seed": seed, "score_seqs": score_seqs}
+        if epochs is None:
+            common |= {"val_targets": val.targets, "report": report}
+        else:
+            params = {k: v for k, v in params.items() if k != "patience"} | {"epochs": epochs}
+            report |= {"best_epoch": epochs, "epochs_run": epochs}
         try:
-            scores = getattr(baselines, method)(**params, **common, score_seqs=score_seqs, report=report)
+            scores = getattr(baselines, method)(**params, **common)
         except TypeError as e:  # a setting the method does not take
             raise UserError(f"{method} settings {sorted(params)}: {e}") from None
     elif method in TOWERS:
-        scores = _tower(method, seed, val, feats, params, score_seqs, report)
+        scores = _tower(method, seed, val, feats, params, score_seqs, report, epochs)
     else:
         raise UserError(f"{method!r} is not a trained method")
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -145,6 +166,7 @@ def _tower(
     params: dict[str, Any],
     score_seqs: list[np.ndarray],
     report: dict[str, Any],
+    epochs: int | None,
 ) -> np.ndarray:
     from multimodal_rec.evaluation.ml100k.textrec import (
         default_train_config,
@@ -162,6 +184,8 @@ def _tower(
     if method == "user_tower_no_attention":
         tcfg = replace(tcfg, user=replace(tcfg.user, attention=False))
     train = {"early_stop_metric": VAL_METRIC, **params.get("train", {}), "seed": seed}
+    if epochs is not None:  # no validation: the epoch count was chosen by it
+        train = {k: v for k, v in train.items() if k not in ("early_stop_metric", "early_stop_patience")}
     tc = default_train_config(**train)
     with tempfile.TemporaryDirectory(prefix="mmrec-ml100k-") as tmp:
         model = train_textrec(
@@ -170,9 +194,10 @@ def _tower(
             tcfg,
             tc,
             tmp,
-            val_targets=val.targets,
+            val_targets=val.targets if epochs is None else None,
             recent=int(params.get("recent", 0)),
             per_user=int(params.get("per_user", 0)),
+            stop_after=epochs,
             report=report,
         )
     return score_users(model, score_seqs)

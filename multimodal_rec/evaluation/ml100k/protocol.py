@@ -2,10 +2,11 @@
 
 The test split (:func:`multimodal_rec.evaluation.ml100k.run.make_split`) keeps each user's last event as the
 test target and gives the rest as training history. This module cuts that history once more: each user's last
-*training* event is the validation target, the events before it are what every method trains on. Every method
-(the baselines and the towers alike) stops its training at the epoch whose validation NDCG@10 was best and picks
-its hyper-parameters on the same figure; the test targets are read only once, by the final scoring. At test time
-a method reads the whole training history (the validation event included) as the user's input.
+*training* event is the validation target. Tuning (:mod:`.tune`) trains every method (the baselines and the towers
+alike) on the events before it, stops each training at the epoch whose validation NDCG@10 was best (early
+stopping) and picks the settings on the same figure. The final run trains the chosen setting on the whole
+training history, the validation event included, for the epoch count validation chose, and reads the test
+targets once, to score it; a method reads the whole training history as the user's input there.
 
 A validation target is never a test target of the same user: they are different positions of one history, and
 ml-100k's user-movie pairs are unique (a user whose two last events were one movie would be left out of both).

@@ -35,6 +35,7 @@ from multimodal_rec.evaluation.metrics import CURVE_KS, leave_out_metrics
 from multimodal_rec.evaluation.ml100k.methods import (
     ID_BASELINES,
     TUNED_FILE,
+    chosen_epochs,
     fit_and_score,
     load_tuned,
     merge,
@@ -144,9 +145,10 @@ def evaluate_ml100k(
 ) -> dict[str, Any]:
     """Train and score every method on ml-100k for ``seeds`` seeds; mean and std of each metric.
 
-    Each trained method reads its settings from ``tuned`` (a file ``--tune`` wrote; default: the committed
-    ``tuned.json``), trains on the validation split with early stopping and is scored once on the test targets
-    (:mod:`multimodal_rec.evaluation.ml100k.protocol`). ``config`` overrides the towers' settings:
+    Each trained method reads its settings and epoch count from ``tuned`` (a file ``--tune`` wrote; default: the
+    committed ``tuned.json``), trains on the whole training history for that many epochs and is scored once on the
+    test targets (:mod:`multimodal_rec.evaluation.ml100k.protocol`); a settings file without epoch counts makes
+    each training stop early on the validation split instead. ``config`` overrides the towers' settings:
     ``{"model": {...TextRecConfig}, "train": {...TrainConfig}, "recent": N}``. With ``out_dir``,
     ``results.json`` and ``recall_at_k.png`` are written there.
     """
@@ -184,7 +186,14 @@ def evaluate_ml100k(
     with trainings_pool(jobs) as pool:
         futures = {
             (m, s): pool.submit(
-                fit_and_score, m, s, _training_seqs(m, splits[s], unseen[s], n_items), feats, params[m], splits[s].seqs
+                fit_and_score,
+                m,
+                s,
+                _training_seqs(m, splits[s], unseen[s], n_items),
+                feats,
+                params[m],
+                splits[s].seqs,
+                chosen_epochs(doc, m),
             )
             for m, s in work
         }

@@ -13,7 +13,7 @@ Numpy in, numpy out at the edges: ``seqs`` are lists of item-row arrays (oldest 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,11 +283,14 @@ def train_textrec(
     per_user: int = 0,
     resume: bool = False,
     report: dict[str, Any] | None = None,
+    stop_after: int | None = None,
 ) -> TextItemRecModel:
     """Train a text-item recommender on ``seqs`` (item rows, oldest first) with the generic trainer.
 
     With ``val_targets`` and ``tc.early_stop_metric`` (``ndcg@10``), the returned model holds the weights of the
     epoch with the best validation figure; ``report`` (a dict) receives that epoch, the figure and the epochs run.
+    ``stop_after`` N: stop after N epochs (``max_steps``), the learning-rate schedule still spanning ``tc.epochs``,
+    so the run follows the same trajectory as the validated one that chose N.
     """
     from multimodal_rec.runtime import seed_everything
     from multimodal_rec.training.trainer import fit
@@ -303,6 +306,8 @@ def train_textrec(
     )
     model = TextItemRecModel(cfg, feats, counts > 0, counts)
     task = NextItemTask(model, seqs, tc, val_targets, recent, per_user)
+    if stop_after is not None:
+        task.tc = tc = replace(tc, max_steps=stop_after * len(task.batches(0)))
     res = fit(task, tc, out_dir, device=torch.device("cpu"), resume=resume)
     best = Path(out_dir) / "best"
     meta = load_module(model, best, CONFIG_FILE) if res.best is not None else {}
