@@ -111,7 +111,8 @@ def _tune_dataset(a: argparse.Namespace) -> None:
     est = estimate_seconds(methods, jobs)
     out = Path(a.out) / "tuned.json"
     n = sum(len(GRIDS.get(m, ())) for m in methods)
-    how_long = f"about {est / 60:.0f} min (the committed search's measured trainings)" if est else "time unknown"
+    took = (f"{est:.0f} s" if est < 90 else f"{est / 60:.0f} min") if est else ""
+    how_long = f"about {took} (the committed search's measured trainings)" if est else "time unknown"
     print(f"mmrec eval --tune: {n} trainings of {', '.join(methods)} in {jobs} processes, {how_long}", file=sys.stderr)
     doc = tune_ml100k(methods, jobs=jobs, out_file=out, progress=tqdm_progress(a.quiet))
     if a.json:
