@@ -12,7 +12,9 @@ import copy
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
 from multiprocessing import get_context
@@ -91,6 +93,19 @@ def trainings_pool(jobs: int) -> Executor:
     return _Inline() if jobs == 1 else ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@_one_torch_thread()  # one training per core: the pool runs as many as there are cores
 def fit_and_score(
     method: str,
     seed: int,
@@ -109,25 +124,6 @@ def fit_and_score(
     Returns scores ``[len(score_seqs), n_items]`` and a report: best epoch, epochs run, the validation NDCG@10
     (tuning only) and the seconds.
     """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one training per core: the pool runs as many as there are cores
-    try:
-        return _fit_and_score(method, seed, train_seqs, feats, params, score_seqs, epochs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_and_score(
-    method: str,
-    seed: int,
-    train_seqs: list[np.ndarray],
-    feats: np.ndarray,
-    params: dict[str, Any],
-    score_seqs: list[np.ndarray] | None,
-    epochs: int | None,
-) -> tuple[np.ndarray, dict[str, Any]]:
     if epochs is not None and epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
     # the final run: the whole training history, no validation targets (-1: none), the chosen epoch count
