@@ -124,9 +124,10 @@ def user_to_video(
     ends = np.cumsum([len(h) for h in histories])
     hist_vectors = [flat[e - len(h) : e] for h, e in zip(histories, ends, strict=True)]
     mean_hist = mean_history_scores(hist_vectors, rec.embeddings)
-    fixed = {"user_tower": metrics(rec.user_queries(histories) @ rec.xb.T)}
+    xb = np.asarray(rec.xb)  # the index's vectors, built whole
+    fixed = {"user_tower": metrics(rec.user_queries(histories) @ xb.T)}
     if rec.prior_coef != 0.0:
-        fixed["user_tower_content_only"] = metrics(rec.user_queries(histories, prior=False) @ rec.xb.T)
+        fixed["user_tower_content_only"] = metrics(rec.user_queries(histories, prior=False) @ xb.T)
     fixed["mean_history"] = metrics(mean_hist)
     runs = []
     for seed in range(seeds):
