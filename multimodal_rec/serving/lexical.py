@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -83,7 +84,9 @@ def row_tokens(catalog: pd.DataFrame, columns: Sequence[str]) -> list[list[str]]
     if not columns:
         return [[] for _ in range(len(catalog))]
     cells = catalog[list(columns)].to_numpy(dtype=object)
-    return [tokenize(" ".join(_value_text(v) for v in row)) for row in cells]
+    # kept for the life of the index (appends reuse them): each word stored once, not once per row it is in
+    # (at 1M short titles, ~100 MB instead of ~480 MB per serving process)
+    return [[sys.intern(w) for w in tokenize(" ".join(_value_text(v) for v in row))] for row in cells]
 
 
 class BM25Index:
