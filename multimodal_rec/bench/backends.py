@@ -68,12 +68,34 @@ def _timed(fn: Any, n: int, names: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def index_recall(rec: Any, xq: np.ndarray, k: int, chunk: int = 65_536) -> float:
+    """recall@k of ``rec``'s index against an exact scan of what it holds, for index-ready queries ``xq``."""
+    xb = rec.xb
+    best_d = np.full((len(xq), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(xq), 0), np.int64)
+    for s in range(0, len(xb), chunk):  # exact top k, a chunk of the catalog at a time (bounded memory at 1M)
+        d = xq @ np.asarray(xb[s : s + chunk]).T
+        top = np.argpartition(-d, min(k, d.shape[1]) - 1, axis=1)[:, :k]
+        best_d = np.hstack([best_d, np.take_along_axis(d, top, 1)])
+        best_i = np.hstack([best_i, top + s])
+        keep = np.argsort(-best_d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(best_d, keep, 1), np.take_along_axis(best_i, keep, 1)
+    _, found = rec.index.search(np.ascontiguousarray(xq, np.float32), k)
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, best_i, strict=True)]))
+
+
 def bench_variants_search(
-    bundle: str | Path, variants: Sequence[str], queries: int = 200, k: int = 10, seed: int = 0
+    bundle: str | Path,
+    variants: Sequence[str],
+    queries: int = 200,
+    k: int = 10,
+    seed: int = 0,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """p50 / p99 of ``search`` (free text), ``recommend`` over free-text histories and over catalog-item histories,
     per variant, in-process on the CPU; ratios to ``before``; cosine of each variant's query vectors to before's and
-    the overlap of their top-``k`` videos (vector search)."""
+    the overlap of their top-``k`` videos (vector search); the index's recall@k against an exact scan. ``mode``:
+    the search mode (None: the bundle's default, hybrid when the catalog has text)."""
     import torch
 
     from multimodal_rec.serving.recommender import Recommender
@@ -87,11 +109,12 @@ def bench_variants_search(
     items = [titles[i : i + HISTORY_LEN] for i in range(queries)]
     free = [free_text(h) for h in items]
     calls = {
-        "search": lambda n, i: recs[n].search(texts[i], k),
+        "search": lambda n, i: recs[n].search(texts[i], k, mode=mode),
         "recommend_free_text": lambda n, i: recs[n].recommend(free[i], k),
         "recommend_items": lambda n, i: recs[n].recommend(items[i], k),
     }
     out: dict[str, Any] = {"bundle": str(bundle), "videos": len(base), "queries": queries, "k": k}
+    out |= {"index": base.manifest.get("index"), "search_mode": mode or base.search_mode}
     out["torch_threads"] = torch.get_num_threads()
     out["variants"] = {n: {} for n in names}
     for call, fn in calls.items():
@@ -99,6 +122,7 @@ def bench_variants_search(
         ref = float(np.median(times[BASELINE]))
         for n in names:
             out["variants"][n][call] = {**latency_ms(times[n]), "ratio": round(float(np.median(times[n])) / ref, 3)}
+    out["index_recall_at_k"] = round(index_recall(base, base.text_queries(texts), k), 4)
     xq0 = base.encode_queries(texts)
     top0 = [{h.video_id for h in hs} for hs in base.search_batch(texts, k, mode="vector")]
     for n in names:
@@ -118,7 +142,11 @@ def bench_variants_search(
 def format_variants_search(r: dict[str, Any]) -> str:
     """Human-readable table of :func:`bench_variants_search`."""
     head = f"  {'variant':<11}{'call':<22}{'p50 ms':>9}{'p99 ms':>9}{'x before':>10}"
-    lines = [f"bundle {r['bundle']}: {r['videos']} videos, {r['queries']} queries, k={r['k']}", head]
+    lines = [
+        f"bundle {r['bundle']}: {r['videos']} videos, index {r.get('index')}, {r['queries']} queries, k={r['k']}, "
+        f"search mode {r.get('search_mode')}",
+        head,
+    ]
     for n, v in r["variants"].items():
         for call in ("search", "recommend_free_text", "recommend_items"):
             m = v[call]
@@ -130,6 +158,8 @@ def format_variants_search(r: dict[str, Any]) -> str:
             f"  {n:<11}cosine min {a['cosine_min']:.4f} mean {a['cosine_mean']:.4f}, "
             f"top-{r['k']} overlap {a['top_k_overlap']:.3f}"
         )
+    recall = r["index_recall_at_k"]
+    lines.append(f"  index recall@{r['k']} against an exact scan (before's search query vectors): {recall:.3f}")
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def _compare(
 
 
 def bench_search(
-    bundle: str | Path, queries: int = 500, k: int = 10, seed: int = 0, device: str = "cpu"
+    bundle: str | Path, queries: int = 500, k: int = 10, seed: int = 0, device: str = "cpu", mode: str | None = None
 ) -> dict[str, Any]:
     """p50/p99 latency of ``search`` and ``recommend`` end to end and of their two parts (text or history
     encoding, FAISS search) done directly; ``overhead_ratio`` = median ours / median (encoding + FAISS).
@@ -89,6 +89,7 @@ def bench_search(
     where the towers run (``auto``: a GPU when present); the index stays on the CPU either way. The queries are
     catalog titles, so the service's shortcuts (stored item-text features, the query cache) are off here: both
     ways run the text trunk, and the ratio is our layer's cost. ``mmrec bench backends`` measures the shortcuts.
+    ``mode``: the search mode (None: the bundle's default; lexical and hybrid add a BM25 pass the direct way lacks).
     """
     import torch
 
@@ -133,10 +134,11 @@ def bench_search(
         "k": k,
         "torch_threads": torch.get_num_threads(),
         "device": str(model.device),
+        "search_mode": mode or rec.search_mode,
     }
     ratios = {}
     for name, ours, raw in (
-        ("search", lambda i: rec.search(texts[i], k), raw_text),
+        ("search", lambda i: rec.search(texts[i], k, mode=mode), raw_text),
         ("recommend", lambda i: rec.recommend(histories[i], k), raw_user),
     ):
         t_ours, t_enc, t_search = _compare(ours, raw, queries)

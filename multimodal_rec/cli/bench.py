@@ -65,7 +65,7 @@ def _bench_search_or_serve(a: argparse.Namespace) -> None:
     if a.text_backend:
         return _bench_variants(a)
     if a.what == "search":
-        res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed, device=a.device)
+        res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed, device=a.device, mode=a.mode)
         text = bench_serve.format_search
     else:
         res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
@@ -80,7 +80,9 @@ def _bench_variants(a: argparse.Namespace) -> None:
     from multimodal_rec.bench import backends
 
     if a.what == "search":
-        res = backends.bench_variants_search(a.bundle, a.text_backend, queries=a.queries, k=a.k, seed=a.seed)
+        res = backends.bench_variants_search(
+            a.bundle, a.text_backend, queries=a.queries, k=a.k, seed=a.seed, mode=a.mode
+        )
         text = backends.format_variants_search
     else:
         res = backends.bench_variants_serve(a.bundle, a.text_backend, a.requests, a.concurrency, a.k, a.seed)
@@ -91,8 +93,24 @@ def _bench_variants(a: argparse.Namespace) -> None:
         print(text(res))
 
 
+def _bench_grow(a: argparse.Namespace) -> None:
+    from multimodal_rec.bench.grow import grow_bundle
+
+    if not a.bundle or not a.out or not a.videos:
+        raise UserError("bench grow needs --bundle BUNDLE --videos N --out DIR")
+    res = grow_bundle(a.bundle, a.out, a.videos, noise=a.noise, seed=a.seed)
+    if a.json:
+        print_json(res)
+    else:
+        print(
+            f"wrote {res['bundle']}: {res['videos']} videos ({res['real_videos']} real), index {res['index']} "
+            f"(built in {res['index_build_s']} s), {res['seconds']} s in all"
+        )
+
+
 _BENCHES = {
     "encode": _bench_encode,
+    "grow": _bench_grow,
     "index": _bench_index,
     "search": _bench_search_or_serve,
     "serve": _bench_search_or_serve,
@@ -107,11 +125,12 @@ def add_bench(sub: Subparsers) -> None:
     s = add_command(sub, "bench", "benchmarks: measured throughput ratios (not tests)", cmd_bench)
     s.add_argument(
         "what",
-        choices=["encode", "index", "search", "serve"],
+        choices=["encode", "index", "search", "serve", "grow"],
         help="encode: decode-only vs model-only vs end-to-end, and memory; "
         "index: FAISS candidates on synthetic vectors (build, memory, latency, recall vs exact); "
         "search: Recommender.search/recommend latency and overhead over model + FAISS; "
-        "serve: HTTP load test of mmrec serve",
+        "serve: HTTP load test of mmrec serve; "
+        "grow: a copy of --bundle grown to --videos with synthetic videos near its own (to bench search/serve at 1M)",
     )
     s.add_argument("--model", help="trained run directory")
     s.add_argument("--catalog", help="catalog to encode")
@@ -160,4 +179,20 @@ def add_bench(sub: Subparsers) -> None:
         metavar="LIST",
         help="bench search / serve: compare query-encoding variants side by side, e.g. torch,onnx,onnx-int8 "
         "(always with 'before': torch, one query at a time, no stored item features); ratios to before",
+    )
+    g.add_argument(
+        "--mode",
+        choices=["vector", "lexical", "hybrid"],
+        default=None,
+        help="bench search: the search mode timed (default: the bundle's, hybrid when its catalog has text)",
+    )
+    g = s.add_argument_group("bench grow")
+    g.add_argument("--videos", type=positive_int, help="bench grow: videos in the grown bundle, e.g. 1000000")
+    g.add_argument("--out", help="bench grow: the new bundle's directory (must not exist)")
+    g.add_argument(
+        "--noise",
+        type=float,
+        default=0.5,
+        help="bench grow: norm of the noise moving each synthetic vector off its source video's (default 0.5: "
+        "cosine ~0.9 to it)",
     )

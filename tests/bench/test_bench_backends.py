@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from multimodal_rec.bench.backends import BASELINE, parse_variants, variant_settings
@@ -47,3 +48,21 @@ def test_bench_serve_variants_has_no_errors(bundle: Path, capsys: pytest.Capture
     assert list(res["variants"]) == [BASELINE, "torch"]
     for v in res["variants"].values():
         assert v["errors"] == 0 and v["requests"] == 24 and v["throughput_rps"] > 0
+
+
+def test_index_recall_is_measured_against_an_exact_scan() -> None:
+    from types import SimpleNamespace
+
+    from multimodal_rec.bench.backends import index_recall
+    from multimodal_rec.index.build import build_index
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((3000, 16)).astype(np.float32)
+    xq = rng.standard_normal((50, 16)).astype(np.float32)
+    exact = SimpleNamespace(xb=xb, index=build_index(xb, "Flat"))
+    assert index_recall(exact, xq, 10, chunk=700) == 1.0  # chunked exact top k = FAISS's exact top k
+    rough = SimpleNamespace(xb=xb, index=build_index(xb, "IVF64,Flat", nprobe=1))
+    _, found = rough.index.search(xq, 10)
+    truth = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    want = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+    assert index_recall(rough, xq, 10, chunk=700) == pytest.approx(want) and want < 0.9
