@@ -48,6 +48,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def command(pid: int, width: int = 70) -> str:
+    """The command line of ``pid`` (program base name, then its arguments), cut to ``width`` characters: tells a
+    uvicorn worker (``multiprocessing.spawn``) from the resource tracker and the supervisor."""
+    argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    text = " ".join(" ".join([Path(argv[0]).name, *argv[1:]]).split())  # one line
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def rss_pss_mib(pid: int) -> dict[str, float]:
     """``{"rss_mib", "pss_mib"}`` of one process, from ``/proc/PID/smaps_rollup`` (ValueError when it lacks them)."""
     out = {}
@@ -61,13 +69,12 @@ def rss_pss_mib(pid: int) -> dict[str, float]:
 
 
 def tree_memory(pid: int) -> dict[str, Any]:
-    """RSS and PSS (MiB) of ``pid`` and each of its descendants, and their sums. A descendant that exits meanwhile
-    is left out; OSError / ValueError when ``pid`` itself cannot be read."""
+    """RSS and PSS (MiB) of ``pid`` and each of its descendants (with its :func:`command`), and their sums. A
+    descendant that exits meanwhile is left out; OSError / ValueError when ``pid`` itself cannot be read."""
     procs = []
     for p in [pid, *descendants(pid)]:
         try:
-            name = (PROC / str(p) / "comm").read_text().strip()
-            procs.append({"pid": p, "name": name, **rss_pss_mib(p)})
+            procs.append({"pid": p, "command": command(p), **rss_pss_mib(p)})
         except (OSError, ValueError):
             if p == pid:
                 raise
@@ -116,5 +123,5 @@ def format_memory(mem: dict[str, Any] | None, note: str | None, workers: int) ->
         f"bundle arrays {b['arrays_mib']:.1f} MiB on disk{model}"
     ]
     for p in mem["processes"]:
-        lines.append(f"  pid {p['pid']:<8} {p['name']:<16} RSS {p['rss_mib']:>8.1f} MiB  PSS {p['pss_mib']:>8.1f} MiB")
+        lines.append(f"  pid {p['pid']:<8} RSS {p['rss_mib']:>8.1f} MiB  PSS {p['pss_mib']:>8.1f} MiB  {p['command']}")
     return lines
