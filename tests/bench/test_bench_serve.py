@@ -89,6 +89,9 @@ def test_bench_serve_small_load_has_no_errors(bundle: Path, capsys: pytest.Captu
     assert res["inprocess"]["core_threads"]["torch_threads"] == 1
     assert res["inprocess_best_rps"] == max(m["throughput_rps"] for m in res["inprocess"].values())
     assert res["http_vs_inprocess"] == round(res["throughput_rps"] / res["inprocess_best_rps"], 3)
+    from multimodal_rec.bench.serve import format_serve
+
+    assert f"HTTP / in-process = {res['http_vs_inprocess']:.3f} (goal >= 0.8)" in format_serve(res)
 
 
 class _FakeRec:
