@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from multimodal_rec.bench.serve import HISTORY_LEN, WARMUP, bench_serve, latency_ms, sample_texts
+from multimodal_rec.bench.serve import HISTORY_LEN, HTTP_GOAL, WARMUP, bench_serve, sample_texts
+from multimodal_rec.bench.timing import latency_ms
 from multimodal_rec.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -164,30 +165,49 @@ def format_variants_search(r: dict[str, Any]) -> str:
 
 
 def bench_variants_serve(
-    bundle: str | Path, variants: Sequence[str], requests: int = 600, concurrency: int = 16, k: int = 10, seed: int = 0
+    bundle: str | Path,
+    variants: Sequence[str],
+    requests: int = 600,
+    concurrency: int = 16,
+    k: int = 10,
+    seed: int = 0,
+    *,
+    workers: int = 1,
+    inprocess: bool = True,
 ) -> dict[str, Any]:
-    """:func:`~multimodal_rec.bench.serve.bench_serve` once per variant (one server each, one after the other);
-    throughput ratios to ``before``."""
+    """:func:`~multimodal_rec.bench.serve.bench_serve` once per variant (one server each, one after the other, each
+    followed by its in-process run unless ``inprocess`` is False); throughput ratios to ``before``."""
     names = parse_variants(variants)
-    runs = {n: bench_serve(bundle, requests, concurrency, k, seed, settings=variant_settings(n)) for n in names}
+    runs = {
+        n: bench_serve(
+            bundle, requests, concurrency, k, seed, settings=variant_settings(n), workers=workers, inprocess=inprocess
+        )
+        for n in names
+    }
     ref = runs[BASELINE]["throughput_rps"]
     for r in runs.values():
         r["throughput_ratio"] = round(r["throughput_rps"] / ref, 3) if ref else None
-    return {"bundle": str(bundle), "requests": requests, "concurrency": concurrency, "variants": runs}
+    out = {"bundle": str(bundle), "requests": requests, "concurrency": concurrency, "workers": workers}
+    return {**out, "variants": runs}
 
 
 def format_variants_serve(r: dict[str, Any]) -> str:
     """Human-readable table of :func:`bench_variants_serve`."""
     lines = [
-        f"bundle {r['bundle']}: {r['requests']} requests per variant at concurrency {r['concurrency']}",
+        f"bundle {r['bundle']}: {r['requests']} requests per variant at concurrency {r['concurrency']}, "
+        f"{r.get('workers', 1)} server workers",
         f"  {'variant':<11}{'req/s':>8}{'x before':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'/search p50':>13}{'/recommend p50':>16}",
+        f"{'/search p50':>13}{'/recommend p50':>16}{'in-proc req/s':>15}{'HTTP/in-proc':>14}{'PSS MiB':>9}",
     ]
+    nan = float("nan")
     for n, m in r["variants"].items():
         ep = m["endpoints"]
-        s, rc = ep.get("/search", {}).get("p50_ms", float("nan")), ep.get("/recommend", {}).get("p50_ms", float("nan"))
+        s, rc = ep.get("/search", {}).get("p50_ms", nan), ep.get("/recommend", {}).get("p50_ms", nan)
+        pss = (m.get("memory") or {}).get("total_pss_mib", nan)
         lines.append(
             f"  {n:<11}{m['throughput_rps']:>8.1f}{m['throughput_ratio']:>10.3f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
-            f"{m['errors']:>8}{s:>13.1f}{rc:>16.1f}"
+            f"{m['errors']:>8}{s:>13.1f}{rc:>16.1f}{m.get('inprocess_best_rps', nan):>15.1f}"
+            f"{m.get('http_vs_inprocess', nan):>14.3f}{pss:>9.1f}"
         )
+    lines.append(f"  (in-process: the best of each variant's configurations, see --json; HTTP goal >= {HTTP_GOAL})")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 ``bench_search`` times ``Recommender.search`` / ``recommend`` end to end against the same work done directly
 (tower forward + ``index.search``), alternating the two ways over one query set, so machine noise hits both
 alike. ``bench_serve`` starts ``mmrec serve`` on a free loopback port, fires a fixed number of requests at a
-fixed concurrency and stops it again.
+fixed concurrency, reads the server's memory, stops it, and runs the same requests in-process (bench.inprocess)
+for the throughput the service is held against.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from multimodal_rec.bench.inprocess import bench_inprocess, format_inprocess
+from multimodal_rec.bench.memory import format_memory, server_memory
+from multimodal_rec.bench.timing import latency_ms
 from multimodal_rec.bundle import CATALOG_FILE
 from multimodal_rec.errors import UserError
 
@@ -38,6 +42,7 @@ FALLBACK_QUERIES = (
     "a white circle growing",
 )
 OVERHEAD_GOAL = 1.10
+HTTP_GOAL = 0.8  # HTTP throughput / the best in-process throughput of the same requests (issue 18)
 WARMUP = 20
 HISTORY_LEN = 5
 
@@ -50,11 +55,6 @@ def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
     pool = titles or list(FALLBACK_QUERIES)
     rng = np.random.default_rng(seed)
     return [pool[i] for i in rng.permutation(max(n, len(pool)))[:n] % len(pool)]
-
-
-def latency_ms(x: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(x) * 1e3
-    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
 
 
 def _compare(
@@ -199,6 +199,21 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -
     raise UserError(f"the server was not ready after {timeout:.0f} s")
 
 
+def _wait_workers(log_fd: int, workers: int, timeout: float) -> None:
+    """Wait until each of ``workers`` uvicorn workers logged its start-up (a worker still loading accepts no
+    connection, so a load test started earlier would pin its keep-alive connections on the first worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = os.pread(log_fd, 1 << 20, 0).decode(errors="replace")  # pread: the server shares the file offset
+        started = text.count("Application startup complete")
+        if started >= workers:
+            return
+        if time.monotonic() > deadline:
+            LOG.warning("%d of %d workers said they started after %.0f s; measuring anyway", started, workers, timeout)
+            return
+        time.sleep(0.2)
+
+
 async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency: int, timeout: float) -> dict[str, Any]:
     """Send every (path, body) with ``concurrency`` requests in flight; latency and status per request."""
     import httpx
@@ -231,18 +246,27 @@ async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency:
     return {"lat": lat, "errors": errors, "seconds": seconds}
 
 
-@contextlib.contextmanager
-def running_server(
-    bundle: str | Path, startup_timeout: float = 180.0, settings: dict[str, Any] | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``mmrec serve`` in a subprocess on a free 127.0.0.1 port, ready when yielded as (url, process); stopped
-    (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz answered. ``settings``:
-    ServeConfig fields, passed as ``--set KEY=VALUE``."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+def server_command(
+    bundle: str | Path, port: int, settings: dict[str, Any] | None = None, workers: int = 1
+) -> list[str]:
+    """The ``mmrec serve`` command line: ``settings`` (ServeConfig fields) as ``--set KEY=VALUE``."""
     cmd = [sys.executable, "-m", "multimodal_rec.cli", "serve", "--bundle", str(bundle), "--port", str(port), "-q"]
+    cmd += ["--workers", str(workers)]
     for key, value in (settings or {}).items():
         cmd += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return cmd
+
+
+@contextlib.contextmanager
+def running_server(
+    bundle: str | Path, startup_timeout: float = 180.0, settings: dict[str, Any] | None = None, workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``mmrec serve`` (:func:`server_command`) in a subprocess on a free 127.0.0.1 port, ready when yielded as
+    (url, process); stopped (SIGINT, then kill after 30 s) on exit. ``process.startup_s`` is the time until /healthz
+    answered and, with ``workers > 1``, every worker had started."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = server_command(bundle, port, settings, workers)
     here = str(Path(__file__).resolve().parents[1])  # the server imports this same package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     LOG.info("starting %s", " ".join(cmd))
@@ -256,6 +280,8 @@ def running_server(
                 log.seek(0)
                 tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-1:]
                 raise UserError(f"{e}{': ' + tail[0] if tail else ''}") from None
+            if workers > 1:
+                _wait_workers(log.fileno(), workers, max(10.0, startup_timeout - (time.perf_counter() - t)))
             proc.startup_s = time.perf_counter() - t  # type: ignore[attr-defined]
             yield url, proc
         finally:
@@ -276,16 +302,20 @@ def bench_serve(
     startup_timeout: float = 180.0,
     request_timeout: float = 60.0,
     settings: dict[str, Any] | None = None,
+    workers: int = 1,
+    inprocess: bool = True,
 ) -> dict[str, Any]:
-    """Start ``mmrec serve`` on a free 127.0.0.1 port, send ``requests`` (half /search, half /recommend) with
-    ``concurrency`` in flight, stop the server; throughput, p50/p99 latency and errors (non-200 or no hits).
+    """Start ``mmrec serve --workers N`` on a free 127.0.0.1 port, send ``requests`` (half /search, half /recommend)
+    with ``concurrency`` in flight, read the memory of the server's processes, stop it; throughput, p50/p99 latency
+    and errors (non-200 or no hits). Then, unless ``inprocess`` is False, the same requests in this process
+    (:mod:`.inprocess`): the best in-process throughput and ``http_vs_inprocess`` = HTTP / that.
 
     ``settings``: the server's ServeConfig fields; with them, search queries are titles + `` clip`` (free text, not
     a stored item text: bench.backends), histories stay titles."""
     import pandas as pd
 
-    if requests < 1 or concurrency < 1:
-        raise UserError(f"requests and concurrency must be >= 1, got {requests} and {concurrency}")
+    if requests < 1 or concurrency < 1 or workers < 1:
+        raise UserError(f"requests, concurrency and workers must be >= 1, got {requests}, {concurrency}, {workers}")
     try:
         import httpx  # noqa: F401
     except ImportError:
@@ -300,15 +330,17 @@ def bench_serve(
         else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
         for i in range(requests)
     ]
-    with running_server(bundle, startup_timeout, settings) as (url, proc):
+    with running_server(bundle, startup_timeout, settings, workers) as (url, proc):
         LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
         asyncio.run(_fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
         res = asyncio.run(_fire(url, bodies, concurrency, request_timeout))
+        memory, memory_note = server_memory(proc.pid, bundle)  # after the load: what serving it took
     all_lat = [x for v in res["lat"].values() for x in v]
     out: dict[str, Any] = {
         "bundle": str(bundle),
         "requests": requests,
         "concurrency": concurrency,
+        "workers": workers,
         "k": k,
         "startup_s": round(proc.startup_s, 2),
         "seconds": round(res["seconds"], 3),
@@ -318,9 +350,15 @@ def bench_serve(
         "errors": len(res["errors"]),
         "error_examples": sorted(set(res["errors"]))[:5],
         "server_exit_code": proc.returncode,
+        "memory": memory,
+        **({"memory_note": memory_note} if memory_note else {}),
     }
     if proc.returncode not in (0, -signal.SIGINT):
         LOG.warning("the server exited with code %s", proc.returncode)
+    if inprocess:  # the server is stopped: it does not compete for the cores
+        ip = bench_inprocess(bundle, bodies, concurrency, settings)
+        out.update(inprocess=ip["configs"], inprocess_best=ip["best"], inprocess_best_rps=ip["best_rps"])
+        out["http_vs_inprocess"] = round(out["throughput_rps"] / ip["best_rps"], 3)
     return out
 
 
@@ -334,4 +372,11 @@ def format_serve(r: dict[str, Any]) -> str:
     for path, m in r["endpoints"].items():
         lines.append(f"  {path:<11}{m['requests']:>6} requests  p50 {m['p50_ms']:>8.1f} ms  p99 {m['p99_ms']:>8.1f} ms")
     lines.extend(f"  error: {e}" for e in r["error_examples"])
+    lines.extend(format_memory(r.get("memory"), r.get("memory_note"), r["workers"]))
+    if "inprocess" in r:
+        lines.extend(format_inprocess(r["inprocess"]))
+        lines.append(
+            f"in-process best {r['inprocess_best_rps']:.1f} req/s ({r['inprocess_best']}), "
+            f"HTTP / in-process = {r['http_vs_inprocess']:.3f} (goal >= {HTTP_GOAL})"
+        )
     return "\n".join(lines)

@@ -68,12 +68,29 @@ def _bench_search_or_serve(a: argparse.Namespace) -> None:
         res = bench_serve.bench_search(a.bundle, queries=a.queries, k=a.k, seed=a.seed, device=a.device, mode=a.mode)
         text = bench_serve.format_search
     else:
-        res = bench_serve.bench_serve(a.bundle, requests=a.requests, concurrency=a.concurrency, k=a.k, seed=a.seed)
+        res = bench_serve.bench_serve(
+            a.bundle,
+            requests=a.requests,
+            concurrency=a.concurrency,
+            k=a.k,
+            seed=a.seed,
+            workers=_serve_workers(a),
+            inprocess=not a.no_inprocess,
+        )
         text = bench_serve.format_serve
     if a.json:
         print_json(res)
     else:
         print(text(res))
+
+
+def _serve_workers(a: argparse.Namespace) -> int:
+    """bench serve's ``--workers``: the server's worker processes (default 1)."""
+    if a.workers is None:
+        return 1
+    if a.workers < 1:
+        raise UserError(f"--workers must be >= 1 for bench serve, got {a.workers}")
+    return int(a.workers)
 
 
 def _bench_variants(a: argparse.Namespace) -> None:
@@ -85,7 +102,16 @@ def _bench_variants(a: argparse.Namespace) -> None:
         )
         text = backends.format_variants_search
     else:
-        res = backends.bench_variants_serve(a.bundle, a.text_backend, a.requests, a.concurrency, a.k, a.seed)
+        res = backends.bench_variants_serve(
+            a.bundle,
+            a.text_backend,
+            a.requests,
+            a.concurrency,
+            a.k,
+            a.seed,
+            workers=_serve_workers(a),
+            inprocess=not a.no_inprocess,
+        )
         text = backends.format_variants_serve
     if a.json:
         print_json(res)
@@ -129,14 +155,18 @@ def add_bench(sub: Subparsers) -> None:
         help="encode: decode-only vs model-only vs end-to-end, and memory; "
         "index: FAISS candidates on synthetic vectors (build, memory, latency, recall vs exact); "
         "search: Recommender.search/recommend latency and overhead over model + FAISS; "
-        "serve: HTTP load test of mmrec serve; "
+        "serve: HTTP load test of mmrec serve, the server's memory, and the same requests in-process; "
         "grow: a copy of --bundle grown to --videos with synthetic videos near its own (to bench search/serve at 1M)",
     )
     s.add_argument("--model", help="trained run directory")
     s.add_argument("--catalog", help="catalog to encode")
     s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument(
-        "--workers", type=int, default=None, help="decode workers for the end-to-end run (default: as mmrec encode)"
+        "--workers",
+        type=int,
+        default=None,
+        help="encode: decode workers for the end-to-end run (default: as mmrec encode); "
+        "serve: the server's worker processes, mmrec serve --workers N (default 1)",
     )
     s.add_argument("--repeat", type=positive_int, default=1, help="benchmark the catalog N times over")
     s.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-memory check")
@@ -174,6 +204,11 @@ def add_bench(sub: Subparsers) -> None:
     g.add_argument("--queries", type=positive_int, default=500, help="bench search: queries and histories timed")
     g.add_argument("--requests", type=positive_int, default=2000, help="bench serve: requests sent in all")
     g.add_argument("--concurrency", type=positive_int, default=16, help="bench serve: requests in flight")
+    g.add_argument(
+        "--no-inprocess",
+        action="store_true",
+        help="bench serve: skip the in-process run of the same requests (the HTTP / in-process ratio; quicker)",
+    )
     g.add_argument(
         "--text-backend",
         metavar="LIST",

@@ -48,6 +48,12 @@ def test_bench_serve_variants_has_no_errors(bundle: Path, capsys: pytest.Capture
     assert list(res["variants"]) == [BASELINE, "torch"]
     for v in res["variants"].values():
         assert v["errors"] == 0 and v["requests"] == 24 and v["throughput_rps"] > 0
+        assert all(m["errors"] == 0 for m in v["inprocess"].values())  # each variant against its own in-process run
+        assert v["http_vs_inprocess"] == round(v["throughput_rps"] / v["inprocess_best_rps"], 3)
+    from multimodal_rec.bench.backends import format_variants_serve
+
+    table = format_variants_serve(res).splitlines()
+    assert "HTTP/in-proc" in table[1] and len(table) == 5  # title, header, two variants, the note
 
 
 def test_index_recall_is_measured_against_an_exact_scan() -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,6 +79,115 @@ def test_bench_serve_small_load_has_no_errors(bundle: Path, capsys: pytest.Captu
     assert res["errors"] == 0 and res["requests"] == 12 and res["throughput_rps"] > 0
     assert {p: m["requests"] for p, m in res["endpoints"].items()} == {"/search": 6, "/recommend": 6}
     assert res["server_exit_code"] is not None  # the server was stopped, not left running
+    assert res["workers"] == 1
+    if Path("/proc/self/smaps_rollup").is_file():  # Linux: the server process, read while it ran
+        assert res["memory"]["total_pss_mib"] > 0 and res["memory"]["processes"][0]["rss_mib"] > 20
+    assert set(res["inprocess"]) == {"concurrency_threads", "core_threads"}
+    for m in res["inprocess"].values():
+        assert m["errors"] == 0 and m["throughput_rps"] > 0
+    assert res["inprocess"]["concurrency_threads"]["threads"] == 3
+    assert res["inprocess"]["core_threads"]["torch_threads"] == 1
+    assert res["inprocess_best_rps"] == max(m["throughput_rps"] for m in res["inprocess"].values())
+    assert res["http_vs_inprocess"] == round(res["throughput_rps"] / res["inprocess_best_rps"], 3)
+    from multimodal_rec.bench.serve import format_serve
+
+    assert f"HTTP / in-process = {res['http_vs_inprocess']:.3f} (goal >= 0.8)" in format_serve(res)
+
+
+class _FakeRec:
+    """Records the Recommender calls; the search of ``bad_query`` raises, the recommend of ``empty`` finds nothing."""
+
+    def __init__(self, bad_query: str, empty: list[str]) -> None:
+        self.bad_query, self.empty, self.calls = bad_query, empty, []
+
+    def search(self, query: str, k: int) -> list[int]:
+        self.calls.append(("/search", {"query": query, "k": k}))
+        if query == self.bad_query:
+            raise RuntimeError("boom")
+        return [1]
+
+    def query_info(self, query: str) -> dict[str, Any]:
+        return {}
+
+    def resolve_history(self, history: list[str]) -> None:
+        return None
+
+    def recommend(self, history: list[str], k: int) -> list[int]:
+        self.calls.append(("/recommend", {"history": list(history), "k": k}))
+        return [] if list(history) == self.empty else [1]
+
+
+def test_inprocess_runs_the_http_bodies_and_counts_errors(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the HTTP run, each in-process configuration sends exactly the bodies the server got, to a Recommender
+    loaded with the server's settings; a raising call and a call without hits are errors, not a crash."""
+    import torch
+
+    from multimodal_rec.bench import serve as bs
+    from multimodal_rec.bench.inprocess import cores
+
+    sent: list[list[tuple[str, dict[str, Any]]]] = []
+
+    async def fire(url: str, bodies: list[Any], concurrency: int, timeout: float) -> dict[str, Any]:
+        sent.append(list(bodies))
+        return {"lat": {"/search": [0.01]}, "errors": [], "seconds": 2.0}
+
+    @contextlib.contextmanager
+    def server(*args: Any) -> Any:
+        yield "http://fake", SimpleNamespace(pid=os.getpid(), startup_s=0.1, returncode=0)
+
+    recs: list[_FakeRec] = []
+
+    def load(cls: type, path: Any, **kw: Any) -> _FakeRec:
+        assert kw["serve"].query_cache == 0 and Path(path) == bundle  # the server's settings, the same bundle
+        main = sent[-1]
+        recs.append(_FakeRec(main[0][1]["query"], main[1][1]["history"]))
+        return recs[-1]
+
+    monkeypatch.setattr(bs, "_fire", fire)
+    monkeypatch.setattr(bs, "running_server", server)
+    monkeypatch.setattr(Recommender, "load", classmethod(load))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # not 1: the one-torch-thread configuration must put it back
+    try:
+        res = bs.bench_serve(bundle, requests=10, concurrency=3, k=4, settings={"query_cache": 0})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    warm, main = sent
+    assert len(main) == 10 and warm == main[:6] and {b["k"] for _, b in main} == {4}
+    assert len(recs) == 2  # one Recommender per configuration
+
+    def bag(calls: list[Any]) -> Counter[str]:
+        return Counter(json.dumps(c) for c in calls)
+
+    for rec, n_threads in zip(recs, (3, cores()), strict=True):  # a warm-up like the HTTP run's, then every body
+        assert bag(rec.calls[:-10]) == bag(main[: min(10, 2 * n_threads)])
+        assert bag(rec.calls[-10:]) == bag(main)
+    for m in res["inprocess"].values():
+        assert m["errors"] == 2 and m["error_examples"] == ["/recommend: no hits", "/search: RuntimeError"]
+    assert res["throughput_rps"] == 5.0 and res["http_vs_inprocess"] == round(5.0 / res["inprocess_best_rps"], 3)
+
+
+def test_bench_serve_workers_reach_the_server_command(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multimodal_rec.bench import serve as bs
+    from multimodal_rec.errors import UserError
+
+    started: list[list[str]] = []
+
+    def popen(cmd: list[str], **kw: Any) -> Any:
+        started.append(cmd)
+        raise UserError("not started in this test")
+
+    monkeypatch.setattr(bs.subprocess, "Popen", popen)
+    argv = ["bench", "serve", "--bundle", str(bundle), "--requests", "4", "--no-inprocess"]
+    assert main([*argv, "--workers", "2"]) == 2
+    cmd = started[0]
+    assert cmd[cmd.index("--workers") + 1] == "2" and cmd[cmd.index("--bundle") + 1] == str(bundle)
+    assert main(argv) == 2 and started[1][started[1].index("--workers") + 1] == "1"  # the default
+    assert main([*argv, "--workers", "0"]) == 2 and len(started) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
 
 
 def test_contact_sheet_rows_and_placeholder(bundle: Path, tmp_path: Path) -> None:
