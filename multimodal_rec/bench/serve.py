@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from multimodal_rec.bench.inprocess import bench_inprocess, format_inprocess
+from multimodal_rec.bench.loadgen import fire
 from multimodal_rec.bench.memory import format_memory, server_memory
 from multimodal_rec.bench.timing import latency_ms
 from multimodal_rec.bundle import CATALOG_FILE
@@ -182,20 +183,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    import httpx
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll ``/healthz`` until it answers 200; UserError when the server exits first or ``timeout`` passes."""
+    import urllib.error
+    import urllib.request
 
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise UserError(f"the server exited with code {proc.returncode} before it was ready")
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2.0) as r:
+                if r.status == 200:
                     return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
     raise UserError(f"the server was not ready after {timeout:.0f} s")
 
 
@@ -212,38 +215,6 @@ def _wait_workers(log_fd: int, workers: int, timeout: float) -> None:
             LOG.warning("%d of %d workers said they started after %.0f s; measuring anyway", started, workers, timeout)
             return
         time.sleep(0.2)
-
-
-async def _fire(url: str, bodies: list[tuple[str, dict[str, Any]]], concurrency: int, timeout: float) -> dict[str, Any]:
-    """Send every (path, body) with ``concurrency`` requests in flight; latency and status per request."""
-    import httpx
-
-    lat: dict[str, list[float]] = {}
-    errors: list[str] = []
-    nxt = 0
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal nxt
-        while nxt < len(bodies):
-            path, body = bodies[nxt]
-            nxt += 1
-            t = time.perf_counter()
-            try:
-                r = await client.post(f"{url}{path}", json=body)
-                ok = r.status_code == 200 and bool(r.json().get("hits"))
-                why = f"{path}: HTTP {r.status_code}"
-            except (httpx.HTTPError, ValueError) as e:
-                ok, why = False, f"{path}: {type(e).__name__}"
-            lat.setdefault(path, []).append(time.perf_counter() - t)
-            if not ok:
-                errors.append(why)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        t = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        seconds = time.perf_counter() - t
-    return {"lat": lat, "errors": errors, "seconds": seconds}
 
 
 def server_command(
@@ -275,7 +246,7 @@ def running_server(
         try:
             t = time.perf_counter()
             try:
-                asyncio.run(_wait_ready(url, proc, startup_timeout))
+                _wait_ready(url, proc, startup_timeout)
             except UserError as e:
                 log.seek(0)
                 tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-1:]
@@ -316,10 +287,6 @@ def bench_serve(
 
     if requests < 1 or concurrency < 1 or workers < 1:
         raise UserError(f"requests, concurrency and workers must be >= 1, got {requests}, {concurrency}, {workers}")
-    try:
-        import httpx  # noqa: F401
-    except ImportError:
-        raise UserError("bench serve needs httpx (pip install httpx)") from None
     bundle = Path(bundle)
     if not (bundle / CATALOG_FILE).is_file():
         raise UserError(f"not a bundle (no {CATALOG_FILE}): {bundle}")
@@ -332,8 +299,8 @@ def bench_serve(
     ]
     with running_server(bundle, startup_timeout, settings, workers) as (url, proc):
         LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
-        asyncio.run(_fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
-        res = asyncio.run(_fire(url, bodies, concurrency, request_timeout))
+        asyncio.run(fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
+        res = asyncio.run(fire(url, bodies, concurrency, request_timeout))
         memory, memory_note = server_memory(proc.pid, bundle)  # after the load: what serving it took
     all_lat = [x for v in res["lat"].values() for x in v]
     out: dict[str, Any] = {

@@ -143,7 +143,7 @@ def test_inprocess_runs_the_http_bodies_and_counts_errors(bundle: Path, monkeypa
         recs.append(_FakeRec(main[0][1]["query"], main[1][1]["history"]))
         return recs[-1]
 
-    monkeypatch.setattr(bs, "_fire", fire)
+    monkeypatch.setattr(bs, "fire", fire)
     monkeypatch.setattr(bs, "running_server", server)
     monkeypatch.setattr(Recommender, "load", classmethod(load))
     threads = torch.get_num_threads()
