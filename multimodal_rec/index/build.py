@@ -74,11 +74,13 @@ def ivf_nprobe(nlist: int) -> int:
 
 
 def refine_k_factor(nb: int) -> int:
-    """IVF-PQ + RFlat re-ranks ``k_factor * k`` PQ candidates exactly: 8 at 20k, 16 at 200k, 64 at 1M, <= 128.
+    """IVF-PQ + RFlat re-ranks ``k_factor * k`` PQ candidates exactly: 16 at 20k, 32 at 100k, 256 at 1M, <= 512.
 
-    Grows with nb because more near-ties compete for the top k under the coarse 4-bit codes.
+    Grows with nb because more near-ties compete for the top k under the coarse 4-bit codes. The exact re-rank is
+    cheap (256 * 10 dot products: ~0.1 ms), so the shortlist is generous: on 1M vectors that are near-copies of a
+    real catalog's (``mmrec bench grow``), 64 kept recall@10 at 0.85 and 256 at 0.98, for the same latency.
     """
-    return int(min(128, max(8, 2 ** round(math.log2(max(1.0, nb / 16_000))))))
+    return int(min(512, max(16, 2 ** round(math.log2(max(1.0, nb / 4_000))))))
 
 
 def _layers(index: Any) -> list[Any]:
