@@ -28,6 +28,7 @@ from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors, index_view
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.locks import RWLock
 from multimodal_rec.serving.moments import attach_moments, moment, rank_segments, rank_videos, video_moment
+from multimodal_rec.serving.records import column_readers, native
 from multimodal_rec.serving.results import Hit
 from multimodal_rec.serving.segments import DURATION_COLUMN, NewRows, SegmentTable, grown, segment_table
 
@@ -68,24 +69,6 @@ class Snapshot:
     segments: SegmentTable | None = None
     content: np.ndarray | None = None  # [n, D] video-tower vectors (None: not recorded)
     text: np.ndarray | None = None  # [n, D] text-tower vectors of the video's text (zeros: none)
-
-
-def column_readers(catalog: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
-    """Each column of ``columns`` as something indexable by row, without copying it: numeric columns as numpy
-    views, others as their pandas array (Arrow-backed strings stay in Arrow). A list of per-row dicts would cost
-    ~0.9 GB and 8 s per serving process at 1M videos."""
-    out: dict[str, Any] = {}
-    for c in columns:
-        s = catalog[c]
-        out[c] = s.to_numpy() if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biuf" else s.array
-    return out
-
-
-def native(value: Any) -> Any:
-    """A numpy scalar as the Python scalar ``DataFrame.to_dict`` gives (``pd.NA`` as None); anything else unchanged."""
-    if value is pd.NA:
-        return None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 class CatalogState:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from multimodal_rec.model.prior import index_vectors
-from multimodal_rec.serving.catalog import CatalogState, column_readers, native
+from multimodal_rec.serving.catalog import CatalogState
+from multimodal_rec.serving.records import column_readers, native
 
 
 def _same(a: object, b: object) -> bool:
