@@ -65,3 +65,17 @@ def test_hit_metadata_is_the_catalog_row_as_to_dict_gives_it() -> None:
         got = {c: native(col[i]) for c, col in readers.items()}
         bad = {c: (got[c], want[c]) for c in cols if not _same(got[c], want[c])}
         assert not bad, f"row {i}: {bad}"
+
+
+def test_bundle_arrays_are_mapped_read_only_plain_arrays(bundle: Path) -> None:
+    """Mapped (shared between workers), but as plain ndarrays: np.memmap's indexing costs ~30 us a call."""
+    from multimodal_rec.bundle import load_bundle
+
+    b = load_bundle(bundle, mmap=True)
+    for name in ("embeddings", "content", "text", "text_features"):
+        x = getattr(b, name)
+        if x is None:
+            continue
+        assert type(x) is np.ndarray and not x.flags.writeable, name
+        assert isinstance(x.base, np.memmap), f"{name} is not backed by the file mapping"
+    assert type(load_bundle(bundle, mmap=False).embeddings) is np.ndarray
