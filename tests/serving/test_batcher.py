@@ -46,6 +46,28 @@ def test_batched_recommender_equals_one_by_one(bundle) -> None:
     assert stats["trunk_batches"] < stats["trunk_requests"], stats
 
 
+def test_concurrent_histories_share_user_tower_passes(bundle) -> None:
+    """Histories of different lengths encoded under 8 concurrent callers: the same vectors and attention weights as
+    one at a time (weights past a history's end are 0), in fewer user-tower passes than calls."""
+    from multimodal_rec.serving.queries import QueryEncoder
+    from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.text_backends import ServeConfig
+
+    rec = Recommender.load(bundle)
+    enc = QueryEncoder(rec.model, ServeConfig(query_cache=0, batch_window_ms=5))
+    texts = [f"{t} clip" for t in rec.catalog["title"].astype(str)[:30]]
+    histories = [texts[i : i + 1 + i % 4] for i in range(24)]
+    alone = [enc.encode_histories([h]) for h in histories]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda h: enc.encode_histories([h]), histories))
+    for h, (u1, w1), (u8, w8) in zip(histories, alone, together, strict=True):
+        n = len(h)
+        np.testing.assert_allclose(u8, u1, atol=1e-5)
+        np.testing.assert_allclose(w8[0, :n], w1[0, :n], atol=1e-5)
+        assert not w8[0, n:].any() and w8[0, :n].sum() == pytest.approx(1.0, abs=1e-4)
+    assert enc.user_batcher.batches < enc.user_batcher.requests, "no history was batched"
+
+
 def test_an_error_reaches_every_caller_and_the_worker_survives() -> None:
     def fn(texts: list[str]) -> np.ndarray:
         if "boom" in texts:
