@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from multimodal_rec.bench.loadgen import fire
-from multimodal_rec.bench.serve import HISTORY_LEN, running_server, sample_texts
+from multimodal_rec.bench.serve import request_bodies, running_server
 from multimodal_rec.bundle import CATALOG_FILE
 
 
@@ -37,13 +37,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
     settings = dict(kv.split("=", 1) for kv in a.set) or None
-    texts = sample_texts(pd.read_parquet(Path(a.bundle) / CATALOG_FILE), a.requests + HISTORY_LEN, 0)
-    bodies = [
-        ("/search", {"query": texts[i] + (" clip" if settings else ""), "k": 10})
-        if i % 2 == 0
-        else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": 10})
-        for i in range(a.requests)
-    ]
+    bodies = request_bodies(pd.read_parquet(Path(a.bundle) / CATALOG_FILE), a.requests, free_text=bool(settings))
     with running_server(a.bundle, 180, settings) as (url, proc):
         asyncio.run(fire(url, bodies[: 4 * a.concurrency], a.concurrency, 60))  # warm-up
         s0, r0, t0 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

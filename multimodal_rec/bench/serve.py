@@ -264,6 +264,20 @@ def running_server(
                 proc.wait()
 
 
+def request_bodies(
+    catalog: Any, requests: int, k: int = 10, seed: int = 0, free_text: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """``bench serve``'s requests: alternately a /search for a catalog title (with `` clip`` appended when
+    ``free_text``, so no stored item text answers it) and a /recommend over ``HISTORY_LEN`` titles."""
+    texts = sample_texts(catalog, requests + HISTORY_LEN, seed)
+    return [
+        ("/search", {"query": f"{texts[i]} clip" if free_text else texts[i], "k": k})
+        if i % 2 == 0
+        else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
+        for i in range(requests)
+    ]
+
+
 def bench_serve(
     bundle: str | Path,
     requests: int = 2000,
@@ -290,13 +304,7 @@ def bench_serve(
     bundle = Path(bundle)
     if not (bundle / CATALOG_FILE).is_file():
         raise UserError(f"not a bundle (no {CATALOG_FILE}): {bundle}")
-    texts = sample_texts(pd.read_parquet(bundle / CATALOG_FILE), requests + HISTORY_LEN, seed)
-    bodies: list[tuple[str, dict[str, Any]]] = [
-        ("/search", {"query": f"{texts[i]} clip" if settings else texts[i], "k": k})
-        if i % 2 == 0
-        else ("/recommend", {"history": texts[i : i + HISTORY_LEN], "k": k})
-        for i in range(requests)
-    ]
+    bodies = request_bodies(pd.read_parquet(bundle / CATALOG_FILE), requests, k, seed, free_text=bool(settings))
     with running_server(bundle, startup_timeout, settings, workers) as (url, proc):
         LOG.info("server ready on %s; %d requests, %d in flight", url, requests, concurrency)
         asyncio.run(fire(url, bodies[: min(requests, 2 * concurrency)], concurrency, request_timeout))  # warm-up
