@@ -47,7 +47,7 @@ def grow_bundle(
     bundle: str | Path, out: str | Path, videos: int, noise: float = 0.5, seed: int = 0, factory: str = "auto"
 ) -> dict[str, Any]:
     """Write to ``out`` a copy of ``bundle`` grown to ``videos`` videos (see the module docstring); what was made."""
-    from multimodal_rec.bundle import Bundle, load_bundle, save_bundle
+    from multimodal_rec.bundle import INDEX_FILE, Bundle, load_bundle, save_bundle
     from multimodal_rec.index.build import build_index, choose_factory
     from multimodal_rec.model.prior import index_vectors
 
@@ -92,7 +92,7 @@ def grow_bundle(
         catalog,
         embeddings,
         sources=src.sources,
-        indexes={"index.faiss": index},
+        indexes={INDEX_FILE: index},
         fields=fields,
         text_features=src.text_features,
         text_feature_keys=src.text_feature_keys,
