@@ -11,6 +11,7 @@ by their best segment (:mod:`~multimodal_rec.serving.moments`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -172,22 +173,56 @@ class CatalogState:
             return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
 
     def search_text(
-        self, xq: np.ndarray, k: int, filters: Filters | None = None, passing: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        passing: np.ndarray | None = None,
+        bare: bool = False,
     ) -> list[list[Hit]]:
         """Top-``k`` live videos passing ``filters`` for each text query ``xq`` (index-ready, 0 in a prior column),
         each hit with its moment. With segments (some video has several) a video scores its best segment;
-        otherwise the video index answers, exactly as :meth:`search` (whole-video moments)."""
+        otherwise the video index answers, exactly as :meth:`search` (whole-video moments). ``bare``: id, score and
+        rank only (no metadata, no moment: candidates that :meth:`completed` finishes once they make the cut)."""
         with self._rw.read():
-            return self._text_hits(xq, k, self._mask(filters, [], passing))
+            return self._text_hits(xq, k, self._mask(filters, [], passing), bare)
 
-    def _text_hits(self, xq: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[Hit]]:
+    def _text_hits(self, xq: np.ndarray, k: int, mask: np.ndarray | None, bare: bool = False) -> list[list[Hit]]:
         seg = self.segments
         q = np.ascontiguousarray(xq[:, : seg.vectors.shape[1]])  # [nq, D]: the prior column (0) dropped
         ranked = rank_videos(seg, q, k, mask) if seg.multi else self._ranked(xq, k, mask)
+        if bare:
+            return [[Hit(self.video_ids[r], s, n) for n, (r, s) in enumerate(hits, 1)] for hits in ranked]
         return [
             [self._hit(r, s, n, video_moment(seg, r, qi)) for n, (r, s) in enumerate(hits, 1)]
             for qi, hits in zip(q, ranked, strict=True)
         ]
+
+    def completed(self, hits: list[list[Hit]], xq: np.ndarray | None) -> list[list[Hit]]:
+        """Bare hits (``search_text`` / ``rank_rows`` with ``bare``, then fused and cut to ``k``) with their
+        metadata and moments: a hit with a vector score its best moment for its query's vector ``xq[i]``, one
+        without (a lexical-only hit, or no ``xq``) the whole video. A video removed since it was ranked is dropped
+        (the ranks after it close up)."""
+        with self._rw.read():
+            out = []
+            for i, row_hits in enumerate(hits):
+                live = [(h, self._row[h.video_id]) for h in row_hits if h.video_id in self._row]
+                done = []
+                for n, (h, r) in enumerate(live, 1):
+                    scored = xq is not None and (h.scores is None or h.scores.get("vector") is not None)
+                    where = video_moment(self.segments, r, self._query_part(xq, i)) if scored else self._whole(r)
+                    done.append(dataclasses.replace(h, rank=n, metadata=self._record(r), moment=where))
+                out.append(done)
+            return out
+
+    def _query_part(self, xq: Any, i: int) -> np.ndarray:
+        """Query ``i`` of ``xq`` without the prior column: what segment vectors are scored against."""
+        return np.ascontiguousarray(xq[i, : self.segments.vectors.shape[1]])
+
+    def _whole(self, r: int) -> dict[str, Any]:
+        """The moment of a hit no query vector scored: the whole video, score None."""
+        spans = self.segments.spans[self.segments.of_row(r)]
+        return moment(spans[0, 0], spans[-1, 1], None)
 
     def search_moments(
         self, xq: np.ndarray, k: int, filters: Filters | None = None, passing: np.ndarray | None = None
@@ -222,8 +257,10 @@ class CatalogState:
         """The row's metadata, as ``catalog.to_dict("records")[row]`` (Python scalars) without building every row."""
         return {c: native(col[row]) for c, col in self._columns.items()}
 
-    def _hits(self, D: np.ndarray, I: np.ndarray) -> list[Hit]:  # noqa: E741
+    def _hits(self, D: np.ndarray, I: np.ndarray, bare: bool = False) -> list[Hit]:  # noqa: E741
         pairs = [(int(r), float(s)) for s, r in zip(D, I, strict=True) if r >= 0]
+        if bare:
+            return [Hit(self.video_ids[r], s, n) for n, (r, s) in enumerate(pairs, 1)]
         return [self._hit(r, s, n) for n, (r, s) in enumerate(pairs, 1)]
 
     def rank_rows(
@@ -231,13 +268,15 @@ class CatalogState:
         ranker: Callable[[pd.DataFrame, np.ndarray | None], tuple[np.ndarray, np.ndarray]],
         filters: Filters | None = None,
         passing: np.ndarray | None = None,
+        bare: bool = False,
     ) -> list[list[Hit]]:
         """Hits from another ranker over the rows (e.g. the lexical index), masked exactly as :meth:`search` is
         (filters, tombstones): ``ranker(catalog, mask)`` returns FAISS-style ``D, I`` over ``catalog``'s rows; it
-        runs under the read lock, so the catalog, the mask and the hits are of one state."""
+        runs under the read lock, so the catalog, the mask and the hits are of one state. ``bare``: as in
+        :meth:`search_text`."""
         with self._rw.read():
             D, I = ranker(self.catalog, self._mask(filters, [], passing))  # noqa: E741
-            return [self._hits(d, i) for d, i in zip(D, I, strict=True)]
+            return [self._hits(d, i, bare) for d, i in zip(D, I, strict=True)]
 
     def _mask(self, filters: Filters | None, excluded: list[int], passing: np.ndarray | None) -> np.ndarray | None:
         """Rows a search may return (live, passing ``filters``, not ``excluded``); None when every row may.

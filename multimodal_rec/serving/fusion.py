@@ -81,8 +81,9 @@ def ranked(
     mode: str,
     k: int,
     min_score: float | None,
-    vector: Callable[[int], list[list[Hit]]],
-    lexical: Callable[[int], list[list[Hit]]],
+    vector: Callable[..., list[list[Hit]]],
+    lexical: Callable[..., list[list[Hit]]],
+    complete: Callable[[list[list[Hit]]], list[list[Hit]]] | None = None,
 ) -> list[list[Hit]]:
     """The top ``k`` hits of each query in a search ``mode``, from the two masked rankers (``n`` -> each query's
     top-``n`` hits, filters and tombstones applied):
@@ -92,20 +93,26 @@ def ranked(
       the unit of ``min_score``.
     - ``"hybrid"``: the RRF fusion (:func:`fuse_hits`) of both top-:func:`candidates` lists; ``score`` is the fused
       score, ``scores`` the parts; ``min_score`` (a cosine) trims the vector list before the fusion, the lexical
-      candidates are those with a positive BM25.
+      candidates are those with a positive BM25. With ``complete``, the rankers are called with ``bare=True``
+      (candidates without metadata or moments) and only the fused top ``k`` are completed: building the 2 x
+      :func:`candidates` hits the fusion discards took most of a hybrid search's time outside the text model.
     """
     if mode == "vector":
         return keep_above(vector(k), min_score)
     if mode == "lexical":
         return keep_above(lexical(k), min_score)
-    n = candidates(k)
-    return [fuse_hits(v, w, k) for v, w in zip(keep_above(vector(n), min_score), lexical(n), strict=True)]
+    n, bare = candidates(k), {"bare": True} if complete else {}
+    fused = [
+        fuse_hits(v, w, k) for v, w in zip(keep_above(vector(n, **bare), min_score), lexical(n, **bare), strict=True)
+    ]
+    return complete(fused) if complete else fused
 
 
-@dataclass(frozen=True)
+@dataclass
 class Rankers:
     """The two rankings of one batch of queries over the served catalog, each ``n`` -> the top-``n`` hits of every
-    query with the filters and tombstones applied (the same row mask on both sides)."""
+    query with the filters and tombstones applied (the same row mask on both sides); ``bare``: candidates only
+    (:meth:`complete` finishes those that make the cut)."""
 
     state: CatalogState
     words: LexicalIndex
@@ -113,12 +120,18 @@ class Rankers:
     texts: Sequence[str]
     filters: Filters | None
     passing: np.ndarray | None  # filter_mask(catalog, filters), computed once by the caller
+    xq: np.ndarray | None = None  # the query vectors, once vector() has encoded them
 
-    def vector(self, n: int) -> list[list[Hit]]:
+    def vector(self, n: int, bare: bool = False) -> list[list[Hit]]:
         """The text tower's ranking (the model runs only here: lexical mode never calls it)."""
-        return self.state.search_text(self.encode(self.texts), n, self.filters, self.passing)
+        self.xq = self.encode(self.texts)
+        return self.state.search_text(self.xq, n, self.filters, self.passing, bare)
 
-    def lexical(self, n: int) -> list[list[Hit]]:
+    def lexical(self, n: int, bare: bool = False) -> list[list[Hit]]:
         """The BM25 ranking (videos sharing no word with a query are not in its list)."""
-        hits = self.state.rank_rows(partial(self.words.search, self.texts, n), self.filters, self.passing)
-        return self.state.with_moments(hits)  # no query vector: the whole video
+        hits = self.state.rank_rows(partial(self.words.search, self.texts, n), self.filters, self.passing, bare)
+        return hits if bare else self.state.with_moments(hits)  # no query vector: the whole video
+
+    def complete(self, hits: list[list[Hit]]) -> list[list[Hit]]:
+        """Fused bare hits with their metadata and moments (the vector's for hits it scored)."""
+        return self.state.completed(hits, self.xq)

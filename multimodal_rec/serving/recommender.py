@@ -203,7 +203,7 @@ class Recommender:
         mode = self._lexical.mode(mode, self.catalog)
         passing = filter_mask(self.catalog, filters)  # a bad filter fails before the model runs
         rank = Rankers(self._state, self._lexical, self.text_queries, texts, filters, passing)
-        return ranked(mode, k, min_score, rank.vector, rank.lexical)
+        return ranked(mode, k, min_score, rank.vector, rank.lexical, rank.complete)
 
     search_mode = property(lambda self: self._lexical.mode(None, self.catalog), doc="hybrid if the catalog has text")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hybrid_check import assert_hybrid_as_in_full
 
 from multimodal_rec import Recommender, UserError
 from multimodal_rec.bundle import load_bundle
@@ -181,6 +182,24 @@ def test_min_score_in_hybrid_trims_only_the_vector_candidates(rec: Recommender) 
     assert _ids(hits) == ["named0"] and hits[0].scores is not None
     assert hits[0].scores["vector"] is None and hits[0].scores["lexical"] > 0
     assert rec.search("zorblat", k=5, mode="lexical", min_score=1e6) == []  # lexical: compares BM25
+
+
+def test_hybrid_completes_only_the_fused_hits_as_in_full(rec: Recommender) -> None:
+    assert_hybrid_as_in_full(rec, [*QUERIES, "zorblat quenix", "mirvane circle"])
+
+
+def test_a_video_removed_before_completion_is_dropped(fresh: Recommender) -> None:
+    """A removal between ranking and completion: the hit is dropped and the ranks after it close up."""
+    from multimodal_rec.serving.fusion import fuse_hits
+
+    state = fresh._state
+    vector = state.search_text(fresh.text_queries(["zorblat quenix"]), 5, bare=True)[0]
+    fused = fuse_hits(vector, [], 5)
+    assert all(h.metadata == {} and h.moment is None for h in fused)  # bare: nothing built yet
+    fresh.remove_videos([fused[1].video_id])
+    (done,) = state.completed([fused], fresh.text_queries(["zorblat quenix"]))
+    assert [h.video_id for h in done] == [h.video_id for h in fused if h is not fused[1]]
+    assert [h.rank for h in done] == [1, 2, 3, 4] and all(h.metadata and h.moment for h in done)
 
 
 # --- reciprocal rank fusion -------------------------------------------------------------------------------------------

@@ -345,6 +345,13 @@ def test_add_save_load_answers_identically(segmented: tuple[Recommender, Path]) 
     assert np.array_equal(np.load(out / "segment_content.npy"), np.load(out / "segment_embeddings.npy"))
 
 
+def test_hybrid_moments_as_in_full(segmented: tuple[Recommender, Path]) -> None:
+    """On videos of several segments, hybrid hits completed after the fusion keep the moments built in full."""
+    from hybrid_check import assert_hybrid_as_in_full
+
+    assert_hybrid_as_in_full(segmented[0], QUERY_TEXTS)
+
+
 def test_http_moments_flag(segmented: tuple[Recommender, Path]) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
