@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from encoders.heads import numpy_head
 from multimodal_rec.errors import UserError
 from multimodal_rec.model.multimodal import MultimodalModel, to_numpy
 from multimodal_rec.model.prior import query_prior, with_prior_column
@@ -56,6 +57,9 @@ class QueryEncoder:
         self.serve.check()
         trunk = make_trunk(self.serve.text_backend, model, bundle, self._lock, self.serve.onnx_threads)
         self.features = TextFeatures(trunk, model.text.feat_dim, self.serve, known)
+        # after an ONNX Runtime pass each torch op of the head cost up to ~1 ms (a profile): the head in numpy there
+        onnx = self.serve.text_backend != "torch" and model.device.type == "cpu"
+        self._head = numpy_head(model.text.head) if onnx else None
         self._serial = threading.Lock() if not self.serve.concurrent else contextlib.nullcontext()
         # concurrent histories share one user-tower pass, as query texts share trunk passes (a BiLSTM over a few
         # items is mostly per-call overhead: a profile under load put 40% of the server's CPU in one-by-one passes)
@@ -68,6 +72,8 @@ class QueryEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> ``xq [n, D]`` float32."""
         with self._serial:
+            if self._head is not None:
+                return self._head(self.features(list(texts)))
             feats = self._torch_features(list(texts))
             with torch.inference_mode():
                 return to_numpy(self.model.text.forward_head(feats))

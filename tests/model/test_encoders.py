@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,34 @@ def test_locked_text_head_keeps_the_trunks_space() -> None:
         TextTower(TextTowerConfig(random_init=small, proj_hidden=0, lock_head=True), 16)
     with pytest.raises(ValueError, match="lock_head needs"):
         TextTower(TextTowerConfig(random_init=small, proj_hidden=8, lock_head=True), 32)
+
+
+@pytest.mark.parametrize("hidden,approximate", [(0, "none"), (32, "none"), (32, "tanh")])
+def test_numpy_head_equals_the_torch_head(hidden: int, approximate: str) -> None:
+    """The serving path's numpy head gives the torch head's unit vectors (both head forms, both GELUs)."""
+    from encoders.heads import ProjectionHead, numpy_head
+
+    torch.manual_seed(0)
+    head = ProjectionHead(24, 16, hidden, dropout=0.5).eval()
+    if hidden:
+        head.net[1].approximate = approximate
+    x = torch.randn(5, 24)
+    fn = numpy_head(head)
+    assert fn is not None
+    with torch.inference_mode():
+        want = head(x).numpy()
+    got = fn(x.numpy())
+    assert got.dtype == np.float32 and got.shape == (5, 16)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    head.net = torch.nn.Sequential(torch.nn.Linear(24, 16), torch.nn.ReLU())  # a layer it does not know
+    assert numpy_head(head) is None
+
+
+def test_numpy_gelu_matches_torch_over_a_wide_range() -> None:
+    from encoders.heads import _gelu
+
+    x = torch.linspace(-12, 12, 4001)
+    for a in ("none", "tanh"):
+        want = torch.nn.functional.gelu(x, approximate=a).numpy()
+        np.testing.assert_allclose(_gelu(x.numpy(), a), want, atol=2e-6, rtol=1e-6)
