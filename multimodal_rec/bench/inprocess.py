@@ -7,7 +7,8 @@ taking the next request, after the same warm-up. Two configurations, each stated
   micro-batcher merges their concurrent query encodings, as in the server);
 - ``core_threads``: one thread per core, each with one torch thread (``torch.set_num_threads(1)``, restored after).
 
-Each loads its own ``Recommender`` under its torch thread count (ONNX Runtime sizes its pool from it on load).
+Each loads its own ``Recommender`` under its torch thread count (ONNX Runtime's pool is ``serve.onnx_threads``: one
+thread by default, or sized from torch's count on load when 0).
 """
 
 from __future__ import annotations

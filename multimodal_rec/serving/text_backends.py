@@ -39,7 +39,7 @@ TEXT_BACKENDS = ("torch", "onnx", "onnx-int8")
 @dataclass
 class ServeConfig:
     text_backend: str = "torch"  # what runs the text trunk for queries: torch, onnx (fp32) or onnx-int8
-    onnx_threads: int = 0  # ONNX Runtime intra-op threads (0: as many as torch uses in this process)
+    onnx_threads: int = 1  # ONNX Runtime intra-op threads for a trunk pass (0: as many as torch uses in this process)
     query_cache: int = 4096  # recent query texts whose trunk features are kept (LRU); 0 = off (privacy)
     batch_window_ms: float = 2.0  # under concurrency, wait up to this long to batch more queries (0: no wait)
     max_batch: int = 64  # at most this many texts in one trunk pass
