@@ -87,6 +87,19 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _json_response(content: dict[str, Any]) -> Any:
+    """``content`` (already strict JSON values, in the shape of the route's response model) as the response itself.
+
+    A route returning a plain dict has FastAPI validate it against the response model (in a second hop through the
+    thread pool) and re-encode it: ~0.4 ms a search answer on this project's machine, against 0.05 ms for
+    ``json.dumps``. The response models still document the answers in ``/openapi.json``, and the schema tests
+    (``tests/serving/test_fuzz.py``) check every answer against them."""
+    from starlette.responses import Response
+
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/json")
+
+
 def _one_line(text: str) -> str:
     """Collapse whitespace and cap the length: error messages are one short line."""
     text = re.sub(r"\s+", " ", text).strip()
@@ -248,13 +261,14 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
     from multimodal_rec.serving.queries import query_warnings
 
     @app.post("/search", response_model=m.searched, responses=m.errors)
-    def search(req: m.search) -> dict[str, Any]:
+    def search(req: m.search) -> Any:
         """Videos that match a text query, best first; ``warnings`` says when the scores are noise."""
         hits = _search_hits(rec, req)
-        return {"hits": [_json_value(h.to_dict()) for h in hits], "warnings": query_warnings(rec.query_info(req.query))}
+        warnings = query_warnings(rec.query_info(req.query))
+        return _json_response({"hits": [_json_value(h.to_dict()) for h in hits], "warnings": warnings})
 
     @app.post("/recommend", response_model=m.recommended, responses=m.errors)
-    def recommend(req: m.recommend) -> dict[str, Any]:
+    def recommend(req: m.recommend) -> Any:
         """Videos a user will want next, from the texts and video ids they engaged with (oldest first)."""
         why = rec.resolve_history(req.history, history_ids=req.history_ids)
         hits = rec.recommend(
@@ -265,14 +279,14 @@ def _add_query_routes(app: "FastAPI", rec: "Recommender", m: ApiModels) -> None:
             exclude_seen=req.exclude_seen,
             history_ids=req.history_ids,
         )
-        return {"hits": [_json_value(h.to_dict()) for h in hits], **why.to_dict()}
+        return _json_response({"hits": [_json_value(h.to_dict()) for h in hits], **why.to_dict()})
 
     @app.post("/explain", response_model=m.explained, responses=m.errors)
-    def explain(req: m.explain) -> dict[str, Any]:
+    def explain(req: m.explain) -> Any:
         """The attention weight of each history item as the model read it: which items drove the recommendation."""
         why = rec.resolve_history(req.history, history_ids=req.history_ids)
         weights = rec.explain(req.history, history_ids=req.history_ids)
-        return {"attention": [{"text": t, "weight": w} for t, w in weights], **why.to_dict()}
+        return _json_response({"attention": [{"text": t, "weight": float(w)} for t, w in weights], **why.to_dict()})
 
 
 def _search_hits(rec: "Recommender", req: Any) -> list[Any]:
