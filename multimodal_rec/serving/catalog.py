@@ -11,7 +11,6 @@ by their best segment (:mod:`~multimodal_rec.serving.moments`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,7 +27,13 @@ from multimodal_rec.index.search import search_masked
 from multimodal_rec.model.prior import PRIOR_COLUMN, index_vectors, index_view
 from multimodal_rec.serving.filters import Filters, filter_mask
 from multimodal_rec.serving.locks import RWLock
-from multimodal_rec.serving.moments import attach_moments, moment, rank_segments, rank_videos, video_moment
+from multimodal_rec.serving.moments import (
+    attach_moments,
+    complete_hits,
+    moment,
+    rank_segments,
+    rank_videos,
+)
 from multimodal_rec.serving.records import column_readers, native
 from multimodal_rec.serving.results import Hit
 from multimodal_rec.serving.segments import DURATION_COLUMN, NewRows, SegmentTable, grown, segment_table
@@ -191,38 +196,14 @@ class CatalogState:
         seg = self.segments
         q = np.ascontiguousarray(xq[:, : seg.vectors.shape[1]])  # [nq, D]: the prior column (0) dropped
         ranked = rank_videos(seg, q, k, mask) if seg.multi else self._ranked(xq, k, mask)
-        if bare:
-            return [[Hit(self.video_ids[r], s, n) for n, (r, s) in enumerate(hits, 1)] for hits in ranked]
-        return [
-            [self._hit(r, s, n, video_moment(seg, r, qi)) for n, (r, s) in enumerate(hits, 1)]
-            for qi, hits in zip(q, ranked, strict=True)
-        ]
+        hits = [[Hit(self.video_ids[r], s, n) for n, (r, s) in enumerate(row, 1)] for row in ranked]
+        return hits if bare else complete_hits(seg, self._row, self._record, hits, xq)
 
     def completed(self, hits: list[list[Hit]], xq: np.ndarray | None) -> list[list[Hit]]:
-        """Bare hits (``search_text`` / ``rank_rows`` with ``bare``, then fused and cut to ``k``) with their
-        metadata and moments: a hit with a vector score its best moment for its query's vector ``xq[i]``, one
-        without (a lexical-only hit, or no ``xq``) the whole video. A video removed since it was ranked is dropped
-        (the ranks after it close up)."""
+        """Bare hits (``bare`` rankings, fused and cut to ``k``) with metadata and moments
+        (:func:`~multimodal_rec.serving.moments.complete_hits`)."""
         with self._rw.read():
-            out = []
-            for i, row_hits in enumerate(hits):
-                live = [(h, self._row[h.video_id]) for h in row_hits if h.video_id in self._row]
-                done = []
-                for n, (h, r) in enumerate(live, 1):
-                    scored = xq is not None and (h.scores is None or h.scores.get("vector") is not None)
-                    where = video_moment(self.segments, r, self._query_part(xq, i)) if scored else self._whole(r)
-                    done.append(dataclasses.replace(h, rank=n, metadata=self._record(r), moment=where))
-                out.append(done)
-            return out
-
-    def _query_part(self, xq: Any, i: int) -> np.ndarray:
-        """Query ``i`` of ``xq`` without the prior column: what segment vectors are scored against."""
-        return np.ascontiguousarray(xq[i, : self.segments.vectors.shape[1]])
-
-    def _whole(self, r: int) -> dict[str, Any]:
-        """The moment of a hit no query vector scored: the whole video, score None."""
-        spans = self.segments.spans[self.segments.of_row(r)]
-        return moment(spans[0, 0], spans[-1, 1], None)
+            return complete_hits(self.segments, self._row, self._record, hits, xq)
 
     def search_moments(
         self, xq: np.ndarray, k: int, filters: Filters | None = None, passing: np.ndarray | None = None

@@ -13,8 +13,9 @@ videos among far fewer segments), and the fetch grows only for the queries still
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -74,13 +75,39 @@ def attach_moments(
     ``xq[i]`` of its query, or without ``xq`` the whole video with no score."""
     for i, row_hits in enumerate(hits):
         for h in (h for h in row_hits if h.moment is None and h.video_id in row_of):
-            r = row_of[h.video_id]
-            if xq is None:
-                first, last = table.spans[table.of_row(r)][[0, -1]]
-                h.moment = moment(first[0], last[1], None)
-            else:
-                h.moment = video_moment(table, r, np.ascontiguousarray(xq[i, : table.vectors.shape[1]]))
+            h.moment = row_moment(table, row_of[h.video_id], xq, i)
     return hits
+
+
+def complete_hits(
+    table: SegmentTable,
+    row_of: Mapping[str, int],
+    record: Callable[[int], dict[str, Any]],
+    hits: list[list[Hit]],
+    xq: np.ndarray | None,
+) -> list[list[Hit]]:
+    """Bare hits (id, score, rank; fused and cut to ``k``) with ``record(row)`` as metadata and their moment: the best
+    for their query's vector ``xq[i]`` where the vector scored the hit, else the whole video. A video no longer live
+    in ``row_of`` (removed since it was ranked) is dropped, and the ranks after it close up."""
+    out = []
+    for i, row_hits in enumerate(hits):
+        live = [(h, row_of[h.video_id]) for h in row_hits if h.video_id in row_of]
+        done = []
+        for n, (h, r) in enumerate(live, 1):
+            scored = h.scores is None or h.scores.get("vector") is not None
+            where = row_moment(table, r, xq if scored else None, i)
+            done.append(dataclasses.replace(h, rank=n, metadata=record(r), moment=where))
+        out.append(done)
+    return out
+
+
+def row_moment(table: SegmentTable, r: int, xq: np.ndarray | None, i: int) -> dict[str, Any]:
+    """The moment of catalog row ``r`` for query ``i`` of the index-ready ``xq`` (its best moment); without ``xq``
+    (no query vector scored the video, e.g. a lexical hit) the whole video, score None."""
+    if xq is None:
+        first, last = table.spans[table.of_row(r)][[0, -1]]
+        return moment(first[0], last[1], None)
+    return video_moment(table, r, np.ascontiguousarray(xq[i, : table.vectors.shape[1]]))
 
 
 def best_videos(D: np.ndarray, I: np.ndarray, row: np.ndarray, k: int) -> list[tuple[int, float]]:  # noqa: E741
