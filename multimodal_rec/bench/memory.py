@@ -57,15 +57,22 @@ def command(pid: int, width: int = 70) -> str:
 
 
 def rss_pss_mib(pid: int) -> dict[str, float]:
-    """``{"rss_mib", "pss_mib"}`` of one process, from ``/proc/PID/smaps_rollup`` (ValueError when it lacks them)."""
-    out = {}
+    """``{"rss_mib", "pss_mib", "private_mib"}`` of one process, from ``/proc/PID/smaps_rollup`` (ValueError when
+    it lacks them). ``private_mib`` (USS: Private_Clean + Private_Dirty) is what the process alone holds: what
+    stopping it would free."""
+    kb: dict[str, int] = {}
     for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss"):
-            out[f"{key.lower()}_mib"] = round(int(rest.split()[0]) / 1024, 1)  # the file counts kB
-    if len(out) != 2:
-        raise ValueError(f"no Rss / Pss in /proc/{pid}/smaps_rollup")
-    return out
+        if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+            kb[key] = int(rest.split()[0])  # the file counts kB
+    if len(kb) != 4:
+        raise ValueError(f"no Rss / Pss / Private_* in /proc/{pid}/smaps_rollup")
+    mib = lambda n: round(n / 1024, 1)  # noqa: E731
+    return {
+        "rss_mib": mib(kb["Rss"]),
+        "pss_mib": mib(kb["Pss"]),
+        "private_mib": mib(kb["Private_Clean"] + kb["Private_Dirty"]),
+    }
 
 
 def tree_memory(pid: int) -> dict[str, Any]:
@@ -82,6 +89,7 @@ def tree_memory(pid: int) -> dict[str, Any]:
         "processes": procs,
         "total_rss_mib": round(sum(p["rss_mib"] for p in procs), 1),
         "total_pss_mib": round(sum(p["pss_mib"] for p in procs), 1),
+        "total_private_mib": round(sum(p["private_mib"] for p in procs), 1),
     }
 
 
@@ -119,9 +127,13 @@ def format_memory(mem: dict[str, Any] | None, note: str | None, workers: int) ->
     model = f", model weights {b['model_mib']:.1f} MiB" if b["model_mib"] is not None else ""
     lines = [
         f"server memory after the load (--workers {workers}: {len(mem['processes'])} processes): "
-        f"PSS {mem['total_pss_mib']:.1f} MiB, RSS {mem['total_rss_mib']:.1f} MiB summed; "
+        f"PSS {mem['total_pss_mib']:.1f} MiB, RSS {mem['total_rss_mib']:.1f} MiB, private "
+        f"{mem['total_private_mib']:.1f} MiB summed; "
         f"bundle arrays {b['arrays_mib']:.1f} MiB on disk{model}"
     ]
     for p in mem["processes"]:
-        lines.append(f"  pid {p['pid']:<8} RSS {p['rss_mib']:>8.1f} MiB  PSS {p['pss_mib']:>8.1f} MiB  {p['command']}")
+        lines.append(
+            f"  pid {p['pid']:<8} RSS {p['rss_mib']:>8.1f} MiB  PSS {p['pss_mib']:>8.1f} MiB  "
+            f"private {p['private_mib']:>8.1f} MiB  {p['command']}"
+        )
     return lines

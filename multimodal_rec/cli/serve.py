@@ -33,7 +33,9 @@ def add_serve(sub: Subparsers) -> None:
     s.add_argument("--bundle", required=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
+    s.add_argument(
+        "--workers", type=positive_int, default=1, help="worker processes, forked after one load: they share its memory"
+    )
     s.add_argument(
         "--admin-token-file",
         metavar="FILE",

@@ -16,7 +16,6 @@ import math
 import os
 import re
 from datetime import date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,11 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_FILTERS", "create_app", "run_server"]
 LOG = logging.getLogger(__name__)
 SERVE_EXTRA = "the HTTP service needs the serve extra: pip install -e '.[serve]'"
-_BUNDLE_ENV = "MMREC_SERVE_BUNDLE"  # how run_server hands the bundle to uvicorn worker processes
-_THREADS_ENV = "MMREC_SERVE_TORCH_THREADS"
-_SYNONYMS_ENV = "MMREC_SERVE_SYNONYMS"  # the synonyms file of run_server, for the worker processes
-_SERVE_ENV = "MMREC_SERVE_CONFIG"  # the ServeConfig, as JSON, for worker processes
-_API_TOKEN_ENV = "MMREC_SERVE_API_TOKEN_FILE"  # the API token's file (never the token), for worker processes
 ADMIN_TOKEN_ENV = "MMREC_ADMIN_TOKEN"  # the admin token, when no --admin-token-file is given
 _MAX_ERRORS = 3  # validation problems named in one error line
 _MAX_ERROR_CHARS = 400
@@ -328,7 +322,8 @@ def run_server(
 ) -> None:
     """Load ``bundle`` and serve it with uvicorn until interrupted (loopback only unless ``host`` says otherwise).
 
-    With ``workers > 1`` each worker process loads its own copy of the bundle and gets an equal share of the cores.
+    With ``workers > 1`` the bundle is loaded once and the worker processes are forked from it, sharing its memory
+    (:mod:`.prefork`); each gets an equal share of the cores.
     ``synonyms``: a synonyms file applied to every query (``Recommender.synonyms.set``; shown by ``/healthz``; or
     ``serve.synonyms``). ``serve``: the query settings (a ``ServeConfig``: text backend, cache, micro-batching; see
     ``Recommender.load``). ``admin_token_file`` (else ``$MMREC_ADMIN_TOKEN``): enables the write endpoints, one
@@ -358,9 +353,9 @@ def run_server(
     # timeout_keep_alive 30 s: longer than clients' usual idle expiry (httpx, requests: 5 s), so a client never sends a
     # request on a connection the server is closing (a transport error no retry policy should have to absorb)
     options: dict[str, Any] = {"host": host, "port": port, "access_log": False, "timeout_keep_alive": 30}
-    if workers == 1:
-        from multimodal_rec.serving.live import LiveCatalog, load_replayed
+    from multimodal_rec.serving.live import LiveCatalog, load_replayed
 
+    if workers == 1:
         live = LiveCatalog.open(bundle, serve=serve) if admin else None
         rec = live.rec if live is not None else load_replayed(bundle, serve=serve)
         rec.synonyms.set(syn)
@@ -371,26 +366,32 @@ def run_server(
             if live is not None:
                 live.close()
         return
-    from multimodal_rec.bundle import read_manifest
-
-    read_manifest(bundle, verify=False)  # fail here, once, rather than in every worker
-    os.environ[_BUNDLE_ENV] = str(Path(bundle).resolve())
-    os.environ[_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
-    os.environ[_SYNONYMS_ENV] = str(Path(synonyms).resolve()) if synonyms else ""
-    os.environ[_SERVE_ENV] = json.dumps(dataclasses.asdict(serve))
-    os.environ[_API_TOKEN_ENV] = str(Path(api_token_file).resolve()) if api_token_file else ""
-    LOG.info("serving %s with %d workers on http://%s:%d", bundle, workers, host, port)
     import shutil
     import tempfile
 
+    from multimodal_rec.serving import prefork
+    from multimodal_rec.serving.metrics import use_multiprocess_dir
+
+    def load() -> "Recommender":  # once, in this process: the forked workers share it (serving.prefork)
+        rec = load_replayed(bundle, serve=dataclasses.replace(serve, onnx_threads=1))
+        rec.synonyms.set(syn)
+        LOG.info("serving %d videos from %s with %d workers on http://%s:%d", len(rec), bundle, workers, host, port)
+        return rec
+
+    def app(rec: "Recommender") -> "FastAPI":  # built in each worker, after the fork
+        return create_app(rec, api_token=api)
+
     own = None if os.environ.get(METRICS_ENV) else tempfile.mkdtemp(prefix="mmrec-metrics-")  # else: the user's
-    os.environ[METRICS_ENV] = os.environ.get(METRICS_ENV) or str(own)  # read by the workers' prometheus-client
+    os.environ[METRICS_ENV] = os.environ.get(METRICS_ENV) or str(own)  # every worker writes its values there
+    use_multiprocess_dir()
+    threads = max(1, (os.cpu_count() or 1) // workers)
     try:
-        uvicorn.run(f"{__name__}:_app_from_env", factory=True, workers=workers, **options)
+        prefork.serve_preloaded(load, app, workers, (threads, serve.onnx_threads or threads), options)
     finally:
         if own is not None:  # ours: gone with this server, and not inherited by whatever this process runs next
             os.environ.pop(METRICS_ENV, None)
             shutil.rmtree(own, ignore_errors=True)
+        use_multiprocess_dir()  # metrics this process makes later: as the environment says again
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -411,22 +412,3 @@ def check_port_free(host: str, port: int) -> None:
             in_use = e.errno == errno.EADDRINUSE
             why = "the port is already in use (stop that server or pick another --port)" if in_use else e.strerror
             raise UserError(f"cannot serve on {host}:{port}: {why}") from None
-
-
-def _app_from_env() -> "FastAPI":
-    """App factory for uvicorn worker processes: the bundle path (and torch thread count) come from the environment."""
-    bundle = os.environ.get(_BUNDLE_ENV)
-    if not bundle:
-        raise UserError(f"{_BUNDLE_ENV} is not set: start the service with run_server()")
-    threads = os.environ.get(_THREADS_ENV)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    from multimodal_rec.serving.live import load_replayed
-    from multimodal_rec.serving.text_backends import ServeConfig
-
-    serve = ServeConfig(**json.loads(os.environ[_SERVE_ENV])) if os.environ.get(_SERVE_ENV) else None
-    rec = load_replayed(bundle, serve=serve)
-    rec.synonyms.set(os.environ.get(_SYNONYMS_ENV) or None)
-    return create_app(rec, api_token=read_token(os.environ.get(_API_TOKEN_ENV) or None, "API token"))

@@ -110,6 +110,15 @@ def add_metrics_route(app: "FastAPI", registry: Any) -> None:
         return Response(generate_latest(exposed(registry)), media_type=CONTENT_TYPE_LATEST)
 
 
+def use_multiprocess_dir() -> None:
+    """Metrics created from now on write to ``$PROMETHEUS_MULTIPROC_DIR`` (set it first). prometheus-client picks
+    its value class when it is imported, which may have happened before the directory was chosen (``run_server``
+    checks its dependencies by importing them); the forked workers create their metrics after this call."""
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
 def exposed(registry: Any) -> Any:
     """The registry to expose: ours, or with several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``run_server``)
     every worker's values combined from that directory (prometheus-client's multiprocess mode)."""

@@ -279,18 +279,22 @@ class OnnxTrunk:
         self, model: Any, bundle: Path | None, lock: threading.Lock, int8: bool = False, threads: int = 0
     ) -> None:
         """``lock``: the one guarding the model's tokenizer (a fast tokenizer is not safe from two threads)."""
-        import onnxruntime as ort
-
         self.path = graph_path(model, bundle, int8)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()  # the cores this process serves with
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the cores free
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.reopen(threads or torch.get_num_threads())  # the cores this process serves with
         self.tokenizer, self.max_length = model.tokenizer, model.cfg.text.max_length
         self.feat_dim = int(model.text.feat_dim)
         self.lock = lock
         self.name = "onnx-int8" if int8 else "onnx"
+
+    def reopen(self, threads: int) -> None:
+        """A new session with ``threads`` intra-op threads (its pool starts with it: a forked worker reopens)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the cores free
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

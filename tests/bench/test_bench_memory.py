@@ -33,6 +33,28 @@ def test_own_process_rss_is_sane() -> None:
     assert 20 < me["rss_mib"] <= peak + 1  # python + numpy + torch: tens of MiB at least; never above the peak
     assert me["rss_mib"] == pytest.approx(_vm_rss_mib(os.getpid()), rel=0.1)
     assert 0 < me["pss_mib"] <= me["rss_mib"]
+    assert 0 < me["private_mib"] <= me["rss_mib"]
+
+
+@linux_only
+def test_a_forked_child_counts_its_parents_pages_as_shared() -> None:
+    """What ``mmrec serve --workers N`` relies on: a child forked after its parent filled 200 MiB holds them in its
+    RSS but not in its private memory; the pair's PSS counts them once."""
+    code = (
+        "import os, sys, time, numpy as np; a = np.ones(200 << 20, np.uint8); pid = os.fork()\n"
+        "if pid == 0: print(os.getpid(), flush=True); time.sleep(60); os._exit(0)\n"
+        "time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline()) if parent.stdout else -1
+    try:
+        m = memory.tree_memory(parent.pid)
+        mine, kid = m["processes"]
+        assert kid["pid"] == child and kid["rss_mib"] > 200 and kid["private_mib"] < 50
+        assert m["total_pss_mib"] < mine["rss_mib"] + 50 and m["total_private_mib"] < 150
+    finally:
+        os.kill(child, signal.SIGKILL)
+        parent.kill()
 
 
 @linux_only

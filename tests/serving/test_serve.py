@@ -463,21 +463,29 @@ def test_run_server_binds_loopback_without_access_log(bundle: Path, monkeypatch:
     assert TestClient(app).get("/healthz").json()["status"] == "ok"
 
 
-def test_run_server_workers_use_a_factory(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uvicorn = pytest.importorskip("uvicorn")
-    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS", "MMREC_SERVE_CONFIG"):
-        monkeypatch.setenv(name, "")  # restored (unset) after the test
-    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # keep this process's torch threads
-    calls: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+def test_run_server_workers_fork_from_one_load(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several workers: the bundle is loaded once, with one torch thread (no pool a fork would break), and each worker
+    builds its app over that one Recommender; this process gets its torch threads back when the server stops."""
+    pytest.importorskip("uvicorn")
+    import torch
+
+    from multimodal_rec.serving import prefork
+
+    calls: list[tuple[Any, ...]] = []
+
+    def fake(rec: Any, make_app: Any, workers: int, threads: tuple[int, int], options: dict[str, Any]) -> None:
+        calls.append((rec, make_app, workers, threads, options, torch.get_num_threads()))
+
+    monkeypatch.setattr(prefork, "serve_forked", fake)
     monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
+    before = torch.get_num_threads()
     serve.run_server(str(bundle), host="0.0.0.0", port=9000, workers=2)
-    ((target, kw),) = calls
-    assert target == "multimodal_rec.serving.http:_app_from_env" and kw["factory"] is True and kw["workers"] == 2
+    ((rec, make_app, workers, threads, kw, loaded_with),) = calls
+    assert isinstance(rec, Recommender) and workers == 2 and loaded_with == 1
+    assert threads == (max(1, (os.cpu_count() or 1) // 2),) * 2
     assert kw["host"] == "0.0.0.0" and kw["port"] == 9000 and kw["access_log"] is False
-    assert Path(os.environ["MMREC_SERVE_BUNDLE"]) == bundle.resolve()
-    app = serve._app_from_env()  # what each worker process runs
-    assert TestClient(app).get("/healthz").json()["videos"] > 0
+    assert torch.get_num_threads() == before
+    assert TestClient(make_app(rec)).get("/healthz").json()["videos"] == len(rec) > 0
 
 
 @pytest.mark.parametrize(("kw", "message"), [({"workers": 0}, "workers"), ({"port": 70000}, "port")])

@@ -50,6 +50,25 @@ def test_onnx_agrees_with_torch(own_bundle: Path, torch_rec, backend: str) -> No
     assert list((own_bundle / "onnx").glob(f"text-trunk-*-{'int8' if backend == 'onnx-int8' else 'fp32'}.onnx"))
 
 
+def test_a_forked_worker_reopens_its_onnx_session_with_its_threads(own_bundle: Path) -> None:
+    """``mmrec serve --workers N`` opens the session with one thread before the fork; each worker reopens it with
+    its own pool (serving.prefork.reopen_trunk): same vectors, the pool it asked for; a torch trunk is left alone."""
+    from multimodal_rec.serving.prefork import reopen_trunk
+    from multimodal_rec.serving.recommender import Recommender
+    from multimodal_rec.serving.text_backends import ServeConfig
+
+    rec = Recommender.load(own_bundle, serve=ServeConfig(text_backend="onnx-int8", onnx_threads=1, query_cache=0))
+    texts = _texts(rec)
+    before, session = rec.encode_queries(texts), rec.query_features.trunk.session
+    reopen_trunk(rec, 2)
+    trunk = rec.query_features.trunk
+    assert trunk.threads == 2 and trunk.session is not session
+    assert trunk.session.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(rec.encode_queries(texts), before, atol=1e-6)
+    reopen_trunk(rec, 2)
+    assert rec.query_features.trunk.session is trunk.session  # already so: not reopened
+
+
 def test_int8_graph_is_checked_when_written(
     own_bundle: Path, torch_rec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
