@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,16 +47,24 @@ def test_a_forked_child_counts_its_parents_pages_as_shared() -> None:
         "if pid == 0: print(os.getpid(), flush=True); time.sleep(60); os._exit(0)\n"
         "time.sleep(60)"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline()) if parent.stdout else -1
-    try:
-        m = memory.tree_memory(parent.pid)
+    with _parent_and_child(code) as (parent, child):
+        m = memory.tree_memory(parent)
         mine, kid = m["processes"]
         assert kid["pid"] == child and kid["rss_mib"] > 200 and kid["private_mib"] < 50
         assert m["total_pss_mib"] < mine["rss_mib"] + 50 and m["total_private_mib"] < 150
+
+
+@contextlib.contextmanager
+def _parent_and_child(code: str) -> Iterator[tuple[int, int]]:
+    """(pid, child pid) of ``python -c code``, which prints the pid of a child it made; both killed after."""
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline()) if parent.stdout else -1
+    try:
+        yield parent.pid, child
     finally:
         os.kill(child, signal.SIGKILL)
         parent.kill()
+        parent.wait()
 
 
 @linux_only
@@ -66,21 +76,15 @@ def test_a_process_with_a_child_is_summed() -> None:
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "print(c.pid, flush=True); time.sleep(60)"
     )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline()) if parent.stdout else -1
-    try:
-        m = memory.tree_memory(parent.pid)
-        assert [p["pid"] for p in m["processes"]] == [parent.pid, child]
+    with _parent_and_child(code) as (parent, child):
+        m = memory.tree_memory(parent)
+        assert [p["pid"] for p in m["processes"]] == [parent, child]
         assert "time.sleep(60)" in m["processes"][1]["command"]
         assert all(p["rss_mib"] > 1 for p in m["processes"])
         assert m["total_rss_mib"] == pytest.approx(sum(p["rss_mib"] for p in m["processes"]), abs=0.11)
         assert m["total_pss_mib"] == pytest.approx(sum(p["pss_mib"] for p in m["processes"]), abs=0.11)
         assert m["total_rss_mib"] > m["processes"][0]["rss_mib"]
-        assert {parent.pid, child} <= set(memory.descendants(os.getpid()))
-    finally:
-        os.kill(child, signal.SIGKILL)
-        parent.kill()
-        parent.wait()
+        assert {parent, child} <= set(memory.descendants(os.getpid()))
 
 
 def test_unreadable_proc_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
