@@ -8,10 +8,11 @@ and a worker pays only for the pages it writes (its request buffers, its thread 
 counts its requests touch). ``gc.freeze()`` before the fork keeps the collector from writing to every shared object.
 
 Fork safety. A thread pool's threads do not survive a fork: a child that enters an OpenMP pool its parent had
-started hangs (GNU OpenMP waits for the parent's threads forever; torch's matmul does, tried), and an ONNX Runtime
-session opened before the fork runs on the calling thread alone. So the supervisor loads with one torch thread and
-one FAISS thread (neither starts a pool) and never serves a request; each worker sets its own share of the cores
-after the fork and reopens the ONNX Runtime session (opened with one thread by the supervisor) with its own pool.
+started hangs (GNU OpenMP waits for the parent's threads forever: a torch matmul in a child did, tried), and an ONNX
+Runtime session opened with a pool before the fork still answered in a child here, but without the pool's threads.
+So the supervisor loads with one torch thread and one FAISS thread (neither starts a pool) and never serves a
+request; each worker sets its own share of the cores after the fork and reopens the ONNX Runtime session (opened
+with one thread by the supervisor) with its own pool.
 
 A worker that dies is forked again from the loaded state (seconds, no reload); SIGINT / SIGTERM stop every worker
 gracefully, then the supervisor.
