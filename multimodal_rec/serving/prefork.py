@@ -9,7 +9,7 @@ counts its requests touch). ``gc.freeze()`` before the fork keeps the collector 
 
 Fork safety. A thread pool's threads do not survive a fork: a child that enters an OpenMP pool its parent had
 started hangs (GNU OpenMP waits for the parent's threads forever: a torch matmul in a child did, tried), and an ONNX
-Runtime session opened with a pool before the fork still answered in a child here, but without the pool's threads.
+Runtime session opened with a pool before the fork answered in a child here (whether its pool helped: unchecked).
 So the supervisor loads with one torch thread and one FAISS thread (neither starts a pool) and never serves a
 request; each worker sets its own share of the cores after the fork and reopens the ONNX Runtime session (opened
 with one thread by the supervisor) with its own pool.
