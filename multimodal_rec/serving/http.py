@@ -347,6 +347,8 @@ def run_server(
     syn = load_synonyms(synonyms) if synonyms else None  # a bad file, too
     admin = read_token(admin_token_file, "admin token") or os.environ.get(ADMIN_TOKEN_ENV) or None
     api = read_token(api_token_file, "API token")
+    if workers > 1 and not hasattr(os, "fork"):
+        raise UserError("--workers > 1 forks the workers from one load, and this platform has no fork: use --workers 1")
     if admin and workers > 1:
         raise UserError("writes (an admin token) need --workers 1: worker processes would each hold their own catalog")
     # access_log=False: uvicorn's access log prints raw paths (/videos/<id> a user looked up); _Observe logs routes.

@@ -488,6 +488,16 @@ def test_run_server_workers_fork_from_one_load(bundle: Path, monkeypatch: pytest
     assert TestClient(make_app(rec)).get("/healthz").json()["videos"] == len(rec) > 0
 
 
+def test_several_workers_without_fork_is_one_line(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no os.fork: several workers are refused at start, before the bundle is loaded."""
+    pytest.importorskip("uvicorn")
+    monkeypatch.delattr(os, "fork")
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(Recommender, "load", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(UserError, match="no fork"):
+        serve.run_server(str(bundle), port=9000, workers=2)
+
+
 @pytest.mark.parametrize(("kw", "message"), [({"workers": 0}, "workers"), ({"port": 70000}, "port")])
 def test_run_server_bad_arguments(kw: dict[str, Any], message: str) -> None:
     pytest.importorskip("uvicorn")
