@@ -198,14 +198,13 @@ def test_run_server_applies_the_file_in_every_worker(
     uvicorn = pytest.importorskip("uvicorn")
     from fastapi.testclient import TestClient
 
-    from multimodal_rec.serving import http
+    from multimodal_rec.serving import http, prefork
 
-    for name in ("MMREC_SERVE_BUNDLE", "MMREC_SERVE_TORCH_THREADS", "MMREC_SERVE_SYNONYMS"):
-        monkeypatch.setenv(name, "")  # restored after the test
-    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
     calls: list = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    # several workers: what each forked worker serves is make_app(rec) over the one load
+    monkeypatch.setattr(prefork, "serve_forked", lambda rec, make_app, *a: calls.append(make_app(rec)))
     monkeypatch.setattr(http, "check_port_free", lambda host, port: None)
     http.run_server(str(bundle), workers=workers, synonyms=str(syn_file))
-    app = calls[0] if workers == 1 else getattr(http, "_app_from_env")()  # noqa: B009 (what each worker runs)
+    (app,) = calls
     assert TestClient(app).get("/healthz").json()["synonyms"]["path"] == str(syn_file.resolve())
