@@ -108,7 +108,7 @@ def test_model_files_are_written_byte_for_byte_as_before(small_model, tmp_path: 
 def test_a_run_written_before_resumes_to_the_same_weights(tmp_path: Path) -> None:
     """``tests/training/fixtures/textrec_run_v1`` was written by the code before this change (no format in its training
     state or text-item files) and stopped at step 3 of 2 epochs; ``…final.safetensors`` is where that code's
-    resume ended. Today's code reads it and ends bit-identical."""
+    resume ended. Today's code reads it and ends where it did (bit-identical on the same CPU)."""
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "textrec_run_v1", run)
     assert "format" not in json.loads((run / "train_state.json").read_text())
@@ -117,8 +117,13 @@ def test_a_run_written_before_resumes_to_the_same_weights(tmp_path: Path) -> Non
     train_textrec(seqs, feats, tiny_cfg(), tiny_train(epochs=2, log_every=100), run, resume=True)
     want, got = load_file(str(FIXTURES / "textrec_run_v1.final.safetensors")), load_file(str(run / "model.safetensors"))
     assert want.keys() == got.keys()
+    # Bit-identical on the CPU that wrote the fixture. Another CPU's kernels (AVX2 against AVX-512) round differently:
+    # weights within 5e-6 on an AVX2-only EPYC, but the attention scorer's last bias (softmax ignores it, so its
+    # gradient is rounding noise that Adam scales up to learning-rate steps) by 9e-4. A fresh start instead of the
+    # resume moves weights by far more (tested by planting it).
     for k in want:
-        assert torch.equal(want[k], got[k]), k
+        tol = 3e-3 if k == "user.attn.2.bias" else 1e-5
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=tol, msg=k)
     model = TextItemRecModel(tiny_cfg(), feats, np.ones(len(feats), bool), np.ones(len(feats)))
     task = NextItemTask(model, seqs, tiny_train())
     task.load_weights(FIXTURES / "textrec_run_v1")  # the old text-item files load too
